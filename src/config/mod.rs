@@ -1,0 +1,296 @@
+//! Configuration in two stages: raw serde structs ([`raw`]) become a validated
+//! [`Config`]; every check runs here, at load, never under traffic, and every
+//! error names its file and field.
+
+mod error;
+mod raw;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigErrors};
+use raw::RawConfig;
+
+/// What the proxy answers a ClientHello whose SNI matches no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownSniAction {
+    /// A fatal TLS alert `unrecognized_name` (112), then close: the client
+    /// learns why instead of guessing from a reset.
+    Alert,
+    /// Close without a word.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Total time from accept to a whole ClientHello (not per read).
+    pub client_hello: Duration,
+    /// Per connect attempt to one backend address.
+    pub upstream_connect: Duration,
+    /// No byte either way for this long closes a relayed connection.
+    pub idle: Duration,
+    /// How long live connections may drain after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub nameservers: Vec<SocketAddr>,
+    pub cache_size: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+/// The validated static configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from (for messages), if any.
+    pub source: PathBuf,
+    pub listeners: Vec<SocketAddr>,
+    pub workers: Option<usize>,
+    pub routes_file: Option<PathBuf>,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+    pub max_client_hello_bytes: usize,
+    pub unknown_sni: UnknownSniAction,
+    pub no_sni_route: Option<String>,
+    pub dns: DnsConfig,
+    pub log: LogConfig,
+}
+
+/// Smallest and largest accepted `limits.max_client_hello_bytes`: below 2 KiB
+/// today's post-quantum browser hellos no longer fit; above 64 KiB a client
+/// could make us hold a lot of memory before it has said anything useful.
+const HELLO_CAP_RANGE: (usize, usize) = (2048, 65536);
+
+impl Config {
+    /// Reads and validates the static config file. Relative paths inside it
+    /// are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and anchors
+    /// relative paths.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        validate(path, raw)
+    }
+}
+
+/// Turns a toml/serde error into a [`ConfigError`] carrying the line number
+/// and the message toml gives (which names the offending key).
+pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let field = match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}")
+        }
+        None => String::new(),
+    };
+    ConfigError::new(path, field, e.message().trim_end().to_string())
+}
+
+fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    let base = path.parent().unwrap_or(Path::new("."));
+
+    let mut listeners = Vec::new();
+    if raw.listener.is_empty() {
+        errs.push(path, "listener", "at least one [[listener]] is required");
+    }
+    for (i, l) in raw.listener.iter().enumerate() {
+        match l.address.parse::<SocketAddr>() {
+            Ok(a) if listeners.contains(&a) => {
+                errs.push(path, format!("listener[{i}].address"), "listed twice")
+            }
+            Ok(a) => listeners.push(a),
+            Err(_) => errs.push(
+                path,
+                format!("listener[{i}].address"),
+                format!("`{}` is not `ip:port` (IPv6 as `[::]:443`)", l.address),
+            ),
+        }
+    }
+
+    if raw.workers == Some(0) {
+        errs.push(path, "workers", "must be at least 1 (omit it for one per core)");
+    }
+
+    let t = &raw.timeouts;
+    for (name, d) in [
+        ("timeouts.client_hello", t.client_hello),
+        ("timeouts.upstream_connect", t.upstream_connect),
+        ("timeouts.idle", t.idle),
+    ] {
+        if d.is_zero() {
+            errs.push(path, name, "must be greater than zero");
+        }
+    }
+
+    if raw.limits.max_connections == 0 {
+        errs.push(path, "limits.max_connections", "must be at least 1");
+    }
+    let cap = raw.limits.max_client_hello_bytes;
+    if cap < HELLO_CAP_RANGE.0 || cap > HELLO_CAP_RANGE.1 {
+        errs.push(
+            path,
+            "limits.max_client_hello_bytes",
+            format!(
+                "{cap} is outside {}..={}",
+                HELLO_CAP_RANGE.0, HELLO_CAP_RANGE.1
+            ),
+        );
+    }
+
+    let unknown_sni = match raw.refusal.unknown_sni.as_deref() {
+        None | Some("alert") => UnknownSniAction::Alert,
+        Some("close") => UnknownSniAction::Close,
+        Some(other) => {
+            errs.push(
+                path,
+                "refusal.unknown_sni",
+                format!("`{other}` is not one of `alert`, `close`"),
+            );
+            UnknownSniAction::Alert
+        }
+    };
+
+    let mut nameservers = Vec::new();
+    for (i, ns) in raw.dns.nameservers.iter().enumerate() {
+        let parsed = ns
+            .parse::<SocketAddr>()
+            .or_else(|_| ns.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        match parsed {
+            Ok(a) => nameservers.push(a),
+            Err(_) => errs.push(
+                path,
+                format!("dns.nameservers[{i}]"),
+                format!("`{ns}` is not an IP address or `ip:port`"),
+            ),
+        }
+    }
+    if raw.dns.timeout.is_zero() {
+        errs.push(path, "dns.timeout", "must be greater than zero");
+    }
+
+    let format = match raw.log.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            errs.push(
+                path,
+                "log.format",
+                format!("`{other}` is not one of `text`, `json`"),
+            );
+            LogFormat::Text
+        }
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        errs.push(path, "log.level", format!("not a valid filter: {e}"));
+    }
+
+    let routes_file = raw.routes_file.map(|p| base.join(p));
+
+    errs.into_result(Config {
+        source: path.to_path_buf(),
+        listeners,
+        workers: raw.workers,
+        routes_file,
+        timeouts: Timeouts {
+            client_hello: t.client_hello,
+            upstream_connect: t.upstream_connect,
+            idle: t.idle,
+            shutdown_grace: t.shutdown_grace,
+        },
+        max_connections: raw.limits.max_connections,
+        max_client_hello_bytes: cap,
+        unknown_sni,
+        no_sni_route: raw.refusal.no_sni_route,
+        dns: DnsConfig {
+            nameservers,
+            cache_size: raw.dns.cache_size,
+            timeout: raw.dns.timeout,
+        },
+        log: LogConfig {
+            format,
+            level: raw.log.level,
+            access_log: raw.log.access_log,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml(Path::new("/etc/mse/proxy.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load("[[listener]]\naddress = \"127.0.0.1:8443\"\n").unwrap();
+        assert_eq!(c.listeners, vec!["127.0.0.1:8443".parse().unwrap()]);
+        assert_eq!(c.timeouts.client_hello, Duration::from_secs(5));
+        assert_eq!(c.max_client_hello_bytes, 16384);
+        assert_eq!(c.unknown_sni, UnknownSniAction::Alert);
+        assert!(c.routes_file.is_none());
+    }
+
+    #[test]
+    fn routes_file_is_relative_to_config() {
+        let c = load("routes_file = \"routes.toml\"\n[[listener]]\naddress = \"[::1]:443\"\n")
+            .unwrap();
+        assert_eq!(c.routes_file.unwrap(), PathBuf::from("/etc/mse/routes.toml"));
+    }
+
+    #[test]
+    fn every_problem_is_named_by_file_and_field() {
+        let errs = load(
+            "workers = 0\n[[listener]]\naddress = \"nope\"\n[timeouts]\nidle = \"0s\"\n\
+             [limits]\nmax_client_hello_bytes = 100\n[refusal]\nunknown_sni = \"shout\"\n\
+             [log]\nformat = \"xml\"\n",
+        )
+        .unwrap_err();
+        let text = errs.to_string();
+        for field in [
+            "workers",
+            "listener[0].address",
+            "timeouts.idle",
+            "limits.max_client_hello_bytes",
+            "refusal.unknown_sni",
+            "log.format",
+        ] {
+            assert!(
+                text.contains(&format!("/etc/mse/proxy.toml: {field}: ")),
+                "{field} missing in:\n{text}"
+            );
+        }
+        assert_eq!(errs.0.len(), 6);
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let errs = load("[[listener]]\naddress = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
+        let text = errs.to_string();
+        assert!(text.contains("unknown field `port`"), "{text}");
+        assert!(text.starts_with("/etc/mse/proxy.toml"), "{text}");
+    }
+}

@@ -1,0 +1,124 @@
+//! Raw serde shapes of the static configuration file. Unknown fields are
+//! errors, so a typo never silently falls back to a default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Runtime worker threads; absent means one per core.
+    pub workers: Option<usize>,
+    /// Routes file, relative to the config file's directory.
+    pub routes_file: Option<PathBuf>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub refusal: RawRefusal,
+    #[serde(default)]
+    pub dns: RawDns,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    #[serde(with = "humantime_serde")]
+    pub client_hello: Duration,
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            client_hello: Duration::from_secs(5),
+            upstream_connect: Duration::from_secs(3),
+            idle: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_connections: usize,
+    pub max_client_hello_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_client_hello_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRefusal {
+    /// `alert` (default) or `close`.
+    pub unknown_sni: Option<String>,
+    /// Route that serves hellos without SNI; absent means refuse them.
+    pub no_sni_route: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    /// `ip` or `ip:port`; empty means the system's resolv.conf.
+    pub nameservers: Vec<String>,
+    pub cache_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            cache_size: 4096,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: String,
+    /// A tracing filter directive, e.g. `info` or `mse_proxy=debug`.
+    pub level: String,
+    /// One line per finished connection at info level, target `mse_proxy::access`.
+    pub access_log: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}

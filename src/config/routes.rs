@@ -1,0 +1,396 @@
+//! The routes schema, shared by the routes file (TOML or JSON), the admin API
+//! and any other source: raw [`RouteSpec`]s in, validated [`Route`]s out.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, ConfigErrors};
+use crate::routing::route::{AppMeta, Backend, BackendHost, HostPattern, Mode, Route};
+
+/// One app's route as written by an operator or a platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    pub hosts: Vec<String>,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    pub backends: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppMeta>,
+}
+
+fn default_mode() -> String {
+    "passthrough".into()
+}
+
+/// The routes file: `[[route]]` tables in TOML, or `{"route": [...]}` in JSON.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    #[serde(default)]
+    pub route: Vec<RouteSpec>,
+}
+
+/// Reads a routes file (JSON when it ends in `.json`, TOML otherwise) and
+/// validates every route in it; nothing is returned unless all are valid.
+pub fn load_file(path: &Path) -> Result<Vec<Route>, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+    let specs = parse_file(path, &text)?;
+    validate_all(path, &specs, "route")
+}
+
+/// Parses routes file text without validating it.
+pub fn parse_file(path: &Path, text: &str) -> Result<Vec<RouteSpec>, ConfigErrors> {
+    let file: RoutesFile = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(text).map_err(|e| {
+            ConfigError::new(
+                path,
+                format!("line {}", e.line()),
+                format!("invalid JSON: {e}"),
+            )
+        })?
+    } else {
+        toml::from_str(text).map_err(|e| super::toml_error(path, text, &e))?
+    };
+    Ok(file.route)
+}
+
+/// Validates a whole route set: each route alone, then across routes (names
+/// unique, no host claimed twice). `list` names the array in error fields
+/// (`route` for the file).
+pub fn validate_all(
+    file: &Path,
+    specs: &[RouteSpec],
+    list: &str,
+) -> Result<Vec<Route>, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    let mut routes = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        match validate_one(file, &format!("{list}[{i}]"), spec) {
+            Ok(r) => routes.push(r),
+            Err(e) => errs.0.extend(e.0),
+        }
+    }
+    check_conflicts(file, list, &routes, &mut errs);
+    errs.into_result(routes)
+}
+
+/// Cross-route rules: two routes with one name, or two routes claiming one
+/// host pattern, are errors; silently picking a winner would misroute an app.
+pub fn check_conflicts(file: &Path, list: &str, routes: &[Route], errs: &mut ConfigErrors) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut hosts: HashMap<&HostPattern, usize> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(j) = names.insert(&r.name, i) {
+            errs.push(
+                file,
+                format!("{list}[{i}].name"),
+                format!("route name `{}` is already used by {list}[{j}]", r.name),
+            );
+        }
+        for h in &r.hosts {
+            if let Some(&j) = hosts.get(h) {
+                if j != i {
+                    errs.push(
+                        file,
+                        format!("{list}[{i}].hosts"),
+                        format!(
+                            "host `{h}` of route `{}` is already claimed by route `{}`",
+                            r.name, routes[j].name
+                        ),
+                    );
+                }
+            } else {
+                hosts.insert(h, i);
+            }
+        }
+    }
+}
+
+/// Validates one route; `at` is its position for error fields.
+pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    if !valid_route_name(&spec.name) {
+        errs.push(
+            file,
+            format!("{at}.name"),
+            format!(
+                "`{}` must be 1-128 characters of letters, digits, `.`, `_`, `-`",
+                spec.name
+            ),
+        );
+    }
+
+    if spec.hosts.is_empty() {
+        errs.push(file, format!("{at}.hosts"), "at least one host is required");
+    }
+    let mut hosts = Vec::with_capacity(spec.hosts.len());
+    for (i, h) in spec.hosts.iter().enumerate() {
+        match parse_host_pattern(h) {
+            Ok(p) if hosts.contains(&p) => {
+                errs.push(file, format!("{at}.hosts[{i}]"), format!("`{h}` listed twice"))
+            }
+            Ok(p) => hosts.push(p),
+            Err(why) => errs.push(file, format!("{at}.hosts[{i}]"), format!("`{h}`: {why}")),
+        }
+    }
+
+    let mode = match spec.mode.as_str() {
+        "passthrough" => Mode::Passthrough,
+        "terminate" => {
+            errs.push(
+                file,
+                format!("{at}.mode"),
+                "`terminate` is reserved and not supported by this build yet",
+            );
+            Mode::Terminate
+        }
+        other => {
+            errs.push(
+                file,
+                format!("{at}.mode"),
+                format!("`{other}` is not one of `passthrough`, `terminate`"),
+            );
+            Mode::Passthrough
+        }
+    };
+
+    if spec.backends.is_empty() {
+        errs.push(file, format!("{at}.backends"), "at least one backend is required");
+    }
+    let mut backends = Vec::with_capacity(spec.backends.len());
+    for (i, b) in spec.backends.iter().enumerate() {
+        match parse_backend(b) {
+            Ok(b) => backends.push(b),
+            Err(why) => errs.push(file, format!("{at}.backends[{i}]"), format!("`{b}`: {why}")),
+        }
+    }
+
+    let expires_at = match &spec.expires_at {
+        None => None,
+        Some(s) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(e) => {
+                errs.push(
+                    file,
+                    format!("{at}.expires_at"),
+                    format!("`{s}` is not an RFC 3339 time with a zone ({e})"),
+                );
+                None
+            }
+        },
+    };
+
+    errs.into_result(Route {
+        name: spec.name.clone(),
+        hosts,
+        mode,
+        backends,
+        expires_at,
+        app: spec.app.clone(),
+        spec: spec.clone(),
+    })
+}
+
+fn valid_route_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Lowercases and strips one trailing dot, as lookups do with the SNI.
+pub fn normalize_host(h: &str) -> String {
+    h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()
+}
+
+/// Parses `name` or `*.suffix` into a [`HostPattern`].
+pub fn parse_host_pattern(h: &str) -> Result<HostPattern, String> {
+    let n = normalize_host(h);
+    if let Some(suffix) = n.strip_prefix("*.") {
+        check_hostname(suffix)?;
+        Ok(HostPattern::Wildcard(suffix.to_string()))
+    } else if n.contains('*') {
+        Err("a wildcard may only be a whole first label, as in `*.example.com`".into())
+    } else {
+        check_hostname(&n)?;
+        Ok(HostPattern::Exact(n))
+    }
+}
+
+/// DNS name syntax, lenient on `_` (seen in real names).
+fn check_hostname(n: &str) -> Result<(), String> {
+    if n.is_empty() || n.len() > 253 {
+        return Err("a host name must be 1-253 characters".into());
+    }
+    for label in n.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each label must be 1-63 characters".into());
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("only letters, digits, `-` and `_` are allowed in labels".into());
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label may not start or end with `-`".into());
+        }
+    }
+    Ok(())
+}
+
+/// Parses `host:port`, `ip:port` or `[ipv6]:port`.
+pub fn parse_backend(s: &str) -> Result<Backend, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "expected `host:port`".to_string())?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port `{port}` is not 1-65535"))?;
+    let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        BackendHost::Ip(
+            v6.parse::<IpAddr>()
+                .map_err(|_| format!("`{v6}` is not an IPv6 address"))?,
+        )
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        if ip.is_ipv6() {
+            return Err("write IPv6 backends as `[addr]:port`".into());
+        }
+        BackendHost::Ip(ip)
+    } else {
+        let n = normalize_host(host);
+        check_hostname(&n)?;
+        BackendHost::Name(n)
+    };
+    Ok(Backend { host, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, hosts: &[&str], backends: &[&str]) -> RouteSpec {
+        RouteSpec {
+            name: name.into(),
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            mode: "passthrough".into(),
+            backends: backends.iter().map(|s| s.to_string()).collect(),
+            expires_at: None,
+            app: None,
+        }
+    }
+
+    #[test]
+    fn host_patterns_are_normalised() {
+        assert_eq!(
+            parse_host_pattern("App.Example.COM.").unwrap(),
+            HostPattern::Exact("app.example.com".into())
+        );
+        assert_eq!(
+            parse_host_pattern("*.Apps.example.com").unwrap(),
+            HostPattern::Wildcard("apps.example.com".into())
+        );
+        assert!(parse_host_pattern("a.*.example.com").is_err());
+        assert!(parse_host_pattern("*").is_err());
+        assert!(parse_host_pattern("bad host").is_err());
+        assert!(parse_host_pattern("-a.example.com").is_err());
+        assert!(parse_host_pattern("a..b").is_err());
+    }
+
+    #[test]
+    fn backends_parse() {
+        assert_eq!(parse_backend("10.0.0.1:443").unwrap().to_string(), "10.0.0.1:443");
+        assert_eq!(parse_backend("[::1]:8443").unwrap().to_string(), "[::1]:8443");
+        assert_eq!(
+            parse_backend("Node-1.Example.com:443").unwrap().host,
+            BackendHost::Name("node-1.example.com".into())
+        );
+        assert!(parse_backend("::1:443").is_err());
+        assert!(parse_backend("host").is_err());
+        assert!(parse_backend("host:0").is_err());
+        assert!(parse_backend("host:70000").is_err());
+    }
+
+    #[test]
+    fn conflicts_name_both_routes() {
+        let specs = vec![
+            spec("a", &["x.example.com"], &["127.0.0.1:1"]),
+            spec("b", &["X.example.com."], &["127.0.0.1:2"]),
+        ];
+        let errs = validate_all(Path::new("routes.toml"), &specs, "route").unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert_eq!(
+            errs.to_string(),
+            "routes.toml: route[1].hosts: host `x.example.com` of route `b` is already claimed by route `a`"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_rejected() {
+        let specs = vec![
+            spec("a", &["x.example.com"], &["127.0.0.1:1"]),
+            spec("a", &["y.example.com"], &["127.0.0.1:2"]),
+        ];
+        let errs = validate_all(Path::new("r.toml"), &specs, "route").unwrap_err();
+        assert!(errs.to_string().contains("route[1].name"), "{errs}");
+    }
+
+    #[test]
+    fn every_field_error_is_reported() {
+        let mut s = spec("bad name!", &[], &["nope"]);
+        s.mode = "teleport".into();
+        s.expires_at = Some("tomorrow".into());
+        let errs = validate_all(Path::new("r.toml"), &[s], "route").unwrap_err();
+        let text = errs.to_string();
+        for f in ["route[0].name", "route[0].hosts", "route[0].mode", "route[0].backends[0]", "route[0].expires_at"] {
+            assert!(text.contains(&format!("r.toml: {f}: ")), "{f} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn toml_file_parses_with_app_metadata() {
+        let text = r#"
+[[route]]
+name = "shop"
+hosts = ["81152fe21315.apps.example.com"]
+backends = ["10.1.2.3:443", "node-2.example.com:443"]
+expires_at = "2030-01-01T00:00:00+01:00"
+[route.app]
+project = "p1"
+name = "shop"
+hardware = "4g-eu-001"
+"#;
+        let specs = parse_file(Path::new("routes.toml"), text).unwrap();
+        let routes = validate_all(Path::new("routes.toml"), &specs, "route").unwrap();
+        assert_eq!(routes[0].backends.len(), 2);
+        assert_eq!(routes[0].mode, Mode::Passthrough);
+        assert_eq!(
+            routes[0].expires_at.unwrap().to_rfc3339(),
+            "2029-12-31T23:00:00+00:00"
+        );
+        assert_eq!(routes[0].app.as_ref().unwrap().hardware.as_deref(), Some("4g-eu-001"));
+    }
+
+    #[test]
+    fn json_file_parses_and_unknown_fields_fail() {
+        let ok = r#"{"route":[{"name":"a","hosts":["a.example.com"],"backends":["127.0.0.1:9"]}]}"#;
+        assert_eq!(parse_file(Path::new("r.json"), ok).unwrap().len(), 1);
+        let bad = r#"{"route":[{"name":"a","hosts":[],"backends":[],"colour":"red"}]}"#;
+        let e = parse_file(Path::new("r.json"), bad).unwrap_err().to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let bad_toml = "[[route]]\nname = \"a\"\nhosts = []\nbackends = []\ncolour = 1\n";
+        let e = parse_file(Path::new("r.toml"), bad_toml).unwrap_err().to_string();
+        assert!(e.contains("r.toml: line 5: unknown field `colour`"), "{e}");
+    }
+}

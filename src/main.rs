@@ -1,0 +1,110 @@
+//! The `mse-proxy` binary: parse the CLI, set up tracing, load config, start
+//! the runtime, map errors to exit codes. Everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mse_proxy::config::{Config, LogFormat};
+use mse_proxy::server;
+
+/// Exit code for an invalid configuration (clap uses 2 for bad usage).
+const EXIT_CONFIG: u8 = 3;
+/// Exit code for a failure while starting or running.
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "mse-proxy", version, about = "SNI-routing TLS ingress for SGX enclave apps")]
+struct Cli {
+    /// Static configuration file (TOML).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and its routes, print every problem, exit non-zero if any.
+    Check,
+    /// Run the proxy (the default when no command is given).
+    Run,
+    /// Run the proxy on the shipped example config with a stand-in enclave
+    /// behind it, and show one TLS connection routed through it.
+    Demo {
+        /// Where the stand-in enclave listens (the example routes point here).
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        enclave: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    let config_path = match (&cli.config, &command) {
+        (Some(p), _) => p.clone(),
+        (None, Command::Demo { .. }) => PathBuf::from("config/example.toml"),
+        (None, _) => {
+            eprintln!("error: --config FILE is required");
+            return ExitCode::from(2);
+        }
+    };
+
+    let (config, routes) = match server::check(&config_path) {
+        Ok(ok) => ok,
+        Err(errs) => {
+            eprintln!("{errs}");
+            eprintln!("{} problem(s) in the configuration", errs.0.len());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Command::Check = command {
+        println!(
+            "{}: ok ({} listener(s), {} route(s))",
+            config_path.display(),
+            config.listeners.len(),
+            routes.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    init_tracing(&config);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = config.workers {
+        rt.worker_threads(n);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = rt.block_on(async move {
+        match command {
+            Command::Demo { enclave } => mse_proxy::demo::run(config, routes, enclave).await,
+            _ => {
+                let handle = server::start(config, routes)?;
+                server::serve_until_signal(handle).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

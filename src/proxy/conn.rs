@@ -1,0 +1,154 @@
+//! One accepted connection, from the first byte to the access-log line.
+
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::outcome::Outcome;
+use super::{passthrough, Shared};
+use crate::config::UnknownSniAction;
+use crate::routing::{Mode, RouteEntry};
+use crate::tls::alert;
+use crate::tls::detect::{read_client_hello, DetectError};
+
+/// What the access-log line says about a connection.
+#[derive(Debug, Default)]
+pub struct ConnLog {
+    pub sni: Option<String>,
+    pub route: Option<String>,
+    pub upstream: Option<SocketAddr>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Serves one connection. The permit is the connection's slot under the
+/// global limit; it is released when this task ends, on every path.
+pub async fn handle(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let start = Instant::now();
+    let mut log = ConnLog::default();
+    let outcome = serve(&shared, client, start, &mut log).await;
+    access_log(&shared, peer, outcome, &log, start.elapsed());
+}
+
+async fn serve(shared: &Shared, mut client: TcpStream, start: Instant, log: &mut ConnLog) -> Outcome {
+    let _ = client.set_nodelay(true);
+    let deadline = start + shared.config.timeouts.client_hello;
+    let detected = match read_client_hello(
+        &mut client,
+        shared.config.max_client_hello_bytes,
+        deadline,
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "no ClientHello");
+            return match e {
+                DetectError::Timeout => Outcome::HelloTimeout,
+                DetectError::NotTls => Outcome::NotTls,
+                DetectError::Malformed(_) | DetectError::TooLarge => Outcome::BadHello,
+                DetectError::Closed | DetectError::Io(_) => Outcome::ClientClosed,
+            };
+        }
+    };
+
+    let span = tracing::Span::current();
+    let entry: Arc<RouteEntry> = {
+        let snapshot = shared.router.load();
+        let found = match &detected.hello.sni {
+            Some(sni) => snapshot.lookup(sni),
+            None => snapshot.no_sni_route(),
+        };
+        match found {
+            Some(e) => Arc::clone(e),
+            None => {
+                let outcome = if detected.hello.sni.is_some() {
+                    Outcome::UnknownSni
+                } else {
+                    Outcome::NoSni
+                };
+                log.sni = detected.hello.sni;
+                span.record("sni", log.sni.as_deref());
+                drop(snapshot);
+                refuse(shared, client).await;
+                return outcome;
+            }
+        }
+    };
+    log.sni = detected.hello.sni;
+    log.route = Some(entry.route.name.clone());
+    span.record("sni", log.sni.as_deref());
+    span.record("route", entry.route.name.as_str());
+
+    if entry.route.expired_at(chrono::Utc::now()) {
+        refuse(shared, client).await;
+        return Outcome::Expired;
+    }
+
+    match entry.route.mode {
+        Mode::Passthrough => passthrough::run(shared, client, detected.bytes, entry, log).await,
+        // Validation refuses terminate routes until termination is built.
+        Mode::Terminate => {
+            refuse(shared, client).await;
+            Outcome::UnknownSni
+        }
+    }
+}
+
+/// How long a refused client is given to read our alert and close first.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Refuses a client that sent a whole ClientHello we will not serve: a fatal
+/// `unrecognized_name` alert or a plain close, as configured. After the alert
+/// the write side is shut and what the client still sends is drained briefly,
+/// so that the close does not turn into a reset that could destroy the alert
+/// before the client reads it.
+async fn refuse(shared: &Shared, mut client: TcpStream) {
+    if shared.config.unknown_sni == UnknownSniAction::Close {
+        return;
+    }
+    let record = alert::fatal(alert::UNRECOGNIZED_NAME);
+    if super::relay::write_all(&client, &record).await.is_err() {
+        return;
+    }
+    let _ = socket2::SockRef::from(&client).shutdown(Shutdown::Write);
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// One line per connection, at info level, target `mse_proxy::access`.
+pub fn access_log(shared: &Shared, peer: SocketAddr, outcome: Outcome, log: &ConnLog, took: Duration) {
+    if !shared.config.log.access_log {
+        return;
+    }
+    tracing::info!(
+        target: "mse_proxy::access",
+        client = %peer,
+        sni = log.sni.as_deref().unwrap_or("-"),
+        route = log.route.as_deref().unwrap_or("-"),
+        upstream = %log.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        outcome = outcome.as_str(),
+        bytes_in = log.bytes_up,
+        bytes_out = log.bytes_down,
+        duration_ms = took.as_millis() as u64,
+    );
+}

@@ -1,0 +1,111 @@
+//! Listening sockets and the accept loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::conn;
+use super::outcome::Outcome;
+use super::Shared;
+
+/// Binds one listening socket. IPv6 sockets are v6-only so that `0.0.0.0:443`
+/// and `[::]:443` can both be listed without colliding.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accept errors that mean "this process or the system is out of a
+/// resource": retrying at once would spin, so the loop backs off.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_codes::EMFILE | libc_codes::ENFILE | libc_codes::ENOBUFS | libc_codes::ENOMEM)
+    )
+}
+
+/// The errno values we back off on (Linux numbering, stable ABI).
+mod libc_codes {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts until `stop` is cancelled. It never returns on an accept error:
+/// per-connection errors are skipped, resource exhaustion backs off.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let local = listener.local_addr().ok();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(ok) => {
+                backoff = BACKOFF_MIN;
+                ok
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                tracing::error!(listener = ?local, error = %e, backoff = ?backoff, "accept: out of resources, backing off");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(listener = ?local, error = %e, "accept error");
+                continue;
+            }
+        };
+        // Report IPv4 clients as IPv4 even if a socket hands them over mapped.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let permit = match Arc::clone(&shared.limit).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                drop(stream);
+                conn::access_log(
+                    &shared,
+                    peer,
+                    Outcome::Limit,
+                    &conn::ConnLog::default(),
+                    Duration::ZERO,
+                );
+                continue;
+            }
+        };
+        let span = tracing::info_span!(
+            "conn",
+            peer = %peer,
+            sni = tracing::field::Empty,
+            route = tracing::field::Empty
+        );
+        tracker.spawn(conn::handle(Arc::clone(&shared), stream, peer, permit).instrument(span));
+    }
+    tracing::info!(listener = ?local, "stopped accepting");
+}

@@ -1,0 +1,9 @@
+//! Routing: validated routes ([`route`]), the live, atomically swapped table
+//! they form ([`table`]), and applying a new route set to it ([`reload`]).
+
+pub mod reload;
+pub mod route;
+pub mod table;
+
+pub use route::{Backend, BackendHost, HostPattern, Mode, Route};
+pub use table::{RouteEntry, Router, Snapshot};

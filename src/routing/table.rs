@@ -1,0 +1,253 @@
+//! The routing snapshot: one immutable value, ranked at build time so that a
+//! lookup is at most two hash probes whatever the number of routes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use tokio_util::sync::CancellationToken;
+
+use super::route::{HostPattern, Route};
+
+type FastMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+/// A route as it lives in the table, shared with the connections using it.
+///
+/// A reload that leaves a route's definition unchanged carries the same
+/// `Arc<RouteEntry>` into the next snapshot, so its connections are never
+/// disturbed; a route that goes away (removal, expiry, redeploy) has its
+/// `closer` cancelled, which is how its open connections learn to close.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub route: Route,
+    closer: CancellationToken,
+    open: AtomicUsize,
+}
+
+impl RouteEntry {
+    pub fn new(route: Route) -> Arc<Self> {
+        Arc::new(Self {
+            route,
+            closer: CancellationToken::new(),
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// Resolves when the route's connections must close.
+    pub fn closer(&self) -> &CancellationToken {
+        &self.closer
+    }
+
+    /// Tells every open connection on this route to close.
+    pub fn close_connections(&self) {
+        self.closer.cancel();
+    }
+
+    /// Connections currently relayed on this route.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts one open connection until the guard drops; held by ownership so
+    /// the count cannot drift on any return path.
+    pub fn track(self: &Arc<Self>) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(Arc::clone(self))
+    }
+}
+
+/// Decrements a route's open-connection count on drop.
+#[derive(Debug)]
+pub struct OpenGuard(Arc<RouteEntry>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One immutable routing table.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    routes: Vec<Arc<RouteEntry>>,
+    exact: FastMap<u32>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: FastMap<u32>,
+    by_name: FastMap<u32>,
+    no_sni: Option<u32>,
+}
+
+impl Snapshot {
+    /// Builds the table. Host conflicts were rejected by validation; should one
+    /// slip through, the first route keeps the host (debug builds assert).
+    /// Fails only when `no_sni_route` names no route.
+    pub fn build(routes: Vec<Arc<RouteEntry>>, no_sni_route: Option<&str>) -> Result<Self, String> {
+        let mut snap = Snapshot {
+            exact: FastMap::default(),
+            wildcard: FastMap::default(),
+            by_name: FastMap::default(),
+            no_sni: None,
+            routes: Vec::new(),
+        };
+        for (i, entry) in routes.iter().enumerate() {
+            let i = u32::try_from(i).map_err(|_| "too many routes".to_string())?;
+            snap.by_name.entry(entry.route.name.clone().into()).or_insert(i);
+            for h in &entry.route.hosts {
+                let (map, key) = match h {
+                    HostPattern::Exact(n) => (&mut snap.exact, n),
+                    HostPattern::Wildcard(s) => (&mut snap.wildcard, s),
+                };
+                let prev = map.entry(key.as_str().into()).or_insert(i);
+                debug_assert_eq!(*prev, i, "host {h} claimed twice; validation should refuse");
+            }
+        }
+        if let Some(name) = no_sni_route {
+            match snap.by_name.get(name) {
+                Some(&i) => snap.no_sni = Some(i),
+                None => return Err(format!("no_sni_route `{name}` names no route")),
+            }
+        }
+        snap.routes = routes;
+        Ok(snap)
+    }
+
+    /// The route for a normalised SNI (lowercase, no trailing dot, as the
+    /// ClientHello parser gives it): an exact name first, then the wildcard
+    /// for the name minus its first label. Certificate-style wildcards match
+    /// one label only, so there is exactly one wildcard candidate and no
+    /// ranking is left to do at lookup time.
+    pub fn lookup(&self, sni: &str) -> Option<&Arc<RouteEntry>> {
+        if let Some(&i) = self.exact.get(sni) {
+            return Some(&self.routes[i as usize]);
+        }
+        let (_, suffix) = sni.split_once('.')?;
+        self.wildcard.get(suffix).map(|&i| &self.routes[i as usize])
+    }
+
+    /// The route for hellos without SNI, if one is configured.
+    pub fn no_sni_route(&self) -> Option<&Arc<RouteEntry>> {
+        self.no_sni.map(|i| &self.routes[i as usize])
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<RouteEntry>> {
+        self.by_name.get(name).map(|&i| &self.routes[i as usize])
+    }
+
+    pub fn routes(&self) -> &[Arc<RouteEntry>] {
+        &self.routes
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The live table: one `ArcSwap`, so lookups never lock and a reload is one
+/// atomic swap.
+#[derive(Debug)]
+pub struct Router {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Router {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// The current snapshot; cheap, lock-free, meant to be held briefly.
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, for longer holds.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Installs `next` and returns the snapshot it replaced.
+    pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
+        self.current.swap(Arc::new(next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::routes::{validate_all, RouteSpec};
+    use std::path::Path;
+
+    fn table(routes: &[(&str, &[&str])]) -> Snapshot {
+        let specs: Vec<RouteSpec> = routes
+            .iter()
+            .map(|(name, hosts)| RouteSpec {
+                name: name.to_string(),
+                hosts: hosts.iter().map(|s| s.to_string()).collect(),
+                mode: "passthrough".into(),
+                backends: vec!["127.0.0.1:1".into()],
+                expires_at: None,
+                app: None,
+            })
+            .collect();
+        let routes = validate_all(Path::new("t"), &specs, "route").unwrap();
+        Snapshot::build(routes.into_iter().map(RouteEntry::new).collect(), None).unwrap()
+    }
+
+    fn hit<'a>(s: &'a Snapshot, sni: &str) -> Option<&'a str> {
+        s.lookup(sni).map(|e| e.route.name.as_str())
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_wildcard_is_one_label() {
+        let s = table(&[
+            ("wild", &["*.apps.example.com"]),
+            ("exact", &["special.apps.example.com"]),
+            ("deeper", &["*.eu.apps.example.com"]),
+        ]);
+        assert_eq!(hit(&s, "special.apps.example.com"), Some("exact"));
+        assert_eq!(hit(&s, "other.apps.example.com"), Some("wild"));
+        assert_eq!(hit(&s, "x.eu.apps.example.com"), Some("deeper"));
+        // One label only: two extra labels match nothing, nor does the bare suffix.
+        assert_eq!(hit(&s, "a.b.apps.example.com"), None);
+        assert_eq!(hit(&s, "apps.example.com"), None);
+        assert_eq!(hit(&s, "com"), None);
+        assert_eq!(hit(&s, ""), None);
+    }
+
+    #[test]
+    fn no_sni_route_must_exist() {
+        let s = table(&[("a", &["a.example.com"])]);
+        let routes = s.routes().to_vec();
+        assert!(Snapshot::build(routes.clone(), Some("nope")).is_err());
+        let s = Snapshot::build(routes, Some("a")).unwrap();
+        assert_eq!(s.no_sni_route().unwrap().route.name, "a");
+        assert_eq!(s.get("a").unwrap().route.name, "a");
+    }
+
+    #[test]
+    fn open_guard_counts_by_ownership() {
+        let s = table(&[("a", &["a.example.com"])]);
+        let e = s.get("a").unwrap();
+        let g1 = e.track();
+        let g2 = e.track();
+        assert_eq!(e.open_connections(), 2);
+        drop(g1);
+        drop(g2);
+        assert_eq!(e.open_connections(), 0);
+    }
+
+    #[test]
+    fn swap_replaces_atomically() {
+        let router = Router::new(table(&[("a", &["a.example.com"])]));
+        assert_eq!(router.load().lookup("a.example.com").unwrap().route.name, "a");
+        let old = router.swap(table(&[("b", &["a.example.com"])]));
+        assert_eq!(old.len(), 1);
+        assert_eq!(router.load().lookup("a.example.com").unwrap().route.name, "b");
+    }
+}
