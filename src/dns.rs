@@ -28,7 +28,9 @@ pub struct Dns {
 
 impl std::fmt::Debug for Dns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dns").field("ok", &self.resolver.is_ok()).finish()
+        f.debug_struct("Dns")
+            .field("ok", &self.resolver.is_ok())
+            .finish()
     }
 }
 

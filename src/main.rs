@@ -14,7 +14,11 @@ const EXIT_CONFIG: u8 = 3;
 const EXIT_RUNTIME: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "mse-proxy", version, about = "SNI-routing TLS ingress for SGX enclave apps")]
+#[command(
+    name = "mse-proxy",
+    version,
+    about = "SNI-routing TLS ingress for SGX enclave apps"
+)]
 struct Cli {
     /// Static configuration file (TOML).
     #[arg(long, short, global = true, value_name = "FILE")]
@@ -102,7 +106,9 @@ fn main() -> ExitCode {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

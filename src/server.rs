@@ -51,7 +51,11 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<ProxyHandle> 
 pub fn reload_routes(handle: &ProxyHandle) -> Result<reload::Applied, String> {
     let config = &handle.shared.config;
     let routes = load_routes(config).map_err(|e| e.to_string())?;
-    reload::apply(&handle.shared.router, routes, config.no_sni_route.as_deref())
+    reload::apply(
+        &handle.shared.router,
+        routes,
+        config.no_sni_route.as_deref(),
+    )
 }
 
 /// Serves until SIGTERM or SIGINT, reloading routes on SIGHUP, then drains

@@ -53,10 +53,12 @@ impl Ca {
 
     /// Issues a server certificate for `hosts` (names or `*.wildcards`).
     pub fn issue(&self, hosts: &[&str]) -> anyhow::Result<Leaf> {
-        let mut params = CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, hosts.first().copied().unwrap_or("stand-in"));
+        let mut params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            hosts.first().copied().unwrap_or("stand-in"),
+        );
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
@@ -104,7 +106,11 @@ pub struct Enclave {
 impl Enclave {
     /// Serves TLS on `listener` with `config`; `name` is what its HTTP
     /// answers say.
-    pub fn spawn(listener: TcpListener, name: &str, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+    pub fn spawn(
+        listener: TcpListener,
+        name: &str,
+        config: Arc<ServerConfig>,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let handshakes = Arc::new(AtomicUsize::new(0));

@@ -130,7 +130,11 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     if raw.workers == Some(0) {
-        errs.push(path, "workers", "must be at least 1 (omit it for one per core)");
+        errs.push(
+            path,
+            "workers",
+            "must be at least 1 (omit it for one per core)",
+        );
     }
 
     let t = &raw.timeouts;
@@ -174,9 +178,10 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
 
     let mut nameservers = Vec::new();
     for (i, ns) in raw.dns.nameservers.iter().enumerate() {
-        let parsed = ns
-            .parse::<SocketAddr>()
-            .or_else(|_| ns.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        let parsed = ns.parse::<SocketAddr>().or_else(|_| {
+            ns.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
         match parsed {
             Ok(a) => nameservers.push(a),
             Err(_) => errs.push(
@@ -256,9 +261,12 @@ mod tests {
 
     #[test]
     fn routes_file_is_relative_to_config() {
-        let c = load("routes_file = \"routes.toml\"\n[[listener]]\naddress = \"[::1]:443\"\n")
-            .unwrap();
-        assert_eq!(c.routes_file.unwrap(), PathBuf::from("/etc/mse/routes.toml"));
+        let c =
+            load("routes_file = \"routes.toml\"\n[[listener]]\naddress = \"[::1]:443\"\n").unwrap();
+        assert_eq!(
+            c.routes_file.unwrap(),
+            PathBuf::from("/etc/mse/routes.toml")
+        );
     }
 
     #[test]

@@ -135,9 +135,11 @@ pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, Co
     let mut hosts = Vec::with_capacity(spec.hosts.len());
     for (i, h) in spec.hosts.iter().enumerate() {
         match parse_host_pattern(h) {
-            Ok(p) if hosts.contains(&p) => {
-                errs.push(file, format!("{at}.hosts[{i}]"), format!("`{h}` listed twice"))
-            }
+            Ok(p) if hosts.contains(&p) => errs.push(
+                file,
+                format!("{at}.hosts[{i}]"),
+                format!("`{h}` listed twice"),
+            ),
             Ok(p) => hosts.push(p),
             Err(why) => errs.push(file, format!("{at}.hosts[{i}]"), format!("`{h}`: {why}")),
         }
@@ -164,7 +166,11 @@ pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, Co
     };
 
     if spec.backends.is_empty() {
-        errs.push(file, format!("{at}.backends"), "at least one backend is required");
+        errs.push(
+            file,
+            format!("{at}.backends"),
+            "at least one backend is required",
+        );
     }
     let mut backends = Vec::with_capacity(spec.backends.len());
     for (i, b) in spec.backends.iter().enumerate() {
@@ -310,8 +316,14 @@ mod tests {
 
     #[test]
     fn backends_parse() {
-        assert_eq!(parse_backend("10.0.0.1:443").unwrap().to_string(), "10.0.0.1:443");
-        assert_eq!(parse_backend("[::1]:8443").unwrap().to_string(), "[::1]:8443");
+        assert_eq!(
+            parse_backend("10.0.0.1:443").unwrap().to_string(),
+            "10.0.0.1:443"
+        );
+        assert_eq!(
+            parse_backend("[::1]:8443").unwrap().to_string(),
+            "[::1]:8443"
+        );
         assert_eq!(
             parse_backend("Node-1.Example.com:443").unwrap().host,
             BackendHost::Name("node-1.example.com".into())
@@ -353,8 +365,17 @@ mod tests {
         s.expires_at = Some("tomorrow".into());
         let errs = validate_all(Path::new("r.toml"), &[s], "route").unwrap_err();
         let text = errs.to_string();
-        for f in ["route[0].name", "route[0].hosts", "route[0].mode", "route[0].backends[0]", "route[0].expires_at"] {
-            assert!(text.contains(&format!("r.toml: {f}: ")), "{f} missing:\n{text}");
+        for f in [
+            "route[0].name",
+            "route[0].hosts",
+            "route[0].mode",
+            "route[0].backends[0]",
+            "route[0].expires_at",
+        ] {
+            assert!(
+                text.contains(&format!("r.toml: {f}: ")),
+                "{f} missing:\n{text}"
+            );
         }
     }
 
@@ -379,7 +400,10 @@ hardware = "4g-eu-001"
             routes[0].expires_at.unwrap().to_rfc3339(),
             "2029-12-31T23:00:00+00:00"
         );
-        assert_eq!(routes[0].app.as_ref().unwrap().hardware.as_deref(), Some("4g-eu-001"));
+        assert_eq!(
+            routes[0].app.as_ref().unwrap().hardware.as_deref(),
+            Some("4g-eu-001")
+        );
     }
 
     #[test]
@@ -387,10 +411,14 @@ hardware = "4g-eu-001"
         let ok = r#"{"route":[{"name":"a","hosts":["a.example.com"],"backends":["127.0.0.1:9"]}]}"#;
         assert_eq!(parse_file(Path::new("r.json"), ok).unwrap().len(), 1);
         let bad = r#"{"route":[{"name":"a","hosts":[],"backends":[],"colour":"red"}]}"#;
-        let e = parse_file(Path::new("r.json"), bad).unwrap_err().to_string();
+        let e = parse_file(Path::new("r.json"), bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
         let bad_toml = "[[route]]\nname = \"a\"\nhosts = []\nbackends = []\ncolour = 1\n";
-        let e = parse_file(Path::new("r.toml"), bad_toml).unwrap_err().to_string();
+        let e = parse_file(Path::new("r.toml"), bad_toml)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("r.toml: line 5: unknown field `colour`"), "{e}");
     }
 }

@@ -40,7 +40,12 @@ pub async fn handle(
     access_log(&shared, peer, outcome, &log, start.elapsed());
 }
 
-async fn serve(shared: &Shared, mut client: TcpStream, start: Instant, log: &mut ConnLog) -> Outcome {
+async fn serve(
+    shared: &Shared,
+    mut client: TcpStream,
+    start: Instant,
+    log: &mut ConnLog,
+) -> Outcome {
     let _ = client.set_nodelay(true);
     let deadline = start + shared.config.timeouts.client_hello;
     let detected = match read_client_hello(
@@ -136,7 +141,13 @@ async fn refuse(shared: &Shared, mut client: TcpStream) {
 }
 
 /// One line per connection, at info level, target `mse_proxy::access`.
-pub fn access_log(shared: &Shared, peer: SocketAddr, outcome: Outcome, log: &ConnLog, took: Duration) {
+pub fn access_log(
+    shared: &Shared,
+    peer: SocketAddr,
+    outcome: Outcome,
+    log: &ConnLog,
+    took: Duration,
+) {
     if !shared.config.log.access_log {
         return;
     }

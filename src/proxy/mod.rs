@@ -117,7 +117,10 @@ impl ProxyHandle {
         }
         self.tracker.close();
         let mut cut = 0;
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             cut = self.tracker.len();
             tracing::info!(open = cut, "shutdown grace over, closing live connections");
             self.shared.kill.cancel();

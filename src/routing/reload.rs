@@ -48,11 +48,7 @@ pub fn apply(
     let retired: Vec<Arc<RouteEntry>> = old
         .routes()
         .iter()
-        .filter(|e| {
-            !next
-                .get(&e.route.name)
-                .is_some_and(|n| Arc::ptr_eq(n, e))
-        })
+        .filter(|e| !next.get(&e.route.name).is_some_and(|n| Arc::ptr_eq(n, e)))
         .cloned()
         .collect();
     applied.removed = old
@@ -94,7 +90,11 @@ mod tests {
         let router = Router::new(Snapshot::default());
         let a = apply(
             &router,
-            routes(&[("a", "a.test", "127.0.0.1:1"), ("b", "b.test", "127.0.0.1:2"), ("c", "c.test", "127.0.0.1:3")]),
+            routes(&[
+                ("a", "a.test", "127.0.0.1:1"),
+                ("b", "b.test", "127.0.0.1:2"),
+                ("c", "c.test", "127.0.0.1:3"),
+            ]),
             None,
         )
         .unwrap();
@@ -107,16 +107,37 @@ mod tests {
         );
         let a = apply(
             &router,
-            routes(&[("a", "a.test", "127.0.0.1:1"), ("b", "b.test", "127.0.0.1:9"), ("d", "d.test", "127.0.0.1:4")]),
+            routes(&[
+                ("a", "a.test", "127.0.0.1:1"),
+                ("b", "b.test", "127.0.0.1:9"),
+                ("d", "d.test", "127.0.0.1:4"),
+            ]),
             None,
         )
         .unwrap();
-        assert_eq!(a, Applied { added: 1, changed: 1, removed: 1, unchanged: 1 });
+        assert_eq!(
+            a,
+            Applied {
+                added: 1,
+                changed: 1,
+                removed: 1,
+                unchanged: 1
+            }
+        );
         let now = router.load_full();
         assert!(Arc::ptr_eq(now.get("a").unwrap(), &ea));
-        assert!(!ea.closer().is_cancelled(), "unchanged route must not be disturbed");
-        assert!(eb.closer().is_cancelled(), "redeployed route's old connections close");
-        assert!(ec.closer().is_cancelled(), "removed route's connections close");
+        assert!(
+            !ea.closer().is_cancelled(),
+            "unchanged route must not be disturbed"
+        );
+        assert!(
+            eb.closer().is_cancelled(),
+            "redeployed route's old connections close"
+        );
+        assert!(
+            ec.closer().is_cancelled(),
+            "removed route's connections close"
+        );
         assert!(now.lookup("c.test").is_none());
     }
 

@@ -92,7 +92,9 @@ impl Snapshot {
         };
         for (i, entry) in routes.iter().enumerate() {
             let i = u32::try_from(i).map_err(|_| "too many routes".to_string())?;
-            snap.by_name.entry(entry.route.name.clone().into()).or_insert(i);
+            snap.by_name
+                .entry(entry.route.name.clone().into())
+                .or_insert(i);
             for h in &entry.route.hosts {
                 let (map, key) = match h {
                     HostPattern::Exact(n) => (&mut snap.exact, n),
@@ -245,9 +247,15 @@ mod tests {
     #[test]
     fn swap_replaces_atomically() {
         let router = Router::new(table(&[("a", &["a.example.com"])]));
-        assert_eq!(router.load().lookup("a.example.com").unwrap().route.name, "a");
+        assert_eq!(
+            router.load().lookup("a.example.com").unwrap().route.name,
+            "a"
+        );
         let old = router.swap(table(&[("b", &["a.example.com"])]));
         assert_eq!(old.len(), 1);
-        assert_eq!(router.load().lookup("a.example.com").unwrap().route.name, "b");
+        assert_eq!(
+            router.load().lookup("a.example.com").unwrap().route.name,
+            "b"
+        );
     }
 }

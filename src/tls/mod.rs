@@ -1,4 +1,4 @@
 //! TLS-level pieces of the ingress: reading what a client sends before any TLS handshake.
-pub mod client_hello;
 pub mod alert;
+pub mod client_hello;
 pub mod detect;

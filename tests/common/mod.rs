@@ -1,0 +1,165 @@
+//! The one harness every integration test goes through: stand-in enclaves
+//! with certificates from a test CA, a proxy started in-process on port 0,
+//! and real TLS clients (rustls here; curl and openssl as processes).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mse_proxy::config::routes::{validate_all, RouteSpec};
+use mse_proxy::config::Config;
+use mse_proxy::proxy::ProxyHandle;
+use mse_proxy::routing::Route;
+pub use mse_proxy::standin::{Ca, Enclave};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// The SNI of every captured hello in tests/data.
+pub const CAPTURED_SNI: &str = "app.example.test";
+
+pub fn captured_hello() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/clienthello-curl-openssl.bin"
+    ))
+    .expect("captured hello")
+}
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn spec(name: &str, hosts: &[&str], backends: &[String]) -> RouteSpec {
+    RouteSpec {
+        name: name.into(),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        mode: "passthrough".into(),
+        backends: backends.to_vec(),
+        expires_at: None,
+        app: None,
+    }
+}
+
+pub fn routes(specs: &[RouteSpec]) -> Vec<Route> {
+    validate_all(Path::new("test-routes"), specs, "route").expect("valid test routes")
+}
+
+/// A config listening on an ephemeral loopback port; `extra` is appended
+/// TOML (tables such as `[timeouts]`).
+pub fn config(extra: &str) -> Config {
+    let text = format!("[[listener]]\naddress = \"127.0.0.1:0\"\n{extra}");
+    Config::from_toml(Path::new("test.toml"), &text).expect("valid test config")
+}
+
+/// Starts a proxy with `config` and `specs`.
+pub fn proxy(config: Config, specs: &[RouteSpec]) -> ProxyHandle {
+    init_logs();
+    mse_proxy::server::start(config, routes(specs)).expect("proxy starts")
+}
+
+pub fn addr(p: &ProxyHandle) -> SocketAddr {
+    p.local_addrs[0]
+}
+
+/// A stand-in enclave on 127.0.0.1:0 serving a CA-issued cert for `hosts`.
+pub async fn enclave(ca: &Ca, hosts: &[&str], name: &str) -> (Enclave, mse_proxy::standin::Leaf) {
+    let leaf = ca.issue(hosts).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = Enclave::spawn(l, name, leaf.server_config(&[b"http/1.1"]).unwrap()).unwrap();
+    (e, leaf)
+}
+
+/// A loopback port with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    ca: &Ca,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = TlsConnector::from(ca.client_config(&[b"http/1.1"]));
+    connector
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// One GET through TLS; returns the body and the leaf certificate seen.
+pub async fn get(addr: SocketAddr, sni: &str, ca: &Ca) -> std::io::Result<(String, Vec<u8>)> {
+    let mut tls = tls_connect(addr, sni, ca).await?;
+    let cert = tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec();
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {sni}\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await?;
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok((body, cert))
+}
+
+/// Reads until EOF or error, with a generous bound so a bug fails the test
+/// instead of hanging it. Returns what was read and whether it ended in EOF.
+pub async fn read_to_close(s: &mut TcpStream, bound: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(bound, s.read_to_end(&mut out)).await;
+    match r {
+        Ok(Ok(_)) => (out, true),
+        Ok(Err(_)) => (out, true),
+        Err(_) => (out, false),
+    }
+}
+
+/// Writes the CA's certificate to a temp file, for external clients.
+pub fn ca_file(ca: &Ca) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), ca.cert_pem()).unwrap();
+    f
+}
+
+/// Runs an external command with a time bound, returning (status ok, stdout+stderr).
+pub async fn run_tool(cmd: &str, args: &[String], stdin_null: bool) -> (bool, String) {
+    let mut c = tokio::process::Command::new(cmd);
+    c.args(args).kill_on_drop(true);
+    if stdin_null {
+        c.stdin(std::process::Stdio::null());
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), c.output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd} hung"))
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (is it installed?): {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Polls `f` until true or `bound` passes (for state changes in other tasks).
+pub async fn eventually(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+pub type Shared = Arc<mse_proxy::proxy::Shared>;
