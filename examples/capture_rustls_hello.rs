@@ -3,7 +3,7 @@
 //!
 //! Usage: `cargo run --example capture_rustls_hello -- ADDR SNI pq|nopq`
 //!
-//! * `pq`: the default aws-lc-rs provider, which (rustls ≥ 0.23.27, `prefer-post-quantum`)
+//! * `pq`: the default aws-lc-rs provider, which (with the default `prefer-post-quantum` feature)
 //!   sends an X25519MLKEM768 key share: a ~1.2 KB share that pushes the hello past 1,200 bytes.
 //! * `nopq`: the same provider restricted to X25519 and P-256, the classic ~250-byte hello.
 //!

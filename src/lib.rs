@@ -17,6 +17,7 @@
 //! connections of routes that left; `server` wires signals (SIGHUP reload,
 //! SIGTERM graceful stop) around a running `proxy::ProxyHandle`.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod dns;

@@ -1,15 +1,23 @@
-//! Running the proxy as a process: load, start, then follow signals
-//! (SIGHUP reloads routes, SIGTERM drains, a second SIGINT exits at once).
+//! Running the proxy as a process: load, start the data plane, the
+//! reconciler, the file watch and the admin listener, then follow signals
+//! (SIGHUP re-reads routes, SIGTERM drains, a second SIGINT exits at once).
 
+use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState};
 use crate::config::{routes, Config, ConfigError, ConfigErrors};
 use crate::proxy::ProxyHandle;
-use crate::routing::{reload, Route, Router, Snapshot};
+use crate::routing::reconciler::{Control, Reconciler};
+use crate::routing::reload::{self, ApplyOptions};
+use crate::routing::sources::file::{self, FileWatch};
+use crate::routing::{Route, Router, Snapshot, Source};
 
 /// Loads and validates the routes the config names (none if it names no
 /// file), including that `no_sni_route` exists among them.
@@ -38,46 +46,118 @@ pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
     Ok((config, routes))
 }
 
-/// Builds the first table and starts listening.
-pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<ProxyHandle> {
+/// A running proxy with its control plane.
+pub struct Server {
+    pub proxy: ProxyHandle,
+    pub control: Control,
+    /// Where the admin API listens, if configured.
+    pub admin_addr: Option<SocketAddr>,
+    admin_stop: CancellationToken,
+    _watch: Option<FileWatch>,
+}
+
+impl Deref for Server {
+    type Target = ProxyHandle;
+    fn deref(&self) -> &ProxyHandle {
+        &self.proxy
+    }
+}
+
+/// Starts everything: listeners (all bound before anything is served), the
+/// first route table, the reconciler, the file watch and the admin API.
+pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
+    let token = match &config.admin {
+        Some(a) => admin::load_token(&a.token)?,
+        None => None,
+    };
+    let admin_listener = match &config.admin {
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a.address)
+                .with_context(|| format!("admin listener cannot bind {}", a.address))?;
+            l.set_nonblocking(true)?;
+            Some(tokio::net::TcpListener::from_std(l)?)
+        }
+        None => None,
+    };
+    let watch_path = config.routes_file.clone().filter(|_| config.reload.watch);
+    // The first table is in place before the first connection is accepted.
     let router = Router::new(Snapshot::default());
-    reload::apply(&router, routes, config.no_sni_route.as_deref())
-        .map_err(|e| anyhow::anyhow!(e))?;
-    tracing::info!(routes = router.load().len(), "routes loaded");
-    ProxyHandle::start(config, router).context("starting listeners")
+    let first: Vec<(Route, Source)> = routes.iter().cloned().map(|r| (r, Source::File)).collect();
+    let opts = ApplyOptions {
+        on_change: config.reload.on_change,
+        close_grace: config.reload.close_grace,
+        ..ApplyOptions::new(config.no_sni_route.as_deref())
+    };
+    reload::apply(&router, first, opts).map_err(|e| anyhow::anyhow!(e))?;
+    let proxy = ProxyHandle::start(config, router).context("starting listeners")?;
+    let (reconciler, control) =
+        Reconciler::start(Arc::clone(&proxy.shared), routes).map_err(|e| anyhow::anyhow!(e))?;
+    tokio::spawn(reconciler.run());
+
+    let watch = match watch_path {
+        Some(p) => Some(
+            file::watch(&p, control.clone())
+                .with_context(|| format!("watching {}", p.display()))?,
+        ),
+        None => None,
+    };
+
+    let admin_stop = CancellationToken::new();
+    let admin_addr = match admin_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let state = Arc::new(AdminState {
+                shared: Arc::clone(&proxy.shared),
+                control: control.clone(),
+                token,
+            });
+            if state.token.is_none() {
+                tracing::warn!("no admin token configured: admin API writes are refused");
+            }
+            tokio::spawn(admin::serve(l, state, admin_stop.clone()));
+            tracing::info!(address = %addr, "admin API listening");
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok(Server {
+        proxy,
+        control,
+        admin_addr,
+        admin_stop,
+        _watch: watch,
+    })
 }
 
-/// Re-reads the routes file and swaps it in; a broken file changes nothing.
-pub fn reload_routes(handle: &ProxyHandle) -> Result<reload::Applied, String> {
-    let config = &handle.shared.config;
-    let routes = load_routes(config).map_err(|e| e.to_string())?;
-    reload::apply(
-        &handle.shared.router,
-        routes,
-        config.no_sni_route.as_deref(),
-    )
+impl Server {
+    /// Graceful stop: see [`ProxyHandle::shutdown`]; the admin API stops last.
+    pub async fn shutdown(self, grace: std::time::Duration) -> usize {
+        let cut = self.proxy.shutdown(grace).await;
+        self.admin_stop.cancel();
+        cut
+    }
 }
 
-/// Serves until SIGTERM or SIGINT, reloading routes on SIGHUP, then drains
+/// Serves until SIGTERM or SIGINT, re-reading routes on SIGHUP, then drains
 /// for the configured grace. A second SIGINT during the drain exits at once.
-pub async fn serve_until_signal(handle: ProxyHandle) -> anyhow::Result<()> {
+pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match reload_routes(&handle) {
-                Ok(a) => tracing::info!(added = a.added, changed = a.changed, removed = a.removed, unchanged = a.unchanged, "routes reloaded on SIGHUP"),
-                Err(e) => tracing::error!(error = %e, "reload refused; the current routes stay"),
-            },
+            _ = hup.recv() => {
+                // The reconciler logs the outcome either way.
+                let _ = server.control.reload_file().await;
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining (again to exit at once)"); break; }
         }
     }
-    let grace = handle.shared.config.timeouts.shutdown_grace;
-    let shared = Arc::clone(&handle.shared);
+    let grace = server.shared.config.timeouts.shutdown_grace;
+    let shared = Arc::clone(&server.shared);
     tokio::select! {
-        cut = handle.shutdown(grace) => {
+        cut = server.shutdown(grace) => {
             tracing::info!(closed_at_deadline = cut, "stopped");
         }
         _ = int.recv() => {

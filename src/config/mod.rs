@@ -55,6 +55,38 @@ pub struct LogConfig {
     pub access_log: bool,
 }
 
+/// What a changed route does to connections open on its old definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChange {
+    /// Close them: the old enclave is being stopped (the default).
+    Close,
+    /// Leave them until they end, or until the route is removed or expires.
+    Keep,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    pub debounce: Duration,
+    pub watch: bool,
+    pub close_grace: Duration,
+    pub on_change: OnChange,
+}
+
+/// Where the admin API's write token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    File(PathBuf),
+    Env(String),
+    /// No token configured: every write is refused.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    pub token: TokenSource,
+}
+
 /// The validated static configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -70,6 +102,8 @@ pub struct Config {
     pub no_sni_route: Option<String>,
     pub dns: DnsConfig,
     pub log: LogConfig,
+    pub reload: ReloadConfig,
+    pub admin: Option<AdminConfig>,
 }
 
 /// Smallest and largest accepted `limits.max_client_hello_bytes`: below 2 KiB
@@ -213,6 +247,50 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
 
     let routes_file = raw.routes_file.map(|p| base.join(p));
 
+    if raw.reload.debounce.is_zero() {
+        errs.push(path, "reload.debounce", "must be greater than zero");
+    }
+    let on_change = match raw.reload.on_change.as_str() {
+        "close" => OnChange::Close,
+        "keep" => OnChange::Keep,
+        other => {
+            errs.push(
+                path,
+                "reload.on_change",
+                format!("`{other}` is not one of `close`, `keep`"),
+            );
+            OnChange::Close
+        }
+    };
+
+    let admin = raw.admin.and_then(|a| {
+        let address = match a.address.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                errs.push(
+                    path,
+                    "admin.address",
+                    format!("`{}` is not `ip:port`", a.address),
+                );
+                return None;
+            }
+        };
+        let token = match (a.token_file, a.token_env) {
+            (Some(_), Some(_)) => {
+                errs.push(
+                    path,
+                    "admin.token_file",
+                    "give token_file or token_env, not both",
+                );
+                TokenSource::None
+            }
+            (Some(f), None) => TokenSource::File(base.join(f)),
+            (None, Some(v)) => TokenSource::Env(v),
+            (None, None) => TokenSource::None,
+        };
+        Some(AdminConfig { address, token })
+    });
+
     errs.into_result(Config {
         source: path.to_path_buf(),
         listeners,
@@ -238,6 +316,13 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             level: raw.log.level,
             access_log: raw.log.access_log,
         },
+        reload: ReloadConfig {
+            debounce: raw.reload.debounce,
+            watch: raw.reload.watch,
+            close_grace: raw.reload.close_grace,
+            on_change,
+        },
+        admin,
     })
 }
 

@@ -25,6 +25,47 @@ pub struct RawConfig {
     pub dns: RawDns,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub reload: RawReload,
+    /// Absent: no admin listener.
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReload {
+    /// Quiet time after the last change on disk before the routes file is re-read.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// Watch the routes file for changes (SIGHUP and the API reload it anyway).
+    pub watch: bool,
+    /// Default grace before an expired or removed route's connections close.
+    #[serde(with = "humantime_serde")]
+    pub close_grace: Duration,
+    /// What a redeploy (a route whose backends or settings changed) does to the
+    /// connections still open on the old definition: `close` or `keep`.
+    pub on_change: String,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(200),
+            watch: true,
+            close_grace: Duration::ZERO,
+            on_change: "close".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: String,
+    /// File holding the bearer token for writes (trailing newline ignored).
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the bearer token for writes.
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

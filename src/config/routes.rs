@@ -22,8 +22,27 @@ pub struct RouteSpec {
     pub backends: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// Grace before this route's connections close when it expires or is
+    /// removed (e.g. `30s`); absent: the global `reload.close_grace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_grace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppMeta>,
+}
+
+impl RouteSpec {
+    /// A passthrough route with no expiry or metadata.
+    pub fn passthrough<B: ToString>(name: &str, hosts: &[&str], backends: &[B]) -> Self {
+        Self {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            mode: default_mode(),
+            backends: backends.iter().map(ToString::to_string).collect(),
+            expires_at: None,
+            close_grace: None,
+            app: None,
+        }
+    }
 }
 
 fn default_mode() -> String {
@@ -73,27 +92,48 @@ pub fn validate_all(
 ) -> Result<Vec<Route>, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     let mut routes = Vec::with_capacity(specs.len());
+    // Position in `specs` of each valid route, so conflict errors name the
+    // right entry even when earlier ones were invalid.
+    let mut at = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         match validate_one(file, &format!("{list}[{i}]"), spec) {
-            Ok(r) => routes.push(r),
+            Ok(r) => {
+                routes.push(r);
+                at.push(i);
+            }
             Err(e) => errs.0.extend(e.0),
         }
     }
-    check_conflicts(file, list, &routes, &mut errs);
+    check_conflicts(
+        file,
+        &routes,
+        &|i, _| format!("{list}[{}]", at[i]),
+        &mut errs,
+    );
     errs.into_result(routes)
 }
 
 /// Cross-route rules: two routes with one name, or two routes claiming one
 /// host pattern, are errors; silently picking a winner would misroute an app.
-pub fn check_conflicts(file: &Path, list: &str, routes: &[Route], errs: &mut ConfigErrors) {
+/// `label` names a route in error fields (by position, or by name).
+pub fn check_conflicts(
+    file: &Path,
+    routes: &[Route],
+    label: &dyn Fn(usize, &Route) -> String,
+    errs: &mut ConfigErrors,
+) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut hosts: HashMap<&HostPattern, usize> = HashMap::new();
     for (i, r) in routes.iter().enumerate() {
         if let Some(j) = names.insert(&r.name, i) {
             errs.push(
                 file,
-                format!("{list}[{i}].name"),
-                format!("route name `{}` is already used by {list}[{j}]", r.name),
+                format!("{}.name", label(i, r)),
+                format!(
+                    "route name `{}` is already used by {}",
+                    r.name,
+                    label(j, &routes[j])
+                ),
             );
         }
         for h in &r.hosts {
@@ -101,7 +141,7 @@ pub fn check_conflicts(file: &Path, list: &str, routes: &[Route], errs: &mut Con
                 if j != i {
                     errs.push(
                         file,
-                        format!("{list}[{i}].hosts"),
+                        format!("{}.hosts", label(i, r)),
                         format!(
                             "host `{h}` of route `{}` is already claimed by route `{}`",
                             r.name, routes[j].name
@@ -195,8 +235,24 @@ pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, Co
         },
     };
 
+    let close_grace = match &spec.close_grace {
+        None => None,
+        Some(g) => match humantime::parse_duration(g) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                errs.push(
+                    file,
+                    format!("{at}.close_grace"),
+                    format!("`{g}` is not a duration such as `30s` ({e})"),
+                );
+                None
+            }
+        },
+    };
+
     errs.into_result(Route {
         name: spec.name.clone(),
+        close_grace,
         hosts,
         mode,
         backends,
@@ -287,14 +343,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, hosts: &[&str], backends: &[&str]) -> RouteSpec {
-        RouteSpec {
-            name: name.into(),
-            hosts: hosts.iter().map(|s| s.to_string()).collect(),
-            mode: "passthrough".into(),
-            backends: backends.iter().map(|s| s.to_string()).collect(),
-            expires_at: None,
-            app: None,
-        }
+        RouteSpec::passthrough(name, hosts, backends)
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Routing: validated routes ([`route`]), the live, atomically swapped table
 //! they form ([`table`]), and applying a new route set to it ([`reload`]).
 
+pub mod reconciler;
 pub mod reload;
 pub mod route;
+pub mod sources;
 pub mod table;
 
 pub use route::{Backend, BackendHost, HostPattern, Mode, Route};
-pub use table::{RouteEntry, Router, Snapshot};
+pub use table::{RouteEntry, Router, Snapshot, Source};

@@ -1,67 +1,132 @@
 //! Applying a new, already validated route set to the live table: one build,
-//! one swap, then the routes that left (or changed) have their connections
-//! told to close. Unchanged routes keep their entry, so their connections
-//! never notice the reload.
+//! one swap, then the routes that left (removed, expired, or changed) have
+//! their connections told to close, after their grace. Unchanged routes keep
+//! their entry, so their connections never notice the reload.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use super::route::Route;
-use super::table::{RouteEntry, Router, Snapshot};
+use super::table::{RouteEntry, Router, Snapshot, Source};
+use crate::config::OnChange;
 
 /// What a reload did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Applied {
     pub added: usize,
     pub changed: usize,
     pub removed: usize,
     pub unchanged: usize,
+    /// Routes left out because their expiry has passed.
+    pub expired: usize,
 }
 
-/// Swaps in `routes`. Fails (changing nothing) only if `no_sni_route` names
-/// no route in the new set.
+/// Settings that shape an apply.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions<'a> {
+    pub no_sni_route: Option<&'a str>,
+    pub on_change: OnChange,
+    /// Grace for routes that do not set their own.
+    pub close_grace: Duration,
+    /// The instant expiry is judged at.
+    pub now: DateTime<Utc>,
+}
+
+impl<'a> ApplyOptions<'a> {
+    pub fn new(no_sni_route: Option<&'a str>) -> Self {
+        Self {
+            no_sni_route,
+            on_change: OnChange::Close,
+            close_grace: Duration::ZERO,
+            now: Utc::now(),
+        }
+    }
+}
+
+/// Swaps in `routes`, leaving out the expired ones. Fails (changing nothing)
+/// only if `no_sni_route` names no live route in the new set.
 pub fn apply(
     router: &Router,
-    routes: Vec<Route>,
-    no_sni_route: Option<&str>,
+    routes: Vec<(Route, Source)>,
+    opts: ApplyOptions<'_>,
 ) -> Result<Applied, String> {
     let old = router.load_full();
     let mut applied = Applied::default();
     let mut entries = Vec::with_capacity(routes.len());
-    for r in routes {
+    let mut changed_old: Vec<Arc<RouteEntry>> = Vec::new();
+    for (r, source) in routes {
+        if r.expired_at(opts.now) {
+            applied.expired += 1;
+            continue;
+        }
         match old.get(&r.name) {
-            Some(e) if e.route == r => {
+            Some(e) if e.route == r && e.source == source => {
                 applied.unchanged += 1;
                 entries.push(Arc::clone(e));
             }
-            Some(_) => {
+            Some(e) if e.route == r => {
+                // Same definition, moved between sources: hand the
+                // connections over untouched.
+                applied.unchanged += 1;
+                entries.push(RouteEntry::with_inherited(r, source, e.all_closers()));
+            }
+            Some(e) => {
                 applied.changed += 1;
-                entries.push(RouteEntry::new(r));
+                match opts.on_change {
+                    OnChange::Close => {
+                        entries.push(RouteEntry::new(r, source));
+                        changed_old.push(Arc::clone(e));
+                    }
+                    OnChange::Keep => {
+                        entries.push(RouteEntry::with_inherited(r, source, e.all_closers()));
+                    }
+                }
             }
             None => {
                 applied.added += 1;
-                entries.push(RouteEntry::new(r));
+                entries.push(RouteEntry::new(r, source));
             }
         }
     }
-    let next = Snapshot::build(entries, no_sni_route)?;
-    // Entries of the old table that did not carry over: removed or changed.
-    let retired: Vec<Arc<RouteEntry>> = old
-        .routes()
-        .iter()
-        .filter(|e| !next.get(&e.route.name).is_some_and(|n| Arc::ptr_eq(n, e)))
-        .cloned()
-        .collect();
-    applied.removed = old
+    let next = Snapshot::build(entries, opts.no_sni_route)?;
+    let removed: Vec<Arc<RouteEntry>> = old
         .routes()
         .iter()
         .filter(|e| next.get(&e.route.name).is_none())
-        .count();
+        .cloned()
+        .collect();
+    applied.removed = removed.len();
     router.swap(next);
     // After the swap no new connection can pick these up.
-    for e in retired {
-        e.close_connections();
+    for e in removed.into_iter().chain(changed_old) {
+        retire(e, opts.close_grace);
     }
     Ok(applied)
+}
+
+/// Closes a retired route's connections, after its grace (the route's own, or
+/// `default_grace`).
+pub fn retire(entry: Arc<RouteEntry>, default_grace: Duration) {
+    let grace = entry.route.close_grace.unwrap_or(default_grace);
+    if grace.is_zero() || entry.open_connections() == 0 {
+        entry.close_connections();
+    } else {
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            entry.close_connections();
+        });
+    }
+}
+
+/// The soonest expiry among the live routes.
+pub fn next_expiry(snapshot: &Snapshot) -> Option<DateTime<Utc>> {
+    snapshot
+        .routes()
+        .iter()
+        .filter_map(|e| e.route.expires_at)
+        .min()
 }
 
 #[cfg(test)]
@@ -70,58 +135,51 @@ mod tests {
     use crate::config::routes::{validate_all, RouteSpec};
     use std::path::Path;
 
-    fn routes(list: &[(&str, &str, &str)]) -> Vec<Route> {
+    fn routes(list: &[(&str, &str, &str)]) -> Vec<(Route, Source)> {
         let specs: Vec<RouteSpec> = list
             .iter()
-            .map(|(name, host, backend)| RouteSpec {
-                name: name.to_string(),
-                hosts: vec![host.to_string()],
-                mode: "passthrough".into(),
-                backends: vec![backend.to_string()],
-                expires_at: None,
-                app: None,
-            })
+            .map(|(name, host, backend)| RouteSpec::passthrough(name, &[host], &[backend]))
             .collect();
-        validate_all(Path::new("t"), &specs, "route").unwrap()
+        validate_all(Path::new("t"), &specs, "route")
+            .unwrap()
+            .into_iter()
+            .map(|r| (r, Source::File))
+            .collect()
+    }
+
+    fn opts() -> ApplyOptions<'static> {
+        ApplyOptions::new(None)
     }
 
     #[test]
     fn unchanged_routes_keep_their_entry_and_others_close() {
         let router = Router::new(Snapshot::default());
-        let a = apply(
-            &router,
-            routes(&[
-                ("a", "a.test", "127.0.0.1:1"),
-                ("b", "b.test", "127.0.0.1:2"),
-                ("c", "c.test", "127.0.0.1:3"),
-            ]),
-            None,
-        )
-        .unwrap();
-        assert_eq!(a.added, 3);
+        let three = routes(&[
+            ("a", "a.test", "127.0.0.1:1"),
+            ("b", "b.test", "127.0.0.1:2"),
+            ("c", "c.test", "127.0.0.1:3"),
+        ]);
+        assert_eq!(apply(&router, three, opts()).unwrap().added, 3);
         let before = router.load_full();
         let (ea, eb, ec) = (
             Arc::clone(before.get("a").unwrap()),
             Arc::clone(before.get("b").unwrap()),
             Arc::clone(before.get("c").unwrap()),
         );
-        let a = apply(
-            &router,
-            routes(&[
-                ("a", "a.test", "127.0.0.1:1"),
-                ("b", "b.test", "127.0.0.1:9"),
-                ("d", "d.test", "127.0.0.1:4"),
-            ]),
-            None,
-        )
-        .unwrap();
+        let next = routes(&[
+            ("a", "a.test", "127.0.0.1:1"),
+            ("b", "b.test", "127.0.0.1:9"),
+            ("d", "d.test", "127.0.0.1:4"),
+        ]);
+        let a = apply(&router, next, opts()).unwrap();
         assert_eq!(
             a,
             Applied {
                 added: 1,
                 changed: 1,
                 removed: 1,
-                unchanged: 1
+                unchanged: 1,
+                expired: 0
             }
         );
         let now = router.load_full();
@@ -142,11 +200,45 @@ mod tests {
     }
 
     #[test]
+    fn keep_policy_leaves_old_connections_until_removal() {
+        let router = Router::new(Snapshot::default());
+        apply(&router, routes(&[("a", "a.test", "127.0.0.1:1")]), opts()).unwrap();
+        let first = Arc::clone(router.load().get("a").unwrap());
+        let keep = ApplyOptions {
+            on_change: OnChange::Keep,
+            ..opts()
+        };
+        apply(&router, routes(&[("a", "a.test", "127.0.0.1:2")]), keep).unwrap();
+        assert!(!first.closer().is_cancelled());
+        apply(&router, vec![], keep).unwrap();
+        assert!(
+            first.closer().is_cancelled(),
+            "removal closes kept connections too"
+        );
+    }
+
+    #[test]
+    fn expired_routes_are_left_out() {
+        let router = Router::new(Snapshot::default());
+        let mut rs = routes(&[
+            ("a", "a.test", "127.0.0.1:1"),
+            ("b", "b.test", "127.0.0.1:2"),
+        ]);
+        rs[0].0.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        let later = Utc::now() + chrono::Duration::hours(1);
+        rs[1].0.expires_at = Some(later);
+        let a = apply(&router, rs, opts()).unwrap();
+        assert_eq!((a.added, a.expired), (1, 1));
+        assert!(router.load().lookup("a.test").is_none());
+        assert_eq!(next_expiry(&router.load()), Some(later));
+    }
+
+    #[test]
     fn bad_no_sni_route_changes_nothing() {
         let router = Router::new(Snapshot::default());
-        apply(&router, routes(&[("a", "a.test", "127.0.0.1:1")]), None).unwrap();
+        apply(&router, routes(&[("a", "a.test", "127.0.0.1:1")]), opts()).unwrap();
         let e = Arc::clone(router.load().get("a").unwrap());
-        assert!(apply(&router, vec![], Some("a")).is_err());
+        assert!(apply(&router, vec![], ApplyOptions::new(Some("a"))).is_err());
         assert!(router.load().get("a").is_some());
         assert!(!e.closer().is_cancelled());
     }

@@ -91,6 +91,8 @@ pub struct Route {
     pub backends: Vec<Backend>,
     /// From this instant on the route no longer matches.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Overrides the global grace before connections close on expiry/removal.
+    pub close_grace: Option<std::time::Duration>,
     pub app: Option<AppMeta>,
     /// The spec it was built from, as given, for echoing back in the API.
     pub spec: RouteSpec,

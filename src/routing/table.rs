@@ -12,6 +12,16 @@ use super::route::{HostPattern, Route};
 
 type FastMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
+/// Which source a live route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The routes file.
+    File,
+    /// The admin API (it overrides a file route of the same name).
+    Api,
+}
+
 /// A route as it lives in the table, shared with the connections using it.
 ///
 /// A reload that leaves a route's definition unchanged carries the same
@@ -21,15 +31,30 @@ type FastMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 #[derive(Debug)]
 pub struct RouteEntry {
     pub route: Route,
+    pub source: Source,
     closer: CancellationToken,
+    /// Closers of earlier definitions of this route whose connections were
+    /// kept across a change (`reload.on_change = "keep"`, or a move between
+    /// sources): they close with this one.
+    inherited: Vec<CancellationToken>,
     open: AtomicUsize,
 }
 
 impl RouteEntry {
-    pub fn new(route: Route) -> Arc<Self> {
+    pub fn new(route: Route, source: Source) -> Arc<Self> {
+        Self::with_inherited(route, source, Vec::new())
+    }
+
+    pub fn with_inherited(
+        route: Route,
+        source: Source,
+        inherited: Vec<CancellationToken>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             route,
+            source,
             closer: CancellationToken::new(),
+            inherited,
             open: AtomicUsize::new(0),
         })
     }
@@ -39,9 +64,19 @@ impl RouteEntry {
         &self.closer
     }
 
+    /// This entry's closer and the ones it inherited, for a successor.
+    pub fn all_closers(&self) -> Vec<CancellationToken> {
+        let mut v = self.inherited.clone();
+        v.push(self.closer.clone());
+        v
+    }
+
     /// Tells every open connection on this route to close.
     pub fn close_connections(&self) {
         self.closer.cancel();
+        for c in &self.inherited {
+            c.cancel();
+        }
     }
 
     /// Connections currently relayed on this route.
@@ -188,17 +223,17 @@ mod tests {
     fn table(routes: &[(&str, &[&str])]) -> Snapshot {
         let specs: Vec<RouteSpec> = routes
             .iter()
-            .map(|(name, hosts)| RouteSpec {
-                name: name.to_string(),
-                hosts: hosts.iter().map(|s| s.to_string()).collect(),
-                mode: "passthrough".into(),
-                backends: vec!["127.0.0.1:1".into()],
-                expires_at: None,
-                app: None,
-            })
+            .map(|(name, hosts)| RouteSpec::passthrough(name, hosts, &["127.0.0.1:1"]))
             .collect();
         let routes = validate_all(Path::new("t"), &specs, "route").unwrap();
-        Snapshot::build(routes.into_iter().map(RouteEntry::new).collect(), None).unwrap()
+        Snapshot::build(
+            routes
+                .into_iter()
+                .map(|r| RouteEntry::new(r, Source::File))
+                .collect(),
+            None,
+        )
+        .unwrap()
     }
 
     fn hit<'a>(s: &'a Snapshot, sni: &str) -> Option<&'a str> {

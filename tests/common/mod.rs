@@ -39,29 +39,22 @@ pub fn init_logs() {
 }
 
 pub fn spec(name: &str, hosts: &[&str], backends: &[String]) -> RouteSpec {
-    RouteSpec {
-        name: name.into(),
-        hosts: hosts.iter().map(|h| h.to_string()).collect(),
-        mode: "passthrough".into(),
-        backends: backends.to_vec(),
-        expires_at: None,
-        app: None,
-    }
+    RouteSpec::passthrough(name, hosts, backends)
 }
 
 pub fn routes(specs: &[RouteSpec]) -> Vec<Route> {
     validate_all(Path::new("test-routes"), specs, "route").expect("valid test routes")
 }
 
-/// A config listening on an ephemeral loopback port; `extra` is appended
-/// TOML (tables such as `[timeouts]`).
+/// A config listening on an ephemeral loopback port; `extra` is more TOML
+/// (top-level keys first, then tables such as `[timeouts]`).
 pub fn config(extra: &str) -> Config {
-    let text = format!("[[listener]]\naddress = \"127.0.0.1:0\"\n{extra}");
+    let text = format!("{extra}\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
     Config::from_toml(Path::new("test.toml"), &text).expect("valid test config")
 }
 
 /// Starts a proxy with `config` and `specs`.
-pub fn proxy(config: Config, specs: &[RouteSpec]) -> ProxyHandle {
+pub fn proxy(config: Config, specs: &[RouteSpec]) -> mse_proxy::server::Server {
     init_logs();
     mse_proxy::server::start(config, routes(specs)).expect("proxy starts")
 }
@@ -163,3 +156,107 @@ pub async fn eventually(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 pub type Shared = Arc<mse_proxy::proxy::Shared>;
+
+/// Writes a routes file atomically (write a sibling, rename over), as deploy
+/// tools do.
+pub fn write_routes(path: &Path, specs: &[RouteSpec]) {
+    let text = toml::to_string(&mse_proxy::config::routes::RoutesFile {
+        route: specs.to_vec(),
+    })
+    .unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Writes a routes file in place (truncate, then write), as some editors do.
+pub fn write_routes_in_place(path: &Path, specs: &[RouteSpec]) {
+    let text = toml::to_string(&mse_proxy::config::routes::RoutesFile {
+        route: specs.to_vec(),
+    })
+    .unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A proxy whose routes come from a file in a temp dir, with an admin API on
+/// an ephemeral port and the write token `TOKEN`.
+pub struct Live {
+    pub dir: tempfile::TempDir,
+    pub routes_path: std::path::PathBuf,
+    pub server: mse_proxy::server::Server,
+}
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+impl Live {
+    pub fn start(specs: &[RouteSpec], extra: &str) -> Live {
+        let dir = tempfile::tempdir().unwrap();
+        let routes_path = dir.path().join("routes.toml");
+        write_routes(&routes_path, specs);
+        let token_path = dir.path().join("token");
+        std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
+        let cfg = config(&format!(
+            "routes_file = {:?}\n[reload]\ndebounce = \"20ms\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = {:?}\n{extra}",
+            routes_path, token_path
+        ));
+        init_logs();
+        let routes = mse_proxy::config::routes::load_file(&routes_path).unwrap();
+        let server = mse_proxy::server::start(cfg, routes).expect("proxy starts");
+        Live {
+            dir,
+            routes_path,
+            server,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addrs[0]
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.admin_addr.unwrap())
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.server
+            .control
+            .stats
+            .applied
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// An established TLS echo connection; `ping` checks it still relays.
+pub struct EchoConn(pub TlsStream<TcpStream>);
+
+impl EchoConn {
+    pub async fn open(addr: SocketAddr, sni: &str, ca: &Ca) -> EchoConn {
+        let mut c = EchoConn(tls_connect(addr, sni, ca).await.unwrap());
+        assert!(c.ping("hello").await, "fresh echo connection must work");
+        c
+    }
+
+    /// One echo round trip; false if the connection is gone.
+    pub async fn ping(&mut self, msg: &str) -> bool {
+        let fut = async {
+            self.0.write_all(msg.as_bytes()).await?;
+            let mut back = vec![0u8; msg.len()];
+            self.0.read_exact(&mut back).await?;
+            Ok::<_, std::io::Error>(back == msg.as_bytes())
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), fut).await,
+            Ok(Ok(true))
+        )
+    }
+
+    /// Waits until the proxy closes the connection; returns false if it
+    /// stays open past `bound`.
+    pub async fn closed_within(&mut self, bound: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(bound, self.0.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}

@@ -1,0 +1,323 @@
+//! The one task through which every change of routes goes, whatever its
+//! source (routes file, admin API, expiry timer). It validates the whole
+//! resulting route set, applies it with one swap, and reports.
+//!
+//! Precedence: a route put through the API overrides a file route of the same
+//! name until it is deleted through the API; the file route then comes back.
+//! Deleting a route that only the file defines is refused (edit the file).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::reload::{self, Applied, ApplyOptions};
+use super::route::Route;
+use super::table::Source;
+use crate::config::routes::{self, check_conflicts, RouteSpec};
+use crate::config::{ConfigError, ConfigErrors};
+use crate::proxy::Shared;
+
+/// Why a change was refused; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid: {0}")]
+    Invalid(ConfigErrors),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("the route reconciler has stopped")]
+    Stopped,
+}
+
+type Reply = oneshot::Sender<Result<Applied, ControlError>>;
+
+enum Command {
+    /// Re-read the routes file now (SIGHUP, `POST /reload`).
+    ReloadFile(Option<Reply>),
+    /// The file changed on disk: re-read it once things settle.
+    FileTouched,
+    Put(Box<RouteSpec>, Reply),
+    Delete(String, Reply),
+}
+
+/// Counters the reconciler keeps, for `/routes`, tests and metrics.
+#[derive(Debug, Default)]
+pub struct ReconcilerStats {
+    pub applied: AtomicU64,
+    pub refused: AtomicU64,
+    pub expiries: AtomicU64,
+    /// Set once the first route set is live.
+    pub ready: AtomicBool,
+}
+
+/// A cheap, cloneable handle for sending changes to the reconciler.
+#[derive(Clone, Debug)]
+pub struct Control {
+    tx: mpsc::Sender<Command>,
+    pub stats: Arc<ReconcilerStats>,
+}
+
+impl Control {
+    async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<Applied, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)?
+    }
+
+    pub async fn reload_file(&self) -> Result<Applied, ControlError> {
+        self.ask(|r| Command::ReloadFile(Some(r))).await
+    }
+
+    pub async fn put(&self, spec: RouteSpec) -> Result<Applied, ControlError> {
+        self.ask(|r| Command::Put(Box::new(spec), r)).await
+    }
+
+    pub async fn delete(&self, name: String) -> Result<Applied, ControlError> {
+        self.ask(|r| Command::Delete(name, r)).await
+    }
+
+    /// From the file watcher (any thread): never blocks; if the queue is
+    /// full a re-read is already on its way.
+    pub fn file_touched(&self) {
+        let _ = self.tx.try_send(Command::FileTouched);
+    }
+}
+
+/// Where API-made changes are reported in error messages.
+const API: &str = "admin API";
+
+pub struct Reconciler {
+    shared: Arc<Shared>,
+    file_routes: Vec<Route>,
+    api_routes: BTreeMap<String, Route>,
+    reread_at: Option<Instant>,
+    stats: Arc<ReconcilerStats>,
+    rx: mpsc::Receiver<Command>,
+}
+
+impl Reconciler {
+    /// Applies the first route set (from the file) and returns the task to
+    /// run and its handle. Fails if the first set cannot be applied.
+    pub fn start(shared: Arc<Shared>, file_routes: Vec<Route>) -> Result<(Self, Control), String> {
+        let (tx, rx) = mpsc::channel(64);
+        let stats = Arc::new(ReconcilerStats::default());
+        let r = Reconciler {
+            shared,
+            file_routes,
+            api_routes: BTreeMap::new(),
+            reread_at: None,
+            stats: Arc::clone(&stats),
+            rx,
+        };
+        let merged = r
+            .merged(&r.file_routes, &r.api_routes)
+            .map_err(|e| e.to_string())?;
+        r.apply(merged, "start").map_err(|e| e.to_string())?;
+        stats.ready.store(true, Ordering::Relaxed);
+        Ok((r, Control { tx, stats }))
+    }
+
+    /// Runs until every [`Control`] is dropped.
+    pub async fn run(mut self) {
+        loop {
+            let expiry = reload::next_expiry(&self.shared.router.load()).map(|t| {
+                // +1 ms: wake just after the instant, never just before it.
+                let left = (t - Utc::now()).to_std().unwrap_or_default();
+                Instant::now() + left + std::time::Duration::from_millis(1)
+            });
+            let reread = self.reread_at;
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    None => break,
+                    Some(cmd) => self.handle(cmd),
+                },
+                () = sleep_until_opt(expiry) => self.expire(),
+                () = sleep_until_opt(reread) => {
+                    self.reread_at = None;
+                    let _ = self.reload_file("watch");
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::ReloadFile(reply) => {
+                self.reread_at = None;
+                let r = self.reload_file("reload");
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Command::FileTouched => {
+                self.reread_at = Some(Instant::now() + self.shared.config.reload.debounce);
+            }
+            Command::Put(spec, reply) => {
+                let _ = reply.send(self.put(*spec));
+            }
+            Command::Delete(name, reply) => {
+                let _ = reply.send(self.delete(&name));
+            }
+        }
+    }
+
+    fn reload_file(&mut self, why: &'static str) -> Result<Applied, ControlError> {
+        let Some(path) = self.shared.config.routes_file.clone() else {
+            return Err(ControlError::NotFound(
+                "no routes_file is configured".into(),
+            ));
+        };
+        let result = routes::load_file(&path)
+            .map_err(ControlError::Invalid)
+            .and_then(|file_routes| {
+                let merged = self.merged(&file_routes, &self.api_routes)?;
+                Ok((file_routes, merged))
+            })
+            .and_then(|(file_routes, merged)| {
+                let applied = self.apply(merged, why)?;
+                self.file_routes = file_routes;
+                Ok(applied)
+            });
+        if let Err(e) = &result {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(source = why, file = %path.display(), error = %e, "routes file refused; the live routes stay");
+        }
+        result
+    }
+
+    fn put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
+        let file = Path::new(API);
+        let route = routes::validate_one(file, &format!("route `{}`", spec.name), &spec)
+            .map_err(ControlError::Invalid)?;
+        if route.expired_at(Utc::now()) {
+            return Err(ControlError::Invalid(
+                ConfigError::new(
+                    file,
+                    format!("route `{}`.expires_at", route.name),
+                    "is in the past",
+                )
+                .into(),
+            ));
+        }
+        let mut api = self.api_routes.clone();
+        api.insert(route.name.clone(), route);
+        let merged = self.merged(&self.file_routes, &api)?;
+        let applied = self.apply(merged, "api")?;
+        self.api_routes = api;
+        Ok(applied)
+    }
+
+    fn delete(&mut self, name: &str) -> Result<Applied, ControlError> {
+        if !self.api_routes.contains_key(name) {
+            return Err(if self.file_routes.iter().any(|r| r.name == name) {
+                ControlError::Conflict(format!(
+                    "route `{name}` is defined in the routes file; remove it there"
+                ))
+            } else {
+                ControlError::NotFound(format!("no route named `{name}`"))
+            });
+        }
+        let mut api = self.api_routes.clone();
+        api.remove(name);
+        let merged = self.merged(&self.file_routes, &api)?;
+        let applied = self.apply(merged, "api")?;
+        self.api_routes = api;
+        Ok(applied)
+    }
+
+    /// Expiry: re-apply the current sets; expired routes fall out and their
+    /// connections close. Expired API routes are forgotten.
+    fn expire(&mut self) {
+        let now = Utc::now();
+        self.api_routes.retain(|_, r| !r.expired_at(now));
+        match self
+            .merged(&self.file_routes, &self.api_routes)
+            .and_then(|m| self.apply(m, "expiry"))
+        {
+            Ok(a) => {
+                self.stats
+                    .expiries
+                    .fetch_add(a.expired as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "expiry could not be applied"),
+        }
+    }
+
+    /// File routes overridden by API routes of the same name, checked for
+    /// host conflicts across the two sources.
+    fn merged(
+        &self,
+        file: &[Route],
+        api: &BTreeMap<String, Route>,
+    ) -> Result<Vec<(Route, Source)>, ControlError> {
+        let mut all: Vec<(Route, Source)> = file
+            .iter()
+            .filter(|r| !api.contains_key(&r.name))
+            .map(|r| (r.clone(), Source::File))
+            .collect();
+        all.extend(api.values().map(|r| (r.clone(), Source::Api)));
+        let now = Utc::now();
+        // Expired routes are out of the table and claim no host.
+        let live: Vec<Route> = all
+            .iter()
+            .filter(|(r, _)| !r.expired_at(now))
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut errs = ConfigErrors::default();
+        check_conflicts(
+            Path::new(API),
+            &live,
+            &|_, r| format!("route `{}`", r.name),
+            &mut errs,
+        );
+        if !errs.is_empty() {
+            return Err(ControlError::Conflict(errs.to_string()));
+        }
+        Ok(all)
+    }
+
+    fn apply(
+        &self,
+        routes: Vec<(Route, Source)>,
+        why: &'static str,
+    ) -> Result<Applied, ControlError> {
+        let cfg = &self.shared.config;
+        let opts = ApplyOptions {
+            no_sni_route: cfg.no_sni_route.as_deref(),
+            on_change: cfg.reload.on_change,
+            close_grace: cfg.reload.close_grace,
+            now: Utc::now(),
+        };
+        let applied = reload::apply(&self.shared.router, routes, opts).map_err(|e| {
+            ControlError::Invalid(ConfigError::new(&cfg.source, "refusal.no_sni_route", e).into())
+        })?;
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            source = why,
+            added = applied.added,
+            changed = applied.changed,
+            removed = applied.removed,
+            unchanged = applied.unchanged,
+            expired = applied.expired,
+            live = self.shared.router.load().len(),
+            "routes applied"
+        );
+        Ok(applied)
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,4 @@
+//! Route sources that feed the reconciler. The admin API is the other one
+//! (see [`crate::admin`]).
+
+pub mod file;
