@@ -13,6 +13,11 @@ use super::client_hello::{parse, ClientHello, Parse};
 /// ~2 KB post-quantum browser hello, without growing.
 const INITIAL_BUF: usize = 2048;
 
+/// Real clients send a hello in one record, rarely a few. A client splitting
+/// it into hundreds of tiny records only makes every re-parse walk more
+/// headers, so past this many complete records the hello is refused.
+pub const MAX_HELLO_RECORDS: usize = 64;
+
 /// Why no ClientHello came out of a connection.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -61,6 +66,8 @@ where
 {
     let mut buf = vec![0u8; INITIAL_BUF.min(max)];
     let mut filled = 0;
+    // Start of the first record not yet complete, and how many came before it.
+    let (mut scan, mut records) = (0usize, 0usize);
     loop {
         if filled == buf.len() {
             // The parser said NeedMore with a full buffer: grow, up to the cap
@@ -75,6 +82,19 @@ where
             return Err(DetectError::Closed);
         }
         filled += n;
+        while let Some(h) = buf[..filled].get(scan..scan + 5) {
+            let end = scan + 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
+            if end > filled {
+                break;
+            }
+            scan = end;
+            records += 1;
+        }
+        if records > MAX_HELLO_RECORDS {
+            return Err(DetectError::Malformed(
+                "ClientHello split into too many records",
+            ));
+        }
         match parse(&buf[..filled], max) {
             Parse::Complete(hello) => {
                 buf.truncate(filled);
@@ -85,5 +105,69 @@ where
             Parse::Malformed(why) => return Err(DetectError::Malformed(why)),
             Parse::TooLarge => return Err(DetectError::TooLarge),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Vec<u8> {
+        include_bytes!("../../tests/data/clienthello-chromium156-pq.bin").to_vec()
+    }
+
+    /// The payload of a one-record hello re-framed into records of `size` bytes.
+    fn fragmented(size: usize) -> Vec<u8> {
+        let h = hello();
+        let mut out = Vec::new();
+        for frag in h[5..].chunks(size) {
+            out.extend_from_slice(&[22, 3, 1]);
+            out.extend_from_slice(&(frag.len() as u16).to_be_bytes());
+            out.extend_from_slice(frag);
+        }
+        out
+    }
+
+    async fn detect(bytes: Vec<u8>) -> Result<Detected, DetectError> {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // Many small writes, as a trickling client would.
+            for chunk in bytes.chunks(7) {
+                if client.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = client.shutdown().await;
+        });
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        read_client_hello(&mut server, 16384, deadline).await
+    }
+
+    #[tokio::test]
+    async fn a_few_records_are_fine_hundreds_are_refused() {
+        let d = detect(fragmented(100)).await.unwrap();
+        assert_eq!(d.hello.sni.as_deref(), Some("app.example.test"));
+        assert_eq!(d.bytes.len(), d.hello.len);
+        match detect(fragmented(1)).await {
+            Err(DetectError::Malformed(why)) => assert!(why.contains("too many records")),
+            other => panic!("1-byte records must be refused, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn eof_before_a_whole_hello_is_closed() {
+        let mut h = hello();
+        h.truncate(100);
+        assert!(matches!(detect(h).await, Err(DetectError::Closed)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_for_the_whole_hello() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let r = read_client_hello(&mut server, 16384, deadline).await;
+        assert!(matches!(r, Err(DetectError::Timeout)));
+        assert!(Instant::now() >= deadline);
     }
 }
