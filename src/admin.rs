@@ -51,6 +51,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/routes", get(list_routes))
         .route(
             "/routes/{name}",
@@ -133,6 +134,21 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
     aws_lc_rs::constant_time::verify_slices_are_equal(given.trim().as_bytes(), token)
         .map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "wrong token"))
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let shared = &s.shared;
+    let open = shared.config.max_connections - shared.limit.available_permits();
+    shared.metrics.active.set(open as i64);
+    let text = shared.metrics.render(&shared.router.load_full());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {

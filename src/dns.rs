@@ -24,6 +24,8 @@ pub enum DnsError {
 /// connections to one backend name cost one lookup per TTL.
 pub struct Dns {
     resolver: Result<TokioResolver, String>,
+    /// `mse_proxy_dns_lookups_total{result}`.
+    lookups: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for Dns {
@@ -39,7 +41,7 @@ impl Dns {
     /// the system's resolv.conf when none are given. A system without a
     /// usable resolv.conf still starts (IP backends work); name lookups then
     /// fail with [`DnsError::NoResolver`].
-    pub fn new(cfg: &DnsConfig) -> Self {
+    pub fn new(cfg: &DnsConfig, lookups: prometheus::IntCounterVec) -> Self {
         let builder = if cfg.nameservers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| e.to_string())
         } else {
@@ -71,11 +73,19 @@ impl Dns {
         if let Err(e) = &resolver {
             tracing::warn!(error = %e, "no DNS resolver; backends named by host name will fail");
         }
-        Self { resolver }
+        Self { resolver, lookups }
     }
 
     /// The addresses of `name`, in the resolver's preferred order.
     pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let r = self.lookup(name).await;
+        self.lookups
+            .with_label_values(&[if r.is_ok() { "ok" } else { "error" }])
+            .inc();
+        r
+    }
+
+    async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
         let resolver = self
             .resolver
             .as_ref()

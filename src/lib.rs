@@ -21,6 +21,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -18,6 +18,7 @@ use crate::routing::reconciler::{Control, Reconciler};
 use crate::routing::reload::{self, ApplyOptions};
 use crate::routing::sources::file::{self, FileWatch};
 use crate::routing::{Route, Router, Snapshot, Source};
+use crate::tls::certs::CertStore;
 
 /// Loads and validates the routes the config names (none if it names no
 /// file), including that `no_sni_route` exists among them.
@@ -39,11 +40,45 @@ pub fn load_routes(config: &Config) -> Result<Vec<Route>, ConfigErrors> {
     Ok(routes)
 }
 
-/// What `mse-proxy check` validates: the config file and its routes.
+/// Reads the config's certificates and checks that they serve every host of
+/// every terminate route (routes named by position, as in the routes file).
+pub fn load_certs(config: &Config, routes: &[Route]) -> Result<Arc<CertStore>, ConfigErrors> {
+    let store = CertStore::load(&config.source, &config.certificates)?;
+    check_coverage(config, &store, routes)?;
+    Ok(Arc::new(store))
+}
+
+fn check_coverage(
+    config: &Config,
+    store: &CertStore,
+    routes: &[Route],
+) -> Result<(), ConfigErrors> {
+    let file = config.routes_file.as_deref().unwrap_or(Path::new("routes"));
+    let mut errs = ConfigErrors::default();
+    for (i, r) in routes.iter().enumerate() {
+        store.check_route(file, &format!("route[{i}]"), r, &mut errs);
+    }
+    errs.into_result(())
+}
+
+/// What `mse-proxy check` validates: the config file, its routes, its
+/// certificates, and that the certificates serve the terminate routes.
+/// Problems with routes and with certificates are reported together.
 pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
     let config = Config::load(path)?;
-    let routes = load_routes(&config)?;
-    Ok((config, routes))
+    let routes = load_routes(&config);
+    let certs = CertStore::load(&config.source, &config.certificates);
+    match (routes, certs) {
+        (Ok(routes), Ok(store)) => {
+            check_coverage(&config, &store, &routes)?;
+            Ok((config, routes))
+        }
+        (Err(mut a), Err(b)) => {
+            a.0.extend(b.0);
+            Err(a)
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
 }
 
 /// A running proxy with its control plane.
@@ -79,6 +114,8 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         }
         None => None,
     };
+    let certs = load_certs(&config, &routes)
+        .map_err(|e| anyhow::anyhow!("invalid certificates for the routes:\n{e}"))?;
     let watch_path = config.routes_file.clone().filter(|_| config.reload.watch);
     // The first table is in place before the first connection is accepted.
     let router = Router::new(Snapshot::default());
@@ -86,6 +123,7 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     let opts = ApplyOptions {
         on_change: config.reload.on_change,
         close_grace: config.reload.close_grace,
+        certs: Some(&certs),
         ..ApplyOptions::new(config.no_sni_route.as_deref())
     };
     reload::apply(&router, first, opts).map_err(|e| anyhow::anyhow!(e))?;

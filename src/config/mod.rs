@@ -5,6 +5,7 @@
 mod error;
 mod raw;
 pub mod routes;
+pub mod terminate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,6 +88,15 @@ pub struct AdminConfig {
     pub token: TokenSource,
 }
 
+/// A `[[certificate]]`: PEM chain and key paths, resolved against the
+/// config file's directory. The files are read by
+/// [`crate::tls::certs::CertStore::load`], at start and on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The validated static configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -104,6 +114,10 @@ pub struct Config {
     pub log: LogConfig,
     pub reload: ReloadConfig,
     pub admin: Option<AdminConfig>,
+    /// Certificates for terminate routes, in config order.
+    pub certificates: Vec<CertificateFiles>,
+    /// Label metrics by route (`metrics.per_route`).
+    pub metrics_per_route: bool,
 }
 
 /// Smallest and largest accepted `limits.max_client_hello_bytes`: below 2 KiB
@@ -323,6 +337,15 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             on_change,
         },
         admin,
+        certificates: raw
+            .certificate
+            .iter()
+            .map(|c| CertificateFiles {
+                cert: base.join(&c.cert),
+                key: base.join(&c.key),
+            })
+            .collect(),
+        metrics_per_route: raw.metrics.per_route,
     })
 }
 

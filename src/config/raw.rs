@@ -15,6 +15,9 @@ pub struct RawConfig {
     pub routes_file: Option<PathBuf>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
+    /// The platform's certificates, for terminate routes.
+    #[serde(default)]
+    pub certificate: Vec<RawCertificate>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
@@ -29,6 +32,21 @@ pub struct RawConfig {
     pub reload: RawReload,
     /// Absent: no admin listener.
     pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Label metrics by route; turn off for very large tables.
+    pub per_route: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self { per_route: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +90,15 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub address: String,
+}
+
+/// One certificate chain and its private key, PEM files relative to the
+/// config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

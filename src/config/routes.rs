@@ -8,6 +8,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::terminate::{self, UpstreamSpec};
 use super::{ConfigError, ConfigErrors};
 use crate::routing::route::{AppMeta, Backend, BackendHost, HostPattern, Mode, Route};
 
@@ -26,6 +27,13 @@ pub struct RouteSpec {
     /// removed (e.g. `30s`); absent: the global `reload.close_grace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_grace: Option<String>,
+    /// Terminate only: the ALPN protocols offered to clients, in order of
+    /// preference; absent: `["h2", "http/1.1"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<String>>,
+    /// Terminate only: how the backends are reached (`[route.upstream]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppMeta>,
 }
@@ -40,7 +48,24 @@ impl RouteSpec {
             backends: backends.iter().map(ToString::to_string).collect(),
             expires_at: None,
             close_grace: None,
+            alpn: None,
+            upstream: None,
             app: None,
+        }
+    }
+
+    /// A terminate route reaching its backends as `upstream` says, with the
+    /// default ALPN list.
+    pub fn terminate<B: ToString>(
+        name: &str,
+        hosts: &[&str],
+        backends: &[B],
+        upstream: UpstreamSpec,
+    ) -> Self {
+        Self {
+            mode: "terminate".into(),
+            upstream: Some(upstream),
+            ..Self::passthrough(name, hosts, backends)
         }
     }
 }
@@ -187,14 +212,7 @@ pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, Co
 
     let mode = match spec.mode.as_str() {
         "passthrough" => Mode::Passthrough,
-        "terminate" => {
-            errs.push(
-                file,
-                format!("{at}.mode"),
-                "`terminate` is reserved and not supported by this build yet",
-            );
-            Mode::Terminate
-        }
+        "terminate" => Mode::Terminate,
         other => {
             errs.push(
                 file,
@@ -250,8 +268,17 @@ pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, Co
         },
     };
 
+    let terminate = match mode {
+        Mode::Terminate => terminate::validate(file, at, spec, &mut errs),
+        Mode::Passthrough => {
+            terminate::refuse_on_passthrough(file, at, spec, &mut errs);
+            None
+        }
+    };
+
     errs.into_result(Route {
         name: spec.name.clone(),
+        terminate,
         close_grace,
         hosts,
         mode,

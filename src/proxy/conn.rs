@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::outcome::Outcome;
-use super::{passthrough, Shared};
+use super::{passthrough, terminate, Shared};
 use crate::config::UnknownSniAction;
 use crate::routing::{Mode, RouteEntry};
 use crate::tls::alert;
@@ -20,7 +20,8 @@ use crate::tls::detect::{read_client_hello, DetectError};
 #[derive(Debug, Default)]
 pub struct ConnLog {
     pub sni: Option<String>,
-    pub route: Option<String>,
+    /// The route chosen, once there is one.
+    pub entry: Option<Arc<RouteEntry>>,
     pub upstream: Option<SocketAddr>,
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -37,7 +38,18 @@ pub async fn handle(
     let start = Instant::now();
     let mut log = ConnLog::default();
     let outcome = serve(&shared, client, start, &mut log).await;
-    access_log(&shared, peer, outcome, &log, start.elapsed());
+    let took = start.elapsed();
+    match &log.entry {
+        Some(e) => e.metrics(&shared.metrics).finished(
+            &shared.metrics,
+            outcome,
+            log.bytes_up,
+            log.bytes_down,
+            took,
+        ),
+        None => shared.metrics.unrouted(outcome),
+    }
+    access_log(&shared, peer, outcome, &log, took);
 }
 
 async fn serve(
@@ -55,7 +67,13 @@ async fn serve(
     )
     .await
     {
-        Ok(d) => d,
+        Ok(d) => {
+            shared
+                .metrics
+                .hello_seconds
+                .observe(start.elapsed().as_secs_f64());
+            d
+        }
         Err(e) => {
             tracing::debug!(error = %e, "no ClientHello");
             return match e {
@@ -68,14 +86,16 @@ async fn serve(
     };
 
     let span = tracing::Span::current();
-    let entry: Arc<RouteEntry> = {
+    // The route and, for a terminate route, its TLS config come from one
+    // snapshot: certificates swap with the routes they serve.
+    let (entry, server_tls) = {
         let snapshot = shared.router.load();
         let found = match &detected.hello.sni {
             Some(sni) => snapshot.lookup(sni),
             None => snapshot.no_sni_route(),
         };
         match found {
-            Some(e) => Arc::clone(e),
+            Some(e) => (Arc::clone(e), snapshot.server_config(&e.route)),
             None => {
                 let outcome = if detected.hello.sni.is_some() {
                     Outcome::UnknownSni
@@ -91,7 +111,7 @@ async fn serve(
         }
     };
     log.sni = detected.hello.sni;
-    log.route = Some(entry.route.name.clone());
+    log.entry = Some(Arc::clone(&entry));
     span.record("sni", log.sni.as_deref());
     span.record("route", entry.route.name.as_str());
 
@@ -102,10 +122,9 @@ async fn serve(
 
     match entry.route.mode {
         Mode::Passthrough => passthrough::run(shared, client, detected.bytes, entry, log).await,
-        // Validation refuses terminate routes until termination is built.
         Mode::Terminate => {
-            refuse(shared, client).await;
-            Outcome::UnknownSni
+            let hello = detected.bytes;
+            terminate::run(shared, client, hello, deadline, entry, server_tls, log).await
         }
     }
 }
@@ -155,11 +174,23 @@ pub fn access_log(
         target: "mse_proxy::access",
         client = %peer,
         sni = log.sni.as_deref().unwrap_or("-"),
-        route = log.route.as_deref().unwrap_or("-"),
-        upstream = %log.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        route = log.entry.as_ref().map_or("-", |e| e.route.name.as_str()),
+        upstream = %OrDash(log.upstream),
         outcome = outcome.as_str(),
         bytes_in = log.bytes_up,
         bytes_out = log.bytes_down,
         duration_ms = took.as_millis() as u64,
     );
+}
+
+/// Displays the value, or `-` when there is none, without allocating.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }

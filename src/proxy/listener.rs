@@ -83,12 +83,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        shared.metrics.accepted.inc();
         // Report IPv4 clients as IPv4 even if a socket hands them over mapped.
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let permit = match Arc::clone(&shared.limit).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 drop(stream);
+                shared.metrics.unrouted(Outcome::Limit);
                 conn::access_log(
                     &shared,
                     peer,

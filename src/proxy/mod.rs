@@ -6,6 +6,7 @@ pub mod listener;
 pub mod outcome;
 pub mod passthrough;
 pub mod relay;
+pub mod terminate;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::dns::Dns;
+use crate::metrics::Metrics;
 use crate::routing::Router;
 
 pub use outcome::Outcome;
@@ -28,6 +30,7 @@ pub struct Shared {
     pub config: Config,
     pub router: Router,
     pub dns: Dns,
+    pub metrics: Metrics,
     /// One permit per open connection, moved into the connection's task.
     pub limit: Arc<Semaphore>,
     /// Cancelled when the shutdown grace runs out: live connections close.
@@ -59,8 +62,10 @@ impl ProxyHandle {
             .iter()
             .map(|l| l.local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
-        let dns = Dns::new(&config.dns);
+        let metrics = Metrics::new(config.metrics_per_route);
+        let dns = Dns::new(&config.dns, metrics.dns_lookups.clone());
         let shared = Arc::new(Shared {
+            metrics,
             limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
             router,

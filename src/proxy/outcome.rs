@@ -18,10 +18,16 @@ pub enum Outcome {
     BadHello,
     /// The client closed before sending a whole ClientHello.
     ClientClosed,
-    /// No whole ClientHello before the deadline.
+    /// No whole ClientHello before the deadline (on a terminate route: no
+    /// finished TLS handshake before that same deadline).
     HelloTimeout,
+    /// Terminate: the client's TLS handshake with the proxy failed.
+    ClientTlsError,
     /// Every backend refused, timed out or failed to resolve.
     UpstreamConnectError,
+    /// Terminate: the TLS handshake with the backend failed (certificate
+    /// not the pinned one, bad chain, no common protocol, timeout).
+    UpstreamTlsError,
     /// An I/O error while relaying (reset on either side).
     RelayError,
     /// No byte either way for the idle timeout.
@@ -38,7 +44,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for pre-registering metric label values.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::Ok,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -46,7 +52,9 @@ impl Outcome {
         Outcome::BadHello,
         Outcome::ClientClosed,
         Outcome::HelloTimeout,
+        Outcome::ClientTlsError,
         Outcome::UpstreamConnectError,
+        Outcome::UpstreamTlsError,
         Outcome::RelayError,
         Outcome::Idle,
         Outcome::Limit,
@@ -64,7 +72,9 @@ impl Outcome {
             Outcome::BadHello => "bad_hello",
             Outcome::ClientClosed => "client_closed",
             Outcome::HelloTimeout => "hello_timeout",
+            Outcome::ClientTlsError => "client_tls_error",
             Outcome::UpstreamConnectError => "upstream_connect_error",
+            Outcome::UpstreamTlsError => "upstream_tls_error",
             Outcome::RelayError => "relay_error",
             Outcome::Idle => "idle_timeout",
             Outcome::Limit => "limit",
@@ -78,5 +88,20 @@ impl Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_listed_once_with_a_distinct_name() {
+        let mut names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Outcome::ALL.len());
+        assert!(names.contains(&"client_tls_error"));
+        assert!(names.contains(&"upstream_tls_error"));
     }
 }

@@ -22,6 +22,7 @@ pub async fn run(
 ) -> Outcome {
     let _open = entry.track();
     let route = &entry.route;
+    let connect_start = tokio::time::Instant::now();
     let (upstream, addr) = match upstream::connect(
         &route.backends,
         &shared.dns,
@@ -36,6 +37,10 @@ pub async fn run(
         }
     };
     log.upstream = Some(addr);
+    entry
+        .metrics(&shared.metrics)
+        .connect
+        .observe(connect_start.elapsed().as_secs_f64());
 
     if let Err(e) = relay::write_all(&upstream, &hello_bytes).await {
         tracing::debug!(error = %e, "writing the ClientHello upstream failed");

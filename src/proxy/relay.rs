@@ -1,16 +1,21 @@
-//! Both-way relay between two TCP sockets with half-close, an idle timeout
-//! and an external stop signal.
+//! Both-way relay with half-close, an idle timeout and an external stop
+//! signal: [`relay`] between two TCP sockets (passthrough), [`relay_streams`]
+//! between any two byte streams (terminate, where one or both sides are TLS).
 //!
-//! Each direction waits for readiness first and borrows a pooled buffer only
-//! once bytes are there, so an idle connection costs its two sockets and a
-//! small future, nothing more.
+//! Each direction borrows a pooled buffer only while bytes are there: the
+//! socket relay waits for readiness first; the stream relay lends a buffer to
+//! each read attempt and takes it back when the read would block. So an idle
+//! connection costs its sockets and small futures, no relay buffers.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -52,6 +57,13 @@ struct Activity {
 }
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
     fn touch(&self) {
         let ms = self.base.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
@@ -75,12 +87,43 @@ pub async fn relay<F>(
 where
     F: Future<Output = ()>,
 {
-    let activity = Activity {
-        base: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
+    let activity = Activity::new();
     let up = copy_half(client, upstream, &counters.up, &activity);
     let down = copy_half(upstream, client, &counters.down, &activity);
+    drive(up, down, &activity, idle, stop).await
+}
+
+/// [`relay`] for any two byte streams, with the same semantics: an EOF read
+/// from one side shuts down the other side's write half (for TLS: a
+/// close_notify, then FIN) while the opposite direction keeps flowing.
+pub async fn relay_streams<C, U, F>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    stop: F,
+    counters: &Counters,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+    F: Future<Output = ()>,
+{
+    let activity = Activity::new();
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
+    let up = copy_stream(&mut client_rd, &mut upstream_wr, &counters.up, &activity);
+    let down = copy_stream(&mut upstream_rd, &mut client_wr, &counters.down, &activity);
+    drive(up, down, &activity, idle, stop).await
+}
+
+/// Runs both directions until both are done, one fails, nothing moves for
+/// `idle`, or `stop` resolves.
+async fn drive<A, B, F>(up: A, down: B, activity: &Activity, idle: Duration, stop: F) -> RelayEnd
+where
+    A: Future<Output = Result<(), HalfError>>,
+    B: Future<Output = Result<(), HalfError>>,
+    F: Future<Output = ()>,
+{
     tokio::pin!(up, down, stop);
     let (mut up_done, mut down_done) = (false, false);
     let idle_timer = tokio::time::sleep(idle);
@@ -133,6 +176,53 @@ async fn copy_half(
         };
         activity.touch();
         write_all(to, &buf[..n]).await.map_err(HalfError::Write)?;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// One direction of [`relay_streams`]. A read that ends without the peer's
+/// TLS close_notify (`UnexpectedEof`, what most HTTP clients do) is taken as
+/// an EOF like any other: the peer is gone either way.
+async fn copy_stream<R, W>(
+    from: &mut R,
+    to: &mut W,
+    bytes: &AtomicU64,
+    activity: &Activity,
+) -> Result<(), HalfError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let read = poll_fn(|cx| {
+            // Lent for this attempt only; back to the pool if it would block
+            // (a `Pending` read has taken no bytes).
+            let mut buf = PooledBuf::take();
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    Poll::Ready(Ok((buf, n)))
+                }
+            }
+        })
+        .await;
+        let (buf, n) = match read {
+            Ok((_, 0)) => (None, 0),
+            Ok((buf, n)) => (Some(buf), n),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => (None, 0),
+            Err(e) => return Err(HalfError::Read(e)),
+        };
+        let Some(buf) = buf else {
+            // Pass the EOF on; the peer may still be sending the other way.
+            let _ = to.shutdown().await;
+            return Ok(());
+        };
+        activity.touch();
+        to.write_all(&buf[..n]).await.map_err(HalfError::Write)?;
+        to.flush().await.map_err(HalfError::Write)?;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -17,10 +17,11 @@ use tokio::time::Instant;
 
 use super::reload::{self, Applied, ApplyOptions};
 use super::route::Route;
-use super::table::Source;
+use super::table::{Snapshot, Source};
 use crate::config::routes::{self, check_conflicts, RouteSpec};
 use crate::config::{ConfigError, ConfigErrors};
 use crate::proxy::Shared;
+use crate::tls::certs::CertStore;
 
 /// Why a change was refused; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -176,25 +177,57 @@ impl Reconciler {
                 "no routes_file is configured".into(),
             ));
         };
+        // Certificates are re-read with the routes and swap with them.
+        let cfg = &self.shared.config;
         let result = routes::load_file(&path)
-            .map_err(ControlError::Invalid)
             .and_then(|file_routes| {
-                let merged = self.merged(&file_routes, &self.api_routes)?;
-                Ok((file_routes, merged))
+                let certs = CertStore::load(&cfg.source, &cfg.certificates)?;
+                Ok((file_routes, Arc::new(certs)))
             })
-            .and_then(|(file_routes, merged)| {
-                let applied = self.apply(merged, why)?;
+            .map_err(ControlError::Invalid)
+            .and_then(|(file_routes, certs)| {
+                let merged = self.merged(&file_routes, &self.api_routes)?;
+                Ok((file_routes, merged, certs))
+            })
+            .and_then(|(file_routes, merged, certs)| {
+                let applied = self.apply_with(merged, why, Some(certs))?;
                 self.file_routes = file_routes;
                 Ok(applied)
             });
         if let Err(e) = &result {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            self.refused(why);
             tracing::error!(source = why, file = %path.display(), error = %e, "routes file refused; the live routes stay");
         }
         result
     }
 
+    /// Counts a refused change from `source`.
+    fn refused(&self, source: &str) {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .reloads
+            .with_label_values(&[source, "error"])
+            .inc();
+    }
+
     fn put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
+        let r = self.try_put(spec);
+        if r.is_err() {
+            self.refused("api");
+        }
+        r
+    }
+
+    fn delete(&mut self, name: &str) -> Result<Applied, ControlError> {
+        let r = self.try_delete(name);
+        if r.is_err() {
+            self.refused("api");
+        }
+        r
+    }
+
+    fn try_put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
         let file = Path::new(API);
         let route = routes::validate_one(file, &format!("route `{}`", spec.name), &spec)
             .map_err(ControlError::Invalid)?;
@@ -216,7 +249,7 @@ impl Reconciler {
         Ok(applied)
     }
 
-    fn delete(&mut self, name: &str) -> Result<Applied, ControlError> {
+    fn try_delete(&mut self, name: &str) -> Result<Applied, ControlError> {
         if !self.api_routes.contains_key(name) {
             return Err(if self.file_routes.iter().any(|r| r.name == name) {
                 ControlError::Conflict(format!(
@@ -285,22 +318,52 @@ impl Reconciler {
         Ok(all)
     }
 
+    /// Applies `routes` with the live certificates.
     fn apply(
         &self,
         routes: Vec<(Route, Source)>,
         why: &'static str,
     ) -> Result<Applied, ControlError> {
+        self.apply_with(routes, why, None)
+    }
+
+    /// Applies `routes` with `certs` (or, if `None`, the live certificates),
+    /// after checking that they serve every live terminate route.
+    fn apply_with(
+        &self,
+        routes: Vec<(Route, Source)>,
+        why: &'static str,
+        certs: Option<Arc<CertStore>>,
+    ) -> Result<Applied, ControlError> {
         let cfg = &self.shared.config;
+        let store = certs
+            .clone()
+            .unwrap_or_else(|| Arc::clone(self.shared.router.load().termination().certs()));
+        let mut errs = ConfigErrors::default();
+        let now = Utc::now();
+        for (r, source) in routes.iter().filter(|(r, _)| !r.expired_at(now)) {
+            let file = match (source, &cfg.routes_file) {
+                (Source::File, Some(f)) => f.as_path(),
+                _ => Path::new(API),
+            };
+            store.check_route(file, &format!("route `{}`", r.name), r, &mut errs);
+        }
+        if !errs.is_empty() {
+            return Err(ControlError::Invalid(errs));
+        }
         let opts = ApplyOptions {
             no_sni_route: cfg.no_sni_route.as_deref(),
             on_change: cfg.reload.on_change,
             close_grace: cfg.reload.close_grace,
-            now: Utc::now(),
+            now,
+            certs: certs.as_ref(),
         };
+        let before = self.shared.router.load_full();
         let applied = reload::apply(&self.shared.router, routes, opts).map_err(|e| {
             ControlError::Invalid(ConfigError::new(&cfg.source, "refusal.no_sni_route", e).into())
         })?;
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        self.count_applied(&before, why, now);
         tracing::info!(
             source = why,
             added = applied.added,
@@ -312,6 +375,26 @@ impl Reconciler {
             "routes applied"
         );
         Ok(applied)
+    }
+}
+
+impl Reconciler {
+    /// Metrics for an applied change: the reload, and the series of routes
+    /// that left the table (counted as expirations when that is why).
+    fn count_applied(&self, before: &Snapshot, why: &str, now: chrono::DateTime<Utc>) {
+        let m = &self.shared.metrics;
+        m.reloads.with_label_values(&[why, "ok"]).inc();
+        let after = self.shared.router.load();
+        for gone in before
+            .routes()
+            .iter()
+            .filter(|e| after.get(&e.route.name).is_none())
+        {
+            m.forget_route(&gone.route.name);
+            if gone.route.expired_at(now) {
+                m.expirations.inc();
+            }
+        }
     }
 }
 

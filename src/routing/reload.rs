@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use super::route::Route;
 use super::table::{RouteEntry, Router, Snapshot, Source};
 use crate::config::OnChange;
+use crate::tls::certs::CertStore;
+use crate::tls::terminate::Termination;
 
 /// What a reload did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -32,6 +34,9 @@ pub struct ApplyOptions<'a> {
     pub close_grace: Duration,
     /// The instant expiry is judged at.
     pub now: DateTime<Utc>,
+    /// Certificates re-read with the routes; `None` keeps the live ones.
+    /// Coverage of the terminate routes was checked by the caller.
+    pub certs: Option<&'a Arc<CertStore>>,
 }
 
 impl<'a> ApplyOptions<'a> {
@@ -41,6 +46,7 @@ impl<'a> ApplyOptions<'a> {
             on_change: OnChange::Close,
             close_grace: Duration::ZERO,
             now: Utc::now(),
+            certs: None,
         }
     }
 }
@@ -90,7 +96,29 @@ pub fn apply(
             }
         }
     }
-    let next = Snapshot::build(entries, opts.no_sni_route)?;
+    for e in &entries {
+        let fresh = !old.get(&e.route.name).is_some_and(|o| Arc::ptr_eq(o, e));
+        if fresh
+            && e.route
+                .terminate
+                .as_ref()
+                .is_some_and(|t| t.upstream.is_insecure())
+        {
+            tracing::warn!(route = %e.route.name, "upstream.insecure_skip_verify: the backend's certificate is not checked");
+        }
+    }
+    let certs = match opts.certs {
+        Some(c) => Arc::clone(c),
+        None => Arc::clone(old.termination().certs()),
+    };
+    let tls = Termination::build(
+        certs,
+        router.sessions(),
+        entries
+            .iter()
+            .filter_map(|e| e.route.terminate.as_ref().map(|t| t.alpn.as_slice())),
+    );
+    let next = Snapshot::build(entries, opts.no_sni_route)?.with_termination(tls);
     let removed: Vec<Arc<RouteEntry>> = old
         .routes()
         .iter()

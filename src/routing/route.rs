@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 
 use crate::config::routes::RouteSpec;
+use crate::tls::upstream::Upstream;
 
 /// How the proxy treats a connection's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,12 +82,22 @@ pub struct AppMeta {
     pub hardware: Option<String>,
 }
 
+/// What a terminate route does once the client's handshake is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminate {
+    /// Offered to clients, in order of preference; may be empty (no ALPN).
+    pub alpn: Vec<Vec<u8>>,
+    pub upstream: Upstream,
+}
+
 /// A validated route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub mode: Mode,
+    /// `Some` exactly when `mode` is [`Mode::Terminate`].
+    pub terminate: Option<Terminate>,
     /// Tried in order; the next one when a connect fails.
     pub backends: Vec<Backend>,
     /// From this instant on the route no longer matches.

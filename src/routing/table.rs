@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio_util::sync::CancellationToken;
 
 use super::route::{HostPattern, Route};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::tls::terminate::{Sessions, Termination};
 
 type FastMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
@@ -38,6 +40,8 @@ pub struct RouteEntry {
     /// sources): they close with this one.
     inherited: Vec<CancellationToken>,
     open: AtomicUsize,
+    /// Metric handles, resolved on the route's first connection.
+    metrics: OnceLock<RouteMetrics>,
 }
 
 impl RouteEntry {
@@ -56,7 +60,14 @@ impl RouteEntry {
             closer: CancellationToken::new(),
             inherited,
             open: AtomicUsize::new(0),
+            metrics: OnceLock::new(),
         })
+    }
+
+    /// This route's metric handles (label lookups happen once per entry).
+    pub fn metrics(&self, m: &Metrics) -> &RouteMetrics {
+        self.metrics
+            .get_or_init(|| m.for_route(&self.route.name, self.route.mode))
     }
 
     /// Resolves when the route's connections must close.
@@ -111,6 +122,9 @@ pub struct Snapshot {
     wildcard: FastMap<u32>,
     by_name: FastMap<u32>,
     no_sni: Option<u32>,
+    /// Certificates and TLS server configs for the terminate routes, swapped
+    /// with the routes they serve.
+    tls: Termination,
 }
 
 impl Snapshot {
@@ -124,6 +138,7 @@ impl Snapshot {
             by_name: FastMap::default(),
             no_sni: None,
             routes: Vec::new(),
+            tls: Termination::default(),
         };
         for (i, entry) in routes.iter().enumerate() {
             let i = u32::try_from(i).map_err(|_| "too many routes".to_string())?;
@@ -182,6 +197,23 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+
+    /// Sets the termination state; done once, before the snapshot goes live.
+    pub fn with_termination(mut self, tls: Termination) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    pub fn termination(&self) -> &Termination {
+        &self.tls
+    }
+
+    /// The TLS server config for a terminate route of this snapshot; `None`
+    /// for passthrough routes.
+    pub fn server_config(&self, route: &Route) -> Option<Arc<rustls::ServerConfig>> {
+        let t = route.terminate.as_ref()?;
+        self.tls.server_config(&t.alpn)
+    }
 }
 
 /// The live table: one `ArcSwap`, so lookups never lock and a reload is one
@@ -189,13 +221,21 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Router {
     current: ArcSwap<Snapshot>,
+    /// TLS resumption state shared by every snapshot's server configs, so
+    /// sessions survive reloads.
+    sessions: Sessions,
 }
 
 impl Router {
     pub fn new(snapshot: Snapshot) -> Self {
         Self {
             current: ArcSwap::from_pointee(snapshot),
+            sessions: Sessions::new(),
         }
+    }
+
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The current snapshot; cheap, lock-free, meant to be held briefly.

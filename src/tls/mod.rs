@@ -1,4 +1,24 @@
-//! TLS-level pieces of the ingress: reading what a client sends before any TLS handshake.
+//! TLS-level pieces of the ingress: reading what a client sends before any
+//! handshake (`client_hello`, `detect`, `alert`), and terminating TLS for
+//! terminate routes (`certs`, `terminate`, `rewind`) with a new TLS
+//! connection to the enclave (`upstream`, `verify`).
 pub mod alert;
+pub mod certs;
 pub mod client_hello;
 pub mod detect;
+pub mod rewind;
+pub mod terminate;
+pub mod upstream;
+pub mod verify;
+
+use std::sync::{Arc, LazyLock};
+
+use rustls::crypto::CryptoProvider;
+
+/// The crypto provider every TLS config here uses (aws-lc-rs, as rustls's
+/// own default): loading keys and verifying signatures go through it too.
+pub fn provider() -> &'static Arc<CryptoProvider> {
+    static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+        LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    &PROVIDER
+}

@@ -260,3 +260,163 @@ impl EchoConn {
         )
     }
 }
+
+// ---- Termination: platform certificates, HTTP backends, curl ----
+
+use mse_proxy::config::terminate::UpstreamSpec;
+use mse_proxy::standin::Leaf;
+
+/// A terminate route reaching `backends` as `upstream` says.
+pub fn terminate_spec(
+    name: &str,
+    hosts: &[&str],
+    backends: &[SocketAddr],
+    upstream: UpstreamSpec,
+) -> RouteSpec {
+    RouteSpec::terminate(name, hosts, backends, upstream)
+}
+
+/// Upstream settings pinning `leaf` by the SHA-256 of its DER.
+pub fn pinned(leaf: &Leaf) -> UpstreamSpec {
+    UpstreamSpec {
+        pin_sha256: Some(mse_proxy::demo::sha256_hex(leaf.cert_der.as_ref())),
+        ..Default::default()
+    }
+}
+
+/// The platform's certificate and key as PEM files in their own temp dir,
+/// named by a `[[certificate]]` table, and replaceable on disk.
+pub struct PlatformCert {
+    pub dir: tempfile::TempDir,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl PlatformCert {
+    pub fn new(leaf: &Leaf) -> PlatformCert {
+        let dir = tempfile::tempdir().unwrap();
+        let c = PlatformCert {
+            cert: dir.path().join("platform.crt"),
+            key: dir.path().join("platform.key"),
+            dir,
+        };
+        c.replace(leaf);
+        c
+    }
+
+    /// Writes `leaf` over the files, each by rename, as deploy tools do.
+    pub fn replace(&self, leaf: &Leaf) {
+        for (path, text) in [(&self.cert, &leaf.cert_pem), (&self.key, &leaf.key_pem)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+    }
+
+    /// The `[[certificate]]` table naming these files.
+    pub fn toml(&self) -> String {
+        format!(
+            "[[certificate]]\ncert = {:?}\nkey = {:?}\n",
+            self.cert, self.key
+        )
+    }
+}
+
+/// An HTTP backend (hyper, HTTP/1.1 and HTTP/2 by ALPN or preface) that
+/// answers every request with `hello from NAME over VERSION`; over TLS when
+/// given a server config, plain TCP otherwise.
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HttpBackend {
+    pub async fn spawn(tls: Option<Arc<rustls::ServerConfig>>, name: &str) -> HttpBackend {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let name: Arc<str> = name.into();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    continue;
+                };
+                let (name, acceptor) = (Arc::clone(&name), acceptor.clone());
+                tokio::spawn(async move {
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(tcp).await {
+                                serve_http(tls, name).await;
+                            }
+                        }
+                        None => serve_http(tcp, name).await,
+                    }
+                });
+            }
+        });
+        HttpBackend { addr, task }
+    }
+
+    /// A TLS backend with a certificate from `ca` for `enclave.internal`,
+    /// offering h2 and http/1.1; returns the leaf, to pin it.
+    pub async fn tls(ca: &Ca, name: &str) -> (HttpBackend, Leaf) {
+        let leaf = ca.issue(&["enclave.internal"]).unwrap();
+        let cfg = leaf.server_config(&[b"h2", b"http/1.1"]).unwrap();
+        (HttpBackend::spawn(Some(cfg), name).await, leaf)
+    }
+}
+
+async fn serve_http<S>(io: S, name: Arc<str>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let body = format!("hello from {name} over {:?}\n", req.version());
+        async move {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                hyper::body::Bytes::from(body),
+            )))
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
+}
+
+/// `curl https://HOST/` through the proxy at `addr`, trusting `ca_pem`, with
+/// `proto` (`--http1.1` or `--http2`). Returns success and the body followed
+/// by one line with the HTTP version curl used.
+pub async fn curl(addr: SocketAddr, host: &str, ca_pem: &Path, proto: &str) -> (bool, String) {
+    let port = addr.port();
+    run_tool(
+        "curl",
+        &[
+            "-sS".into(),
+            proto.into(),
+            "--cacert".into(),
+            ca_pem.display().to_string(),
+            "--resolve".into(),
+            format!("{host}:{port}:{}", addr.ip()),
+            "-w".into(),
+            "%{http_version}".into(),
+            format!("https://{host}:{port}/"),
+        ],
+        true,
+    )
+    .await
+}
+
+/// Connections on `route` that ended with `outcome`, from the metrics.
+pub fn outcomes(p: &ProxyHandle, route: &str, mode: &str, outcome: &str) -> u64 {
+    p.shared
+        .metrics
+        .connections
+        .with_label_values(&[route, mode, outcome])
+        .get()
+}

@@ -1,0 +1,365 @@
+//! Every metric the proxy exports, in one place, prefixed `mse_proxy_`.
+//!
+//! Label values are bounded: `route` is a configured route name (or `(none)`
+//! when no route was found, or `(all)` when per-route labels are off), never
+//! the SNI a client sent; `outcome`, `mode`, `direction`, `source` and
+//! `result` come from closed sets. Series of removed routes are dropped.
+//! Per-route state that changes under traffic (open connections, routes by
+//! mode, expiry times) is read from the live snapshot at scrape time, so it
+//! costs nothing on the connection path and can never go stale.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::proxy::Outcome;
+use crate::routing::{Mode, Snapshot};
+
+/// Route label value when no route was involved (unknown SNI, refusals
+/// before routing). Parentheses cannot occur in route names.
+pub const NO_ROUTE: &str = "(none)";
+/// Route label value for every route when per-route labels are off.
+pub const ALL_ROUTES: &str = "(all)";
+
+const PREFIX: &str = "mse_proxy";
+
+/// Buckets for sub-second latencies (hello read, connect, handshake).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for whole connection lifetimes.
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+
+/// The proxy's metrics; one per running proxy (tests run several per process).
+pub struct Metrics {
+    registry: Registry,
+    per_route: bool,
+    pub accepted: IntCounter,
+    pub connections: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub hello_seconds: Histogram,
+    pub connect_seconds: HistogramVec,
+    pub handshake_seconds: HistogramVec,
+    pub duration_seconds: HistogramVec,
+    pub reloads: IntCounterVec,
+    pub expirations: IntCounter,
+    pub dns_lookups: IntCounterVec,
+    pub active: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("per_route", &self.per_route)
+            .finish()
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(PREFIX)
+}
+
+fn hopts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(PREFIX)
+        .buckets(buckets.to_vec())
+}
+
+impl Metrics {
+    /// Builds and registers every metric. `per_route = false` folds all
+    /// routes into one label value, for tables too large to label.
+    pub fn new(per_route: bool) -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            per_route,
+            accepted: IntCounter::with_opts(opts(
+                "connections_accepted_total",
+                "Connections accepted, before any check",
+            ))
+            .unwrap(),
+            connections: IntCounterVec::new(
+                opts(
+                    "connections_total",
+                    "Connections finished, by route, mode and outcome",
+                ),
+                &["route", "mode", "outcome"],
+            )
+            .unwrap(),
+            bytes: IntCounterVec::new(
+                opts(
+                    "bytes_total",
+                    "Bytes relayed, by route and direction (in: from clients, out: to clients)",
+                ),
+                &["route", "direction"],
+            )
+            .unwrap(),
+            hello_seconds: Histogram::with_opts(hopts(
+                "client_hello_duration_seconds",
+                "Time from accept to a whole ClientHello",
+                LATENCY_BUCKETS,
+            ))
+            .unwrap(),
+            connect_seconds: HistogramVec::new(
+                hopts(
+                    "upstream_connect_duration_seconds",
+                    "Time to connect to a backend, by route",
+                    LATENCY_BUCKETS,
+                ),
+                &["route"],
+            )
+            .unwrap(),
+            handshake_seconds: HistogramVec::new(
+                hopts(
+                    "tls_handshake_duration_seconds",
+                    "Client TLS handshake time on terminate routes",
+                    LATENCY_BUCKETS,
+                ),
+                &["route"],
+            )
+            .unwrap(),
+            duration_seconds: HistogramVec::new(
+                hopts(
+                    "connection_duration_seconds",
+                    "Lifetime of routed connections, by route",
+                    DURATION_BUCKETS,
+                ),
+                &["route"],
+            )
+            .unwrap(),
+            reloads: IntCounterVec::new(
+                opts(
+                    "route_reloads_total",
+                    "Route set changes, by source and result",
+                ),
+                &["source", "result"],
+            )
+            .unwrap(),
+            expirations: IntCounter::with_opts(opts(
+                "route_expirations_total",
+                "Routes removed at their expiry",
+            ))
+            .unwrap(),
+            dns_lookups: IntCounterVec::new(
+                opts("dns_lookups_total", "Backend name lookups, by result"),
+                &["result"],
+            )
+            .unwrap(),
+            active: IntGauge::with_opts(opts(
+                "connections_active",
+                "Connections open now, all routes",
+            ))
+            .unwrap(),
+            registry,
+        };
+        let build =
+            IntGaugeVec::new(opts("build_info", "Build information"), &["version"]).unwrap();
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.accepted.clone()),
+            Box::new(m.connections.clone()),
+            Box::new(m.bytes.clone()),
+            Box::new(m.hello_seconds.clone()),
+            Box::new(m.connect_seconds.clone()),
+            Box::new(m.handshake_seconds.clone()),
+            Box::new(m.duration_seconds.clone()),
+            Box::new(m.reloads.clone()),
+            Box::new(m.expirations.clone()),
+            Box::new(m.dns_lookups.clone()),
+            Box::new(m.active.clone()),
+            Box::new(build),
+            Box::new(prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                PREFIX,
+            )),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        // Outcome series exist from the start, so rates are defined at zero.
+        for o in Outcome::ALL {
+            m.connections
+                .with_label_values(&[NO_ROUTE, NO_ROUTE, o.as_str()]);
+        }
+        for r in ["ok", "error"] {
+            m.dns_lookups.with_label_values(&[r]);
+        }
+        m
+    }
+
+    /// The label value for a route name.
+    pub fn route_label<'a>(&self, name: &'a str) -> &'a str {
+        if self.per_route {
+            name
+        } else {
+            ALL_ROUTES
+        }
+    }
+
+    /// A connection that ended before any route was chosen.
+    pub fn unrouted(&self, outcome: Outcome) {
+        self.connections
+            .with_label_values(&[NO_ROUTE, NO_ROUTE, outcome.as_str()])
+            .inc();
+    }
+
+    /// Handles for one route, resolved once and kept in the route's entry.
+    pub fn for_route(&self, name: &str, mode: Mode) -> RouteMetrics {
+        let route = self.route_label(name);
+        RouteMetrics {
+            route: route.to_string(),
+            mode,
+            bytes_in: self.bytes.with_label_values(&[route, "in"]),
+            bytes_out: self.bytes.with_label_values(&[route, "out"]),
+            connect: self.connect_seconds.with_label_values(&[route]),
+            handshake: OnceLock::new(),
+            duration: self.duration_seconds.with_label_values(&[route]),
+            outcomes: Default::default(),
+        }
+    }
+
+    /// Drops the series of a route that left the table.
+    pub fn forget_route(&self, name: &str) {
+        if !self.per_route {
+            return;
+        }
+        let _ = self.bytes.remove_label_values(&[name, "in"]);
+        let _ = self.bytes.remove_label_values(&[name, "out"]);
+        let _ = self.connect_seconds.remove_label_values(&[name]);
+        let _ = self.handshake_seconds.remove_label_values(&[name]);
+        let _ = self.duration_seconds.remove_label_values(&[name]);
+        for mode in [Mode::Passthrough, Mode::Terminate] {
+            for o in Outcome::ALL {
+                let _ = self
+                    .connections
+                    .remove_label_values(&[name, mode.as_str(), o.as_str()]);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition: the registry plus what the live
+    /// snapshot says (open connections by route, routes by mode, expiries).
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let mut families = self.registry.gather();
+        let scrape = Registry::new();
+        let open = IntGaugeVec::new(
+            opts("connections_open", "Connections open now, by route"),
+            &["route"],
+        )
+        .unwrap();
+        let routes = IntGaugeVec::new(
+            opts("routes", "Routes in the live table, by mode"),
+            &["mode"],
+        )
+        .unwrap();
+        let expiry = IntGaugeVec::new(
+            opts(
+                "route_expiry_timestamp_seconds",
+                "When each route expires (Unix time)",
+            ),
+            &["route"],
+        )
+        .unwrap();
+        for mode in [Mode::Passthrough, Mode::Terminate] {
+            routes.with_label_values(&[mode.as_str()]).set(0);
+        }
+        for e in snapshot.routes() {
+            routes.with_label_values(&[e.route.mode.as_str()]).inc();
+            let label = self.route_label(&e.route.name);
+            open.with_label_values(&[label])
+                .add(e.open_connections() as i64);
+            if let (true, Some(t)) = (self.per_route, e.route.expires_at) {
+                expiry.with_label_values(&[label]).set(t.timestamp());
+            }
+        }
+        for c in [open, routes, expiry] {
+            let _ = scrape.register(Box::new(c));
+        }
+        families.extend(scrape.gather());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// One route's metric handles: plain atomics on the connection path.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: String,
+    mode: Mode,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub connect: Histogram,
+    handshake: OnceLock<Histogram>,
+    pub duration: Histogram,
+    outcomes: [OnceLock<IntCounter>; Outcome::ALL.len()],
+}
+
+impl RouteMetrics {
+    /// Counts a finished connection on this route.
+    pub fn finished(
+        &self,
+        m: &Metrics,
+        outcome: Outcome,
+        bytes_in: u64,
+        bytes_out: u64,
+        took: Duration,
+    ) {
+        let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.outcomes[idx]
+            .get_or_init(|| {
+                m.connections.with_label_values(&[
+                    &self.route,
+                    self.mode.as_str(),
+                    outcome.as_str(),
+                ])
+            })
+            .inc();
+        self.bytes_in.inc_by(bytes_in);
+        self.bytes_out.inc_by(bytes_out);
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// The handshake histogram (terminate routes only, created on first use).
+    pub fn handshake(&self, m: &Metrics) -> &Histogram {
+        self.handshake
+            .get_or_init(|| m.handshake_seconds.with_label_values(&[&self.route]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_fold_when_per_route_is_off() {
+        let m = Metrics::new(false);
+        assert_eq!(m.route_label("shop"), ALL_ROUTES);
+        let m = Metrics::new(true);
+        assert_eq!(m.route_label("shop"), "shop");
+    }
+
+    #[test]
+    fn forgotten_routes_leave_the_exposition() {
+        let m = Metrics::new(true);
+        let rm = m.for_route("shop", Mode::Passthrough);
+        rm.finished(&m, Outcome::Ok, 10, 20, Duration::from_millis(5));
+        let text = m.render(&Snapshot::default());
+        assert!(
+            text.contains("mse_proxy_bytes_total{direction=\"in\",route=\"shop\"} 10"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "mse_proxy_connections_total{mode=\"passthrough\",outcome=\"ok\",route=\"shop\"} 1"
+        ));
+        m.forget_route("shop");
+        let text = m.render(&Snapshot::default());
+        assert!(!text.contains("route=\"shop\""), "{text}");
+    }
+}

@@ -1,0 +1,461 @@
+//! The platform's certificates, for terminate routes: read from the PEM files
+//! the static config names, checked when loaded (the key matches the
+//! certificate; the certificate's subjectAltName DNS names are what it
+//! serves), and selected by SNI with the same rules as routes: an exact name
+//! first, then the one-label `*.suffix` wildcard.
+//!
+//! One [`CertStore`] lives in each routing snapshot, and is what rustls asks
+//! for a certificate ([`ResolvesServerCert`]), so a reload that re-reads the
+//! files swaps certificates and routes in one step.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::routes::{normalize_host, parse_host_pattern};
+use crate::config::{CertificateFiles, ConfigErrors};
+use crate::routing::{HostPattern, Mode, Route};
+
+/// One loaded certificate chain with its key.
+#[derive(Debug)]
+pub struct LoadedCert {
+    /// The names it serves, from its subjectAltName, normalised.
+    pub names: Vec<HostPattern>,
+    /// Where it was read from, for messages.
+    pub cert_path: PathBuf,
+    pub key: Arc<CertifiedKey>,
+}
+
+/// Every certificate the proxy can terminate with, indexed by name.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    certs: Vec<LoadedCert>,
+    exact: HashMap<String, usize>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, usize>,
+}
+
+impl CertStore {
+    /// Reads and checks every `[[certificate]]` of the static config
+    /// (`config_file` names it in errors). All problems are reported at once;
+    /// nothing is returned unless every certificate loaded.
+    pub fn load(config_file: &Path, files: &[CertificateFiles]) -> Result<CertStore, ConfigErrors> {
+        let mut errs = ConfigErrors::default();
+        let mut store = CertStore::default();
+        for (i, f) in files.iter().enumerate() {
+            let at = format!("certificate[{i}]");
+            match load_pair(&f.cert, &f.key) {
+                Ok(loaded) => {
+                    if let Err(why) = store.add(loaded) {
+                        errs.push(config_file, format!("{at}.cert"), why);
+                    }
+                }
+                Err((field, why)) => errs.push(config_file, format!("{at}.{field}"), why),
+            }
+        }
+        errs.into_result(store)
+    }
+
+    /// Indexes a loaded certificate under its names. A name already served by
+    /// an earlier certificate is an error: which one a client gets must never
+    /// depend on file order.
+    pub fn add(&mut self, cert: LoadedCert) -> Result<(), String> {
+        let i = self.certs.len();
+        for n in &cert.names {
+            let (map, key) = match n {
+                HostPattern::Exact(h) => (&self.exact, h),
+                HostPattern::Wildcard(s) => (&self.wildcard, s),
+            };
+            if let Some(&j) = map.get(key) {
+                return Err(format!(
+                    "`{}`: name `{n}` is already served by `{}`",
+                    cert.cert_path.display(),
+                    self.certs[j].cert_path.display()
+                ));
+            }
+        }
+        for n in &cert.names {
+            match n {
+                HostPattern::Exact(h) => self.exact.insert(h.clone(), i),
+                HostPattern::Wildcard(s) => self.wildcard.insert(s.clone(), i),
+            };
+        }
+        self.certs.push(cert);
+        Ok(())
+    }
+
+    /// The certificate for an SNI: an exact name first, then the wildcard for
+    /// the name minus its first label. Without SNI (a client that dialled an
+    /// IP address), the first certificate configured.
+    pub fn select(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let i = match sni {
+            None => 0,
+            Some(name) => {
+                let name = normalized(name);
+                match self.exact.get(name.as_ref()) {
+                    Some(&i) => i,
+                    None => {
+                        let (_, suffix) = name.split_once('.')?;
+                        *self.wildcard.get(suffix)?
+                    }
+                }
+            }
+        };
+        self.certs.get(i).map(|c| &c.key)
+    }
+
+    /// Whether every name `host` matches is served by some certificate: an
+    /// exact host by an exact or wildcard name, a wildcard host only by the
+    /// same wildcard.
+    pub fn covers(&self, host: &HostPattern) -> bool {
+        match host {
+            HostPattern::Exact(h) => {
+                self.exact.contains_key(h)
+                    || h.split_once('.')
+                        .is_some_and(|(_, s)| self.wildcard.contains_key(s))
+            }
+            HostPattern::Wildcard(s) => self.wildcard.contains_key(s),
+        }
+    }
+
+    /// Records an error for each host of a terminate route that no
+    /// certificate covers; `at` names the route in the error field
+    /// (`route[2]`, or route `shop`).
+    pub fn check_route(&self, file: &Path, at: &str, route: &Route, errs: &mut ConfigErrors) {
+        if route.mode != Mode::Terminate {
+            return;
+        }
+        for (i, h) in route.hosts.iter().enumerate() {
+            if !self.covers(h) {
+                errs.push(
+                    file,
+                    format!("{at}.hosts[{i}]"),
+                    format!(
+                        "no [[certificate]] serves `{h}`; a terminate route needs one for each host"
+                    ),
+                );
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+
+    pub fn certs(&self) -> &[LoadedCert] {
+        &self.certs
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.select(hello.server_name()).cloned()
+    }
+}
+
+/// Lowercases and drops a trailing dot, without allocating when the name is
+/// already in that form (as the ClientHello parser and rustls give it).
+fn normalized(name: &str) -> Cow<'_, str> {
+    if name.ends_with('.') || name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(normalize_host(name))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Loads one chain and its key; on failure says which field (`cert` or
+/// `key`) and why, naming the file.
+fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, (&'static str, String)> {
+    let chain = read_certs(cert_path).map_err(|e| ("cert", e))?;
+    let key_pem = read(key_path).map_err(|e| ("key", e))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        (
+            "key",
+            format!(
+                "`{}`: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {e}",
+                key_path.display()
+            ),
+        )
+    })?;
+    let signing = crate::tls::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| {
+            (
+                "key",
+                format!("`{}`: unusable private key: {e}", key_path.display()),
+            )
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) => {}
+        // The key type cannot tell its public half: nothing to compare.
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => {
+            return Err((
+                "key",
+                format!(
+                    "`{}` does not belong to the certificate in `{}` ({e})",
+                    key_path.display(),
+                    cert_path.display()
+                ),
+            ))
+        }
+    }
+    let names = served_names(&certified.cert[0])
+        .map_err(|e| ("cert", format!("`{}`: {e}", cert_path.display())))?;
+    Ok(LoadedCert {
+        names,
+        cert_path: cert_path.to_path_buf(),
+        key: Arc::new(certified),
+    })
+}
+
+/// The DNS names (exact and `*.suffix`) in a certificate's subjectAltName.
+/// The common name is ignored, as clients ignore it.
+pub fn served_names(cert: &CertificateDer<'_>) -> Result<Vec<HostPattern>, String> {
+    let ee = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| format!("the first certificate does not parse: {e}"))?;
+    let mut names = Vec::new();
+    for n in ee.valid_dns_names() {
+        if let Ok(p) = parse_host_pattern(n) {
+            if !names.contains(&p) {
+                names.push(p);
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err("the certificate names no DNS name in its subjectAltName".into());
+    }
+    Ok(names)
+}
+
+/// Every PEM certificate in a file, in order; at least one.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("`{}`: bad PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("`{}`: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("`{}`: cannot read: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::standin::Ca;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn store_for(ca: &Ca, sets: &[&[&str]]) -> CertStore {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<CertificateFiles> = sets
+            .iter()
+            .enumerate()
+            .map(|(i, hosts)| {
+                let leaf = ca.issue(hosts).unwrap();
+                CertificateFiles {
+                    cert: write(dir.path(), &format!("c{i}.pem"), &leaf.cert_pem),
+                    key: write(dir.path(), &format!("k{i}.pem"), &leaf.key_pem),
+                }
+            })
+            .collect();
+        CertStore::load(Path::new("proxy.toml"), &files).unwrap()
+    }
+
+    #[test]
+    fn selection_is_exact_then_one_label_wildcard() {
+        let ca = Ca::new("t").unwrap();
+        let s = store_for(
+            &ca,
+            &[&["*.apps.example.test"], &["special.apps.example.test"]],
+        );
+        let wild = &s.certs()[0].key;
+        let special = &s.certs()[1].key;
+        let pick = |n| s.select(Some(n)).map(Arc::as_ptr);
+        assert_eq!(pick("a.apps.example.test"), Some(Arc::as_ptr(wild)));
+        assert_eq!(pick("A.Apps.Example.Test."), Some(Arc::as_ptr(wild)));
+        assert_eq!(
+            pick("special.apps.example.test"),
+            Some(Arc::as_ptr(special))
+        );
+        assert_eq!(pick("a.b.apps.example.test"), None);
+        assert_eq!(pick("apps.example.test"), None);
+        assert_eq!(pick("other.test"), None);
+        // No SNI: the first certificate configured.
+        assert_eq!(s.select(None).map(Arc::as_ptr), Some(Arc::as_ptr(wild)));
+        assert!(CertStore::default().select(None).is_none());
+    }
+
+    #[test]
+    fn coverage_follows_the_route_matching_rules() {
+        let ca = Ca::new("t").unwrap();
+        let s = store_for(&ca, &[&["*.apps.example.test", "one.example.test"]]);
+        let p = |h| parse_host_pattern(h).unwrap();
+        assert!(s.covers(&p("x.apps.example.test")));
+        assert!(s.covers(&p("*.apps.example.test")));
+        assert!(s.covers(&p("one.example.test")));
+        assert!(
+            !s.covers(&p("*.example.test")),
+            "an exact name covers no wildcard"
+        );
+        assert!(!s.covers(&p("a.b.apps.example.test")));
+        assert!(!s.covers(&p("two.example.test")));
+    }
+
+    /// RSA and ECDSA keys in all three PEM forms: PKCS#8 (`PRIVATE KEY`),
+    /// PKCS#1 (`RSA PRIVATE KEY`) and SEC1 (`EC PRIVATE KEY`), made by
+    /// `openssl` as an operator would.
+    #[test]
+    fn rsa_and_ecdsa_keys_load_in_every_pem_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |n: &str| dir.path().join(n).display().to_string();
+        let openssl = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        for (alg, newkey, traditional, marker) in [
+            (
+                "rsa",
+                "rsa:2048",
+                &["rsa", "-traditional"][..],
+                "RSA PRIVATE KEY",
+            ),
+            ("ec", "ec", &["ec"][..], "EC PRIVATE KEY"),
+        ] {
+            let (cert, pkcs8, trad) = (
+                d(&format!("{alg}.crt")),
+                d(&format!("{alg}.p8")),
+                d(&format!("{alg}.key")),
+            );
+            let mut req = vec!["req", "-x509", "-newkey", newkey];
+            if alg == "ec" {
+                req.extend(["-pkeyopt", "ec_paramgen_curve:prime256v1"]);
+            }
+            req.extend([
+                "-nodes",
+                "-keyout",
+                &pkcs8,
+                "-out",
+                &cert,
+                "-days",
+                "1",
+                "-subj",
+                "/CN=k.example.test",
+                "-addext",
+                "subjectAltName=DNS:k.example.test",
+            ]);
+            if !openssl(&req) {
+                eprintln!("openssl unavailable; skipping {alg}");
+                return;
+            }
+            let mut conv = traditional.to_vec();
+            conv.extend(["-in", &pkcs8, "-out", &trad]);
+            assert!(openssl(&conv), "openssl {conv:?}");
+            assert!(std::fs::read_to_string(&trad).unwrap().contains(marker));
+            for key in [&pkcs8, &trad] {
+                let files = [CertificateFiles {
+                    cert: PathBuf::from(&cert),
+                    key: PathBuf::from(key),
+                }];
+                let s = CertStore::load(Path::new("proxy.toml"), &files)
+                    .unwrap_or_else(|e| panic!("{alg} {key}: {e}"));
+                assert!(s.select(Some("k.example.test")).is_some(), "{alg} {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_field_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("t").unwrap();
+        let a = ca.issue(&["a.example.test"]).unwrap();
+        let b = ca.issue(&["b.example.test"]).unwrap();
+        let a_cert = write(dir.path(), "a.crt", &a.cert_pem);
+        let b_key = write(dir.path(), "b.key", &b.key_pem);
+        let junk = write(dir.path(), "junk.pem", "not pem at all\n");
+        let missing = dir.path().join("missing.pem");
+        let files = [
+            // 0: key of another certificate
+            CertificateFiles {
+                cert: a_cert.clone(),
+                key: b_key.clone(),
+            },
+            // 1: missing certificate file
+            CertificateFiles {
+                cert: missing.clone(),
+                key: b_key.clone(),
+            },
+            // 2: the key file holds no key
+            CertificateFiles {
+                cert: a_cert.clone(),
+                key: junk.clone(),
+            },
+            // 3: the cert file holds no certificate
+            CertificateFiles {
+                cert: junk.clone(),
+                key: b_key,
+            },
+        ];
+        let errs = CertStore::load(Path::new("proxy.toml"), &files).unwrap_err();
+        let text = errs.to_string();
+        assert_eq!(errs.0.len(), 4, "{text}");
+        for (field, path) in [
+            ("certificate[0].key", &dir.path().join("b.key")),
+            ("certificate[1].cert", &missing),
+            ("certificate[2].key", &junk),
+            ("certificate[3].cert", &junk),
+        ] {
+            let want = format!("proxy.toml: {field}: `{}`", path.display());
+            assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+        }
+        assert!(
+            text.contains("does not belong to the certificate"),
+            "{text}"
+        );
+        assert!(text.contains("cannot read"), "{text}");
+    }
+
+    #[test]
+    fn a_name_served_twice_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("t").unwrap();
+        let files: Vec<CertificateFiles> = (0..2)
+            .map(|i| {
+                let l = ca.issue(&["*.dup.example.test"]).unwrap();
+                CertificateFiles {
+                    cert: write(dir.path(), &format!("{i}.crt"), &l.cert_pem),
+                    key: write(dir.path(), &format!("{i}.key"), &l.key_pem),
+                }
+            })
+            .collect();
+        let errs = CertStore::load(Path::new("p.toml"), &files).unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert_eq!(errs.0[0].field, "certificate[1].cert");
+        assert!(errs.0[0]
+            .message
+            .contains("`*.dup.example.test` is already served"));
+    }
+}
