@@ -36,9 +36,24 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 
+/// Gauges computed from the live snapshot at scrape time: name, help, label.
+const SCRAPE_TIME: [(&str, (&str, &str)); 3] = [
+    (
+        "connections_open",
+        ("Connections open now, by route", "route"),
+    ),
+    ("routes", ("Routes in the live table, by mode", "mode")),
+    (
+        "route_expiry_timestamp_seconds",
+        ("When each route expires (Unix time)", "route"),
+    ),
+];
+
 /// The proxy's metrics; one per running proxy (tests run several per process).
 pub struct Metrics {
     registry: Registry,
+    /// Every family name this exports (registered or computed at scrape).
+    names: Vec<String>,
     per_route: bool,
     pub accepted: IntCounter,
     pub connections: IntCounterVec,
@@ -76,7 +91,7 @@ impl Metrics {
     /// routes into one label value, for tables too large to label.
     pub fn new(per_route: bool) -> Self {
         let registry = Registry::new();
-        let m = Metrics {
+        let mut m = Metrics {
             per_route,
             accepted: IntCounter::with_opts(opts(
                 "connections_accepted_total",
@@ -156,6 +171,7 @@ impl Metrics {
             ))
             .unwrap(),
             registry,
+            names: Vec::new(),
         };
         let build =
             IntGaugeVec::new(opts("build_info", "Build information"), &["version"]).unwrap();
@@ -179,7 +195,11 @@ impl Metrics {
             )),
         ];
         for c in collectors {
+            m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c).expect("metric names are unique");
+        }
+        for (n, _) in SCRAPE_TIME {
+            m.names.push(format!("{PREFIX}_{n}"));
         }
         // Outcome series exist from the start, so rates are defined at zero.
         for o in Outcome::ALL {
@@ -190,6 +210,12 @@ impl Metrics {
             m.dns_lookups.with_label_values(&[r]);
         }
         m
+    }
+
+    /// Every metric family name the proxy can export, whether or not it has
+    /// samples yet (dashboards and alerts are checked against this).
+    pub fn metric_names(&self) -> &[String] {
+        &self.names
     }
 
     /// The label value for a route name.
@@ -336,6 +362,20 @@ impl RouteMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_cover_families_without_samples() {
+        let m = Metrics::new(true);
+        let names = m.metric_names();
+        for n in [
+            "mse_proxy_tls_handshake_duration_seconds",
+            "mse_proxy_connections_open",
+            "mse_proxy_process_open_fds",
+            "mse_proxy_route_reloads_total",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
+    }
 
     #[test]
     fn route_labels_fold_when_per_route_is_off() {
