@@ -247,50 +247,299 @@ async fn passthrough_and_terminate_routes_share_one_listener() {
         .await
         .unwrap();
     assert_eq!(body, "hello from terminated over HTTP/1.1");
-    let platform_leaf = std::fs::read_to_string(&cert.cert).unwrap();
-    assert!(
-        platform_leaf.contains(&pem_body(&seen)),
+    assert_eq!(
+        seen,
+        cert.leaf_der(),
         "terminate shows the platform's certificate"
     );
     assert_eq!(pt.handshakes(), 1);
     assert!(counted(&p, "any", "ok", 1).await);
 }
 
-/// The base64 lines of a DER certificate, as they appear in its PEM.
-fn pem_body(der: &[u8]) -> String {
-    let pem = rcgen_pem(der);
-    pem.lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .join("\n")
+fn peer_cert(c: &EchoConn) -> Vec<u8> {
+    c.0.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
 }
 
-fn rcgen_pem(der: &[u8]) -> String {
-    use rustls::pki_types::pem::PemObject;
-    let _ = rustls::pki_types::CertificateDer::from_pem_slice(b"");
-    let b64 = base64_encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+async fn reload(live: &Live) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(live.admin("/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
 }
 
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_replaced_on_disk_is_served_after_reload_and_open_connections_stay() {
+    let (platform_ca, cert) = platform();
+    let enclave_ca = Ca::new("enclave CA").unwrap();
+    // An echoing stand-in enclave behind a pinned terminate route.
+    let (e, leaf) = enclave(&enclave_ca, &["enclave.internal"], "echo").await;
+    let host = "echo.apps.example.test";
+    let live = Live::start(
+        &[terminate_spec("echo", &[host], &[e.addr], pinned(&leaf))],
+        &cert.toml(),
+    );
+    let first = cert.leaf_der();
+    let mut open = EchoConn::open(live.addr(), host, &platform_ca).await;
+    assert_eq!(peer_cert(&open), first);
+
+    // Renewed on disk; re-read through the reconciler (as SIGHUP does).
+    let renewed = platform_ca.issue(&[APPS]).unwrap();
+    cert.replace(&renewed);
+    live.server.control.reload_file().await.unwrap();
+    let fresh = EchoConn::open(live.addr(), host, &platform_ca).await;
+    assert_eq!(peer_cert(&fresh), renewed.cert_der.as_ref());
+    assert!(
+        open.ping("after the reload").await,
+        "the open connection was dropped"
+    );
+
+    // Renewed again, through POST /reload.
+    let again = platform_ca.issue(&[APPS]).unwrap();
+    cert.replace(&again);
+    let (status, body) = reload(&live).await;
+    assert_eq!(status, 200, "{body}");
+    let fresh = EchoConn::open(live.addr(), host, &platform_ca).await;
+    assert_eq!(peer_cert(&fresh), again.cert_der.as_ref());
+
+    // A broken key refuses the whole reload: the live certificate stays.
+    std::fs::write(&cert.key, "not a key").unwrap();
+    let (status, body) = reload(&live).await;
+    assert_eq!(status, 400, "{body}");
+    let detail = body["details"][0].as_str().unwrap();
+    assert!(
+        detail.contains("test.toml: certificate[0].key: `"),
+        "{detail}"
+    );
+    let fresh = EchoConn::open(live.addr(), host, &platform_ca).await;
+    assert_eq!(peer_cert(&fresh), again.cert_der.as_ref());
+    assert!(open.ping("after a refused reload").await);
+    assert!(
+        live.server
+            .control
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn a_terminate_route_no_certificate_serves_is_refused_by_the_api() {
+    let (_, cert) = platform();
+    let live = Live::start(&[], &cert.toml());
+    let spec = terminate_spec(
+        "elsewhere",
+        &["app.elsewhere.test"],
+        &[closed_port().await],
+        UpstreamSpec {
+            insecure_skip_verify: Some(true),
+            ..Default::default()
+        },
+    );
+    let resp = reqwest::Client::new()
+        .put(live.admin("/routes/elsewhere"))
+        .bearer_auth(TOKEN)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    let detail = body["details"][0].as_str().unwrap();
+    assert_eq!(
+        detail,
+        "admin API: route `elsewhere`.hosts[0]: no [[certificate]] serves `app.elsewhere.test`; \
+         a terminate route needs one for each host"
+    );
+    // Covered by the wildcard: accepted.
+    let ok = terminate_spec(
+        "covered",
+        &["app.apps.example.test"],
+        &[closed_port().await],
+        UpstreamSpec {
+            tls: Some(false),
+            ..Default::default()
+        },
+    );
+    let resp = reqwest::Client::new()
+        .put(live.admin("/routes/covered"))
+        .bearer_auth(TOKEN)
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_hello_deadline() {
+    let (platform_ca, cert) = platform();
+    let enclave_ca = Ca::new("enclave CA").unwrap();
+    let (b, leaf) = HttpBackend::tls(&enclave_ca, "b").await;
+    let p = proxy(
+        config(&format!(
+            "{}[timeouts]\nclient_hello = \"1s\"\n",
+            cert.toml()
+        )),
+        &[terminate_spec(
+            "app",
+            &["app.apps.example.test"],
+            &[b.addr],
+            pinned(&leaf),
+        )],
+    );
+    let name = ServerName::try_from("app.apps.example.test").unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(platform_ca.client_config(&[b"http/1.1"]), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let started = tokio::time::Instant::now();
+    let mut s = TcpStream::connect(addr(&p)).await.unwrap();
+    // The whole hello, then silence: the proxy answers, then waits for a
+    // Finished that never comes.
+    s.write_all(&hello).await.unwrap();
+    let (bytes, closed) = read_to_close(&mut s, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(closed, "stalled handshake was never cut");
+    assert_eq!(
+        bytes.first(),
+        Some(&0x16),
+        "the proxy sent its handshake flight"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "cut too early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "cut late: {took:?}");
+    assert!(counted(&p, "app", "hello_timeout", 1).await);
+    assert!(eventually(Duration::from_secs(5), || p.open_connections() == 0).await);
+}
+
+#[tokio::test]
+async fn tls12_and_tls13_clients_resume_their_sessions() {
+    let (platform_ca, cert) = platform();
+    let enclave_ca = Ca::new("enclave CA").unwrap();
+    let (b, leaf) = HttpBackend::tls(&enclave_ca, "b").await;
+    let p = proxy(
+        config(&cert.toml()),
+        &[terminate_spec(
+            "app",
+            &["app.apps.example.test"],
+            &[b.addr],
+            pinned(&leaf),
+        )],
+    );
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(platform_ca.cert_der().clone()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(&[version])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = TlsConnector::from(Arc::new(cfg));
+        for (i, want) in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+            .into_iter()
+            .enumerate()
+        {
+            let tcp = TcpStream::connect(addr(&p)).await.unwrap();
+            let name = ServerName::try_from("app.apps.example.test").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            let c = tls.get_ref().1;
+            assert_eq!(c.protocol_version(), Some(version.version));
+            assert_eq!(
+                c.handshake_kind(),
+                Some(want),
+                "{:?} connection {i}",
+                version.version
+            );
+            tls.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = String::new();
+            tls.read_to_string(&mut answer).await.unwrap();
+            assert!(answer.ends_with("hello from b over HTTP/1.1\n"), "{answer}");
         }
     }
-    out
+}
+
+#[test]
+fn check_reports_bad_certificate_files_and_uncovered_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("platform CA").unwrap();
+    let leaf = ca.issue(&[APPS]).unwrap();
+    std::fs::write(dir.path().join("platform.crt"), &leaf.cert_pem).unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "routes_file = \"routes.toml\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [[certificate]]\ncert = \"platform.crt\"\nkey = \"platform.key\"\n",
+    )
+    .unwrap();
+    let routes = dir.path().join("routes.toml");
+    write_routes(
+        &routes,
+        &[terminate_spec(
+            "app",
+            &["app.elsewhere.test"],
+            &["127.0.0.1:1".parse().unwrap()],
+            UpstreamSpec {
+                tls: Some(false),
+                ..Default::default()
+            },
+        )],
+    );
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    // The key file is missing: named by field and path, exit code 3.
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let want = format!(
+        "{}: certificate[0].key: `{}`: cannot read",
+        config.display(),
+        dir.path().join("platform.key").display()
+    );
+    assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+
+    // With the key in place, the route's host is the problem.
+    std::fs::write(dir.path().join("platform.key"), &leaf.key_pem).unwrap();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let want = format!(
+        "{}: route[0].hosts[0]: no [[certificate]] serves `app.elsewhere.test`",
+        routes.display()
+    );
+    assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+
+    // Covered by the wildcard: ok.
+    write_routes(
+        &routes,
+        &[terminate_spec(
+            "app",
+            &["app.apps.example.test"],
+            &["127.0.0.1:1".parse().unwrap()],
+            UpstreamSpec {
+                tls: Some(false),
+                ..Default::default()
+            },
+        )],
+    );
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

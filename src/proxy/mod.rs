@@ -5,6 +5,7 @@ pub mod conn;
 pub mod listener;
 pub mod outcome;
 pub mod passthrough;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod terminate;
 pub mod upstream;

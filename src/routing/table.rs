@@ -334,3 +334,79 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::config::routes::{normalize_host, parse_host_pattern, validate_all, RouteSpec};
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?"
+    }
+
+    fn host(min: usize, max: usize) -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(label(), min..=max)
+    }
+
+    fn snapshot(hosts: &[(&str, String)]) -> Snapshot {
+        let specs: Vec<RouteSpec> = hosts
+            .iter()
+            .map(|(name, h)| RouteSpec::passthrough(name, &[h.as_str()], &["127.0.0.1:1"]))
+            .collect();
+        let routes = validate_all(Path::new("p"), &specs, "route").unwrap();
+        Snapshot::build(
+            routes
+                .into_iter()
+                .map(|r| RouteEntry::new(r, Source::File))
+                .collect(),
+            None,
+        )
+        .unwrap()
+    }
+
+    proptest! {
+        /// Case and one trailing dot never change which route a name hits,
+        /// on the route's side or the client's.
+        #[test]
+        fn normalisation(labels in host(2, 5), flip in any::<u64>(), dot in any::<bool>()) {
+            let name = labels.join(".");
+            let shout: String = name
+                .chars()
+                .enumerate()
+                .map(|(i, c)| if flip >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let written = if dot { format!("{shout}.") } else { shout.clone() };
+            let snap = snapshot(&[("r", written)]);
+            let asked = normalize_host(&format!("{shout}{}", if dot { "" } else { "." }));
+            prop_assert_eq!(snap.lookup(&asked).map(|e| e.route.name.as_str()), Some("r"));
+            prop_assert_eq!(parse_host_pattern(&name).unwrap(), HostPattern::Exact(name.to_ascii_lowercase()));
+        }
+
+        /// Exact beats wildcard; a wildcard matches exactly one more label.
+        #[test]
+        fn wildcard_ranking(suffix in host(1, 4), first in label(), extra in host(0, 2), with_exact in any::<bool>()) {
+            let suffix = suffix.join(".").to_ascii_lowercase();
+            let mut labels = extra.iter().map(|l| l.to_ascii_lowercase()).collect::<Vec<_>>();
+            labels.push(first.to_ascii_lowercase());
+            let asked = format!("{}.{suffix}", labels.join("."));
+            let mut routes = vec![("wild", format!("*.{suffix}"))];
+            if with_exact {
+                routes.push(("exact", asked.clone()));
+            }
+            let snap = snapshot(&routes);
+            let got = snap.lookup(&asked).map(|e| e.route.name.as_str());
+            let want = if with_exact {
+                Some("exact")
+            } else if labels.len() == 1 {
+                Some("wild")
+            } else {
+                None
+            };
+            prop_assert_eq!(got, want);
+            // The bare suffix is never covered by its own wildcard.
+            prop_assert!(snap.lookup(&suffix).is_none());
+        }
+    }
+}

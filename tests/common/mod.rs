@@ -313,6 +313,15 @@ impl PlatformCert {
         }
     }
 
+    /// The DER of the end-entity certificate now on disk.
+    pub fn leaf_der(&self) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(&self.cert)
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
     /// The `[[certificate]]` table naming these files.
     pub fn toml(&self) -> String {
         format!(
