@@ -7,15 +7,22 @@
 //!   └ proxy::conn   read the ClientHello under one deadline (tls::detect,
 //!                   parsed by the pure tls::client_hello)
 //!       └ routing   look the SNI up in the current Snapshot (one ArcSwap load)
-//!           └ proxy::passthrough   connect a backend (proxy::upstream, dns),
-//!                   replay the hello bytes, relay both ways (proxy::relay)
+//!           ├ proxy::passthrough   connect a backend (proxy::upstream, dns),
+//!           │       replay the hello bytes, relay both ways (proxy::relay)
+//!           └ proxy::terminate     handshake with the platform's certificate
+//!                   (tls::terminate, the hello replayed through tls::rewind,
+//!                   the certificate picked by SNI from tls::certs), connect a
+//!                   backend, plain or TLS (tls::upstream, tls::verify for
+//!                   pins), relay the plaintext (proxy::relay::relay_streams)
 //!   └ access log    one line per connection with its Outcome
 //! ```
 //!
-//! The control plane: `config` turns files into validated values;
-//! `routing::reload` swaps a new route set in atomically and closes the
-//! connections of routes that left; `server` wires signals (SIGHUP reload,
-//! SIGTERM graceful stop) around a running `proxy::ProxyHandle`.
+//! The control plane: `config` turns files into validated values (routes and
+//! their terminate settings in `config::routes` and `config::terminate`);
+//! `routing::reload` swaps in a new route set and the certificates read with
+//! it, atomically, and closes the connections of routes that left;
+//! `server` wires signals (SIGHUP reload, SIGTERM graceful stop) around a
+//! running `proxy::ProxyHandle`.
 
 pub mod admin;
 pub mod config;

@@ -366,20 +366,16 @@ fn series_names(expr: &str, variable_query: bool) -> Result<Vec<String>, String>
         match &toks[i] {
             Tok::Punct('{') => in_braces = true,
             Tok::Punct('}') => in_braces = false,
-            Tok::Ident(label) if in_braces => {
-                // A label matcher; `__name__="x"` selects the series `x`.
-                if label == "__name__" {
-                    match (toks.get(i + 1), toks.get(i + 2)) {
-                        (Some(Tok::Punct('=')), Some(Tok::Str(name))) => out.push(name.clone()),
-                        _ => {
-                            return Err(
-                                "a `__name__` matcher other than `=\"name\"` cannot be checked"
-                                    .into(),
-                            )
-                        }
-                    }
+            // A label matcher; `__name__="x"` selects the series `x`.
+            Tok::Ident(label) if in_braces => match (label.as_str(), next, toks.get(i + 2)) {
+                ("__name__", Some(Tok::Punct('=')), Some(Tok::Str(name))) => out.push(name.clone()),
+                ("__name__", ..) => {
+                    return Err(
+                        "a `__name__` matcher other than `=\"name\"` cannot be checked".into(),
+                    )
                 }
-            }
+                _ => {}
+            },
             Tok::Ident(word) if next == Some(&Tok::Punct('(')) => {
                 let w = word.as_str();
                 let paren = if LABEL_LIST_MODIFIERS.contains(&w) {
@@ -401,11 +397,14 @@ fn series_names(expr: &str, variable_query: bool) -> Result<Vec<String>, String>
                     Some(Paren::Labels) => true,
                     // label_values(metric, label) / label_values(label)
                     Some(Paren::Call(f, arg)) if f == "label_values" => {
-                        *arg > 0 || !toks[i + 1..].iter().any(|t| *t == Tok::Punct(','))
+                        *arg > 0 || !toks[i + 1..].contains(&Tok::Punct(','))
                     }
                     _ => false,
                 };
-                if !is_label && !KEYWORDS.contains(&w) {
+                // `sum by (x) (...)`: an aggregation with its modifier first.
+                let aggregation = FUNCTIONS.contains(&w)
+                    && matches!(next, Some(Tok::Ident(m)) if m == "by" || m == "without");
+                if !is_label && !aggregation && !KEYWORDS.contains(&w) {
                     out.push(word.clone());
                 }
             }
@@ -436,7 +435,8 @@ fn dashboard() -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{DASHBOARD} is not JSON: {e}"))
 }
 
-/// A PromQL expression and where it is (a JSON pointer).
+/// A PromQL expression and where it is (a JSON pointer, with the titles of
+/// the panels on the way).
 struct Expr {
     at: String,
     text: String,
@@ -449,6 +449,11 @@ fn exprs(doc: &Value) -> Vec<Expr> {
     fn walk(v: &Value, at: &str, out: &mut Vec<Expr>) {
         match v {
             Value::Object(map) => {
+                // Name the panel (or annotation) in messages.
+                let at = match map.get("title").or(map.get("name")).and_then(Value::as_str) {
+                    Some(title) if !at.is_empty() => format!("{at} \"{title}\""),
+                    _ => at.to_string(),
+                };
                 for (k, x) in map {
                     let here = format!("{at}/{k}");
                     if k == "expr" {

@@ -543,3 +543,81 @@ fn check_reports_bad_certificate_files_and_uncovered_routes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// 32 MiB through a terminated connection and back, byte-exact: the client
+/// half-closes (close_notify), the proxy passes that on to the enclave, and
+/// the echo still flows back until the enclave closes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_echo_with_half_close_is_byte_exact() {
+    const TOTAL: usize = 32 * 1024 * 1024;
+    let (platform_ca, cert) = platform();
+    let enclave_ca = Ca::new("enclave CA").unwrap();
+    let (e, leaf) = enclave(&enclave_ca, &["enclave.internal"], "echo").await;
+    let p = proxy(
+        config(&cert.toml()),
+        &[terminate_spec(
+            "bulk",
+            &["bulk.apps.example.test"],
+            &[e.addr],
+            pinned(&leaf),
+        )],
+    );
+    let tls = tls_connect(addr(&p), "bulk.apps.example.test", &platform_ca)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0usize;
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        while sent < TOTAL {
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            wr.write_all(&buf).await.unwrap();
+            ctx.update(&buf);
+            sent += buf.len();
+        }
+        wr.shutdown().await.unwrap();
+        ctx.finish().as_ref().to_vec()
+    });
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let n = rd.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+            got += n;
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "transfer stalled at {got} bytes");
+    assert_eq!(got, TOTAL);
+    assert_eq!(ctx.finish().as_ref(), writer.await.unwrap().as_slice());
+    assert!(counted(&p, "bulk", "ok", 1).await);
+}
+
+#[tokio::test]
+async fn removing_a_terminate_route_closes_its_connections() {
+    let (platform_ca, cert) = platform();
+    let enclave_ca = Ca::new("enclave CA").unwrap();
+    let (e, leaf) = enclave(&enclave_ca, &["enclave.internal"], "echo").await;
+    let host = "gone.apps.example.test";
+    let live = Live::start(
+        &[terminate_spec("gone", &[host], &[e.addr], pinned(&leaf))],
+        &cert.toml(),
+    );
+    let mut open = EchoConn::open(live.addr(), host, &platform_ca).await;
+    write_routes(&live.routes_path, &[]);
+    live.server.control.reload_file().await.unwrap();
+    assert!(open.closed_within(Duration::from_secs(5)).await);
+    assert!(counted(&live.server, "gone", "route_removed", 1).await);
+}

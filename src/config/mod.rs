@@ -403,6 +403,26 @@ mod tests {
     }
 
     #[test]
+    fn certificate_paths_are_relative_to_config() {
+        let c = load(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n\
+             [[certificate]]\ncert = \"certs/a.crt\"\nkey = \"/abs/a.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.certificates,
+            vec![CertificateFiles {
+                cert: PathBuf::from("/etc/mse/certs/a.crt"),
+                key: PathBuf::from("/abs/a.key"),
+            }]
+        );
+        let errs = load("[[listener]]\naddress = \"127.0.0.1:1\"\n[[certificate]]\ncert = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(errs.contains("missing field `key`"), "{errs}");
+    }
+
+    #[test]
     fn unknown_field_is_an_error() {
         let errs = load("[[listener]]\naddress = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
         let text = errs.to_string();

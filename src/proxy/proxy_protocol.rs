@@ -122,7 +122,14 @@ fn parse_v1(buf: &[u8]) -> Header {
         };
     };
     let len = end + 2;
-    let Ok(text) = std::str::from_utf8(&buf[..len]) else {
+    // The spec makes v1 US-ASCII with one CRLF at the end. Checking that
+    // here also keeps ppp from slicing inside a multi-byte character at a
+    // stray CR, which panics (found by fuzzing; see tests/data/fuzz/).
+    let line = &buf[..len];
+    if !line.is_ascii() || line[..end].contains(&b'\r') {
+        return Header::Invalid;
+    }
+    let Ok(text) = std::str::from_utf8(line) else {
         return Header::Invalid;
     };
     match ppp::v1::Header::try_from(text) {
@@ -216,6 +223,19 @@ mod tests {
                 source: Some(src)
             }
         );
+    }
+
+    /// Inputs the fuzzer found; each once panicked inside ppp's v1 parser.
+    #[test]
+    fn fuzz_regressions() {
+        for input in [
+            include_bytes!("../../tests/data/fuzz/ppp-v1-utf8-boundary-1.bin").as_slice(),
+            include_bytes!("../../tests/data/fuzz/ppp-v1-utf8-boundary-2.bin").as_slice(),
+        ] {
+            // The fuzz target's first two bytes choose the hello cap.
+            assert_eq!(parse(&input[2..]), Header::Invalid);
+        }
+        assert_eq!(parse(b"PROXY \r\xc4\xbe\r\n"), Header::Invalid);
     }
 
     #[test]

@@ -239,3 +239,69 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt};
+
+    #[tokio::test]
+    async fn stream_relay_passes_eof_one_way_and_keeps_the_other() {
+        let (mut client, client_side) = duplex(1024);
+        let (upstream_side, mut upstream) = duplex(1024);
+        let counters = Counters::default();
+        let relay = relay_streams(
+            client_side,
+            upstream_side,
+            Duration::from_secs(60),
+            std::future::pending(),
+            &counters,
+        );
+        let peers = async {
+            client.write_all(b"request").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            upstream.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"request", "upstream sees the bytes, then EOF");
+            // After the client's EOF the answer still flows back.
+            upstream.write_all(b"answer").await.unwrap();
+            upstream.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"answer");
+        };
+        let (end, ()) = tokio::join!(relay, peers);
+        assert!(matches!(end, RelayEnd::Closed), "{end:?}");
+        assert_eq!(counters.up.load(Ordering::Relaxed), 7);
+        assert_eq!(counters.down.load(Ordering::Relaxed), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_relay_ends_when_idle_or_stopped() {
+        let (_client, client_side) = duplex(64);
+        let (upstream_side, _upstream) = duplex(64);
+        let started = Instant::now();
+        let end = relay_streams(
+            client_side,
+            upstream_side,
+            Duration::from_secs(30),
+            std::future::pending(),
+            &Counters::default(),
+        )
+        .await;
+        assert!(matches!(end, RelayEnd::Idle), "{end:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+
+        let (_client, client_side) = duplex(64);
+        let (upstream_side, _upstream) = duplex(64);
+        let end = relay_streams(
+            client_side,
+            upstream_side,
+            Duration::from_secs(30),
+            tokio::time::sleep(Duration::from_secs(1)),
+            &Counters::default(),
+        )
+        .await;
+        assert!(matches!(end, RelayEnd::Stopped), "{end:?}");
+    }
+}

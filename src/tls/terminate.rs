@@ -24,9 +24,10 @@ use tokio_rustls::TlsAcceptor;
 use super::certs::CertStore;
 use super::rewind::Rewind;
 
-/// TLS 1.2 sessions remembered for resumption by ID (TLS 1.3 and ticket
-/// resumption need no server state). About 200 bytes each.
-const SESSION_CACHE_ENTRIES: usize = 32 * 1024;
+/// Sessions remembered for resumption by ID, for the TLS 1.2 clients that
+/// do not take tickets (ticket resumption needs no server state). The cache
+/// is allocated up front, about 2 MiB at this size, plus ~200 bytes a session.
+const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
 /// Server-side resumption state that outlives every snapshot.
 #[derive(Clone)]
@@ -141,5 +142,27 @@ pub async fn accept(
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(HandshakeError::Tls(e)),
         Err(_) => Err(HandshakeError::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_server_config_per_distinct_alpn_list() {
+        let h2: Vec<Vec<u8>> = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let h1: Vec<Vec<u8>> = vec![b"http/1.1".to_vec()];
+        let none: Vec<Vec<u8>> = Vec::new();
+        let lists = [h2.as_slice(), h1.as_slice(), h2.as_slice(), none.as_slice()];
+        let t = Termination::build(Arc::default(), &Sessions::new(), lists);
+        assert_eq!(t.configs(), 3);
+        let a = t.server_config(&h2).unwrap();
+        assert_eq!(a.alpn_protocols, h2);
+        assert!(Arc::ptr_eq(&a, &t.server_config(&h2).unwrap()));
+        assert!(t.server_config(&[b"spdy/3".to_vec()]).is_none());
+        // Every config shares the one session cache.
+        let b = t.server_config(&h1).unwrap();
+        assert!(Arc::ptr_eq(&a.session_storage, &b.session_storage));
     }
 }

@@ -95,7 +95,8 @@ pub async fn get(addr: SocketAddr, sni: &str, ca: &Ca) -> std::io::Result<(Strin
     let cert = tls.get_ref().1.peer_certificates().unwrap()[0]
         .as_ref()
         .to_vec();
-    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {sni}\r\n\r\n").as_bytes())
+    // `connection: close`: keep-alive backends (hyper) end the answer too.
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {sni}\r\nconnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut answer = String::new();
     tls.read_to_string(&mut answer).await?;

@@ -1,0 +1,149 @@
+//! The container's configuration: `config/docker.toml` is valid, listens on
+//! 443 and serves the admin API where the Dockerfile's EXPOSE and
+//! HEALTHCHECK expect it, and passes `mse-proxy check` with a routes file
+//! beside it. (No Docker engine is needed: the image itself is not built.)
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use mse_proxy::config::{Config, TokenSource};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// Where the image expects the config (the Dockerfile's CMD).
+const MOUNTED: &str = "/etc/mse-proxy/proxy.toml";
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// config/docker.toml as the container sees it.
+fn docker_config() -> Config {
+    Config::from_toml(Path::new(MOUNTED), &read("config/docker.toml"))
+        .unwrap_or_else(|e| panic!("config/docker.toml is invalid:\n{e}"))
+}
+
+/// The Dockerfile's instructions, continuation lines joined and comments
+/// dropped: (INSTRUCTION, arguments).
+fn dockerfile() -> Vec<(String, String)> {
+    let text = read("Dockerfile");
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(t);
+                let (word, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                out.push((word.to_uppercase(), rest.trim().to_string()));
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+fn instruction(all: &[(String, String)], word: &str) -> Vec<String> {
+    all.iter()
+        .filter(|(w, _)| w == word)
+        .map(|(_, a)| a.clone())
+        .collect()
+}
+
+#[test]
+fn docker_config_is_valid_and_listens_on_443() {
+    let c = docker_config();
+    let v4: SocketAddr = "0.0.0.0:443".parse().unwrap();
+    let v6: SocketAddr = "[::]:443".parse().unwrap();
+    assert_eq!(c.listeners, [v4, v6]);
+    assert!(c.listeners.iter().all(|a| a.port() == 443));
+
+    let admin = c.admin.as_ref().expect("the container runs the admin API");
+    assert_eq!(admin.address, "0.0.0.0:9090".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        admin.token,
+        TokenSource::File(PathBuf::from("/run/secrets/mse-proxy-admin-token"))
+    );
+    assert_eq!(
+        c.routes_file.as_deref(),
+        Some(Path::new("/etc/mse-proxy/routes.toml"))
+    );
+    assert!(c.metrics_per_route);
+    // Graceful stop fits in the --stop-timeout the README's `docker run` gives.
+    assert!(c.timeouts.shutdown_grace.as_secs() < 35);
+    assert!(read("README.md").contains("--stop-timeout 35"));
+}
+
+#[test]
+fn docker_config_passes_check_with_the_example_routes_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, read("config/docker.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        read("config/routes.example.toml"),
+    )
+    .unwrap();
+    let (c, routes) = mse_proxy::server::check(&config)
+        .unwrap_or_else(|e| panic!("mse-proxy check fails on config/docker.toml:\n{e}"));
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(routes.len(), 1);
+}
+
+#[test]
+fn dockerfile_matches_the_docker_config() {
+    let c = docker_config();
+    let df = dockerfile();
+    let admin_port = c.admin.as_ref().unwrap().address.port();
+
+    let exposed: Vec<u16> = instruction(&df, "EXPOSE")
+        .iter()
+        .flat_map(|a| a.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .map(|p| p.trim_end_matches("/tcp").parse().expect("EXPOSE port"))
+        .collect();
+    for port in c.listeners.iter().map(SocketAddr::port).chain([admin_port]) {
+        assert!(
+            exposed.contains(&port),
+            "EXPOSE {exposed:?} lacks port {port}"
+        );
+    }
+
+    let health = instruction(&df, "HEALTHCHECK").join(" ");
+    let url = format!("http://127.0.0.1:{admin_port}/healthz");
+    assert!(
+        health.contains(&url),
+        "HEALTHCHECK does not call {url}: {health}"
+    );
+    assert!(
+        health.contains("--fail"),
+        "HEALTHCHECK must fail on HTTP errors"
+    );
+
+    let cmd = instruction(&df, "CMD").join(" ");
+    assert!(cmd.contains(MOUNTED), "CMD does not load {MOUNTED}: {cmd}");
+    let volume = instruction(&df, "VOLUME").join(" ");
+    assert!(volume.contains("/etc/mse-proxy"), "VOLUME: {volume}");
+
+    let user = instruction(&df, "USER");
+    assert_eq!(user.last().map(String::as_str), Some("10001:10001"));
+
+    let froms = instruction(&df, "FROM");
+    assert_eq!(froms.len(), 2, "build and runtime stages: {froms:?}");
+    assert!(froms[0].starts_with("rust:1-bookworm"), "{froms:?}");
+    let run = instruction(&df, "RUN").join("\n");
+    assert!(run.contains("cargo build --release --locked --bin mse-proxy"));
+    assert!(run.contains("setcap cap_net_bind_service=+ep /usr/local/bin/mse-proxy"));
+    for apt in run.lines().filter(|l| l.contains("apt-get install")) {
+        assert!(apt.contains("--no-install-recommends"), "{apt}");
+    }
+
+    let ignore = read(".dockerignore");
+    assert!(ignore.lines().any(|l| l.trim() == "target/"));
+    assert!(ignore.lines().any(|l| l.trim() == ".git/"));
+}
