@@ -58,6 +58,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(get_route).put(put_route).delete(delete_route),
         )
         .route("/reload", post(reload))
+        .merge(crate::admin_apps::routes())
         .with_state(state)
 }
 
@@ -83,7 +84,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -120,7 +121,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -9,15 +9,17 @@ use hickory_resolver::TokioResolver;
 
 use crate::config::DnsConfig;
 
-/// Why a name gave no address.
+/// Why a name gave no address. The two cases are told apart because they
+/// call for different fixes: a name that does not exist is a routing
+/// mistake, an unreachable DNS server is an infrastructure fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    #[error("no DNS resolver is available: {0}")]
-    NoResolver(String),
-    #[error("lookup of {name} failed: {reason}")]
-    Lookup { name: String, reason: String },
-    #[error("{0} has no address")]
-    Empty(String),
+    /// The DNS answered: no such name, or no address for it.
+    #[error("{name} does not resolve: {reason}")]
+    NotFound { name: String, reason: String },
+    /// No answer: no resolver, server down, timeout, broken reply.
+    #[error("DNS unavailable for {name}: {reason}")]
+    Unavailable { name: String, reason: String },
 }
 
 /// The shared resolver. hickory keeps its own TTL-bound cache, so repeated
@@ -79,34 +81,75 @@ impl Dns {
     /// The addresses of `name`, in the resolver's preferred order.
     pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
         let r = self.lookup(name).await;
-        self.lookups
-            .with_label_values(&[if r.is_ok() { "ok" } else { "error" }])
-            .inc();
+        let result = match &r {
+            Ok(_) => "ok",
+            Err(DnsError::NotFound { .. }) => "not_found",
+            Err(DnsError::Unavailable { .. }) => "unavailable",
+        };
+        self.lookups.with_label_values(&[result]).inc();
         r
     }
 
     async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let resolver = self
-            .resolver
-            .as_ref()
-            .map_err(|e| DnsError::NoResolver(e.clone()))?;
+        let resolver = self.resolver.as_ref().map_err(|e| DnsError::Unavailable {
+            name: name.to_string(),
+            reason: format!("no resolver: {e}"),
+        })?;
         // Absolute name: a backend is never meant to go through search domains.
         let fqdn = if name.ends_with('.') {
             name.to_string()
         } else {
             format!("{name}.")
         };
-        let lookup = resolver
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map_err(|e| DnsError::Lookup {
-                name: name.to_string(),
-                reason: e.to_string(),
-            })?;
+        let lookup = resolver.lookup_ip(fqdn.as_str()).await.map_err(|e| {
+            let (name, reason) = (name.to_string(), e.to_string());
+            if e.is_no_records_found() {
+                DnsError::NotFound { name, reason }
+            } else {
+                DnsError::Unavailable { name, reason }
+            }
+        })?;
         let ips: Vec<IpAddr> = lookup.iter().collect();
         if ips.is_empty() {
-            return Err(DnsError::Empty(name.to_string()));
+            return Err(DnsError::NotFound {
+                name: name.to_string(),
+                reason: "no address records".into(),
+            });
         }
         Ok(ips)
+    }
+}
+
+impl Dns {
+    /// The target of `name`'s CNAME record, for the custom-domain check of
+    /// apps (`crate::apps::cname`), lowercase without the trailing dot.
+    /// `Ok(None)` when the DNS answers that there is none (or no such name);
+    /// an error when it gives no answer, which a caller must not take for a
+    /// "no". Not counted in `dns_lookups_total`, which is about backends.
+    pub async fn cname(&self, name: &str) -> Result<Option<String>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType};
+        let unavailable = |reason: String| DnsError::Unavailable {
+            name: name.to_string(),
+            reason,
+        };
+        let resolver = self
+            .resolver
+            .as_ref()
+            .map_err(|e| unavailable(format!("no resolver: {e}")))?;
+        let plain = |n: String| n.trim_end_matches('.').to_ascii_lowercase();
+        let wanted = plain(name.to_string());
+        match resolver
+            .lookup(format!("{wanted}.").as_str(), RecordType::CNAME)
+            .await
+        {
+            Ok(lookup) => Ok(lookup.answers().iter().find_map(|r| match &r.data {
+                RData::CNAME(target) if plain(r.name.to_ascii()) == wanted => {
+                    Some(plain(target.0.to_ascii()))
+                }
+                _ => None,
+            })),
+            Err(e) if e.is_no_records_found() => Ok(None),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
     }
 }

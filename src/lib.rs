@@ -21,10 +21,15 @@
 //! their terminate settings in `config::routes` and `config::terminate`);
 //! `routing::reload` swaps in a new route set and the certificates read with
 //! it, atomically, and closes the connections of routes that left;
+//! `apps` turns the platform's app records into derived routes under its
+//! rules (expiry, trust scenario, status, custom-domain CNAMEs), a third
+//! route source of the same reconciler, written through `admin_apps`;
 //! `server` wires signals (SIGHUP reload, SIGTERM graceful stop) around a
 //! running `proxy::ProxyHandle`.
 
 pub mod admin;
+pub mod admin_apps;
+pub mod apps;
 pub mod config;
 pub mod demo;
 pub mod dns;

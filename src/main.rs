@@ -40,10 +40,36 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9443")]
         enclave: std::net::SocketAddr,
     },
+    /// App records: what the proxy makes of an app's configuration.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Read an app configuration file (mse.toml), apply the platform's rules
+    /// (with the [apps] policy of --config, if given) and print the app
+    /// record and its routes as JSON, or every violation; --apply registers
+    /// it with a running proxy.
+    Plan(mse_proxy::apps::plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::App {
+        command: AppCommand::Plan(args),
+    }) = &cli.command
+    {
+        let code = mse_proxy::apps::plan::run(
+            args,
+            cli.config.as_deref(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        );
+        return ExitCode::from(code);
+    }
     let command = cli.command.unwrap_or(Command::Run);
     let config_path = match (&cli.config, &command) {
         (Some(p), _) => p.clone(),

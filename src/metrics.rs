@@ -60,6 +60,7 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     pub hello_seconds: Histogram,
     pub connect_seconds: HistogramVec,
+    pub connect_failures: IntCounterVec,
     pub handshake_seconds: HistogramVec,
     pub duration_seconds: HistogramVec,
     pub reloads: IntCounterVec,
@@ -129,6 +130,14 @@ impl Metrics {
                 &["route"],
             )
             .unwrap(),
+            connect_failures: IntCounterVec::new(
+                opts(
+                    "upstream_connect_failures_total",
+                    "Failed connect attempts to backend addresses, by route",
+                ),
+                &["route"],
+            )
+            .unwrap(),
             handshake_seconds: HistogramVec::new(
                 hopts(
                     "tls_handshake_duration_seconds",
@@ -182,6 +191,7 @@ impl Metrics {
             Box::new(m.bytes.clone()),
             Box::new(m.hello_seconds.clone()),
             Box::new(m.connect_seconds.clone()),
+            Box::new(m.connect_failures.clone()),
             Box::new(m.handshake_seconds.clone()),
             Box::new(m.duration_seconds.clone()),
             Box::new(m.reloads.clone()),
@@ -206,7 +216,7 @@ impl Metrics {
             m.connections
                 .with_label_values(&[NO_ROUTE, NO_ROUTE, o.as_str()]);
         }
-        for r in ["ok", "error"] {
+        for r in ["ok", "not_found", "unavailable"] {
             m.dns_lookups.with_label_values(&[r]);
         }
         m
@@ -243,6 +253,7 @@ impl Metrics {
             bytes_in: self.bytes.with_label_values(&[route, "in"]),
             bytes_out: self.bytes.with_label_values(&[route, "out"]),
             connect: self.connect_seconds.with_label_values(&[route]),
+            connect_failures: self.connect_failures.with_label_values(&[route]),
             handshake: OnceLock::new(),
             duration: self.duration_seconds.with_label_values(&[route]),
             outcomes: Default::default(),
@@ -257,6 +268,7 @@ impl Metrics {
         let _ = self.bytes.remove_label_values(&[name, "in"]);
         let _ = self.bytes.remove_label_values(&[name, "out"]);
         let _ = self.connect_seconds.remove_label_values(&[name]);
+        let _ = self.connect_failures.remove_label_values(&[name]);
         let _ = self.handshake_seconds.remove_label_values(&[name]);
         let _ = self.duration_seconds.remove_label_values(&[name]);
         for mode in [Mode::Passthrough, Mode::Terminate] {
@@ -322,6 +334,7 @@ pub struct RouteMetrics {
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
     pub connect: Histogram,
+    pub connect_failures: IntCounter,
     handshake: OnceLock<Histogram>,
     pub duration: Histogram,
     outcomes: [OnceLock<IntCounter>; Outcome::ALL.len()],

@@ -141,6 +141,13 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     };
 
     let admin_stop = CancellationToken::new();
+    // Custom-domain CNAME rechecks (a no-op unless `apps.cname_policy` asks);
+    // stopped with the admin API.
+    tokio::spawn(crate::apps::cname::recheck(
+        Arc::clone(&proxy.shared),
+        control.clone(),
+        admin_stop.clone(),
+    ));
     let admin_addr = match admin_listener {
         Some(l) => {
             let addr = l.local_addr()?;

@@ -61,8 +61,9 @@ fn docker_config_is_valid_and_listens_on_443() {
     let c = docker_config();
     let v4: SocketAddr = "0.0.0.0:443".parse().unwrap();
     let v6: SocketAddr = "[::]:443".parse().unwrap();
-    assert_eq!(c.listeners, [v4, v6]);
-    assert!(c.listeners.iter().all(|a| a.port() == 443));
+    let addrs: Vec<SocketAddr> = c.listeners.iter().map(|l| l.address).collect();
+    assert_eq!(addrs, [v4, v6]);
+    assert!(c.listeners.iter().all(|l| l.address.port() == 443));
 
     let admin = c.admin.as_ref().expect("the container runs the admin API");
     assert_eq!(admin.address, "0.0.0.0:9090".parse::<SocketAddr>().unwrap());
@@ -107,7 +108,12 @@ fn dockerfile_matches_the_docker_config() {
         .flat_map(|a| a.split_whitespace().map(str::to_string).collect::<Vec<_>>())
         .map(|p| p.trim_end_matches("/tcp").parse().expect("EXPOSE port"))
         .collect();
-    for port in c.listeners.iter().map(SocketAddr::port).chain([admin_port]) {
+    for port in c
+        .listeners
+        .iter()
+        .map(|l| l.address.port())
+        .chain([admin_port])
+    {
         assert!(
             exposed.contains(&port),
             "EXPOSE {exposed:?} lacks port {port}"

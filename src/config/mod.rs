@@ -2,6 +2,7 @@
 //! [`Config`]; every check runs here, at load, never under traffic, and every
 //! error names its file and field.
 
+pub mod apps;
 mod error;
 mod raw;
 pub mod routes;
@@ -97,16 +98,29 @@ pub struct CertificateFiles {
     pub key: PathBuf,
 }
 
+/// One listening address and how it treats a PROXY protocol header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// `Some`: a load balancer in these networks sends a PROXY header (v1 or
+    /// v2) first; a header from anyone else is refused.
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+}
+
 /// The validated static configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this came from (for messages), if any.
     pub source: PathBuf,
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
     pub workers: Option<usize>,
     pub routes_file: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub max_connections: usize,
+    /// Per client IP, connections whose hello is not read yet (0: off).
+    pub max_unrouted_per_ip: usize,
+    /// Passive health: how long a failing backend address is tried last.
+    pub failure_cooldown: Duration,
     pub max_client_hello_bytes: usize,
     pub unknown_sni: UnknownSniAction,
     pub no_sni_route: Option<String>,
@@ -118,6 +132,8 @@ pub struct Config {
     pub certificates: Vec<CertificateFiles>,
     /// Label metrics by route (`metrics.per_route`).
     pub metrics_per_route: bool,
+    /// The platform's policy for app records (`[apps]`).
+    pub apps: apps::AppsConfig,
 }
 
 /// Smallest and largest accepted `limits.max_client_hello_bytes`: below 2 KiB
@@ -164,17 +180,59 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         errs.push(path, "listener", "at least one [[listener]] is required");
     }
     for (i, l) in raw.listener.iter().enumerate() {
-        match l.address.parse::<SocketAddr>() {
-            Ok(a) if listeners.contains(&a) => {
-                errs.push(path, format!("listener[{i}].address"), "listed twice")
+        let address = match l.address.parse::<SocketAddr>() {
+            Ok(a) if listeners.iter().any(|x: &ListenerConfig| x.address == a) => {
+                errs.push(path, format!("listener[{i}].address"), "listed twice");
+                continue;
             }
-            Ok(a) => listeners.push(a),
-            Err(_) => errs.push(
-                path,
-                format!("listener[{i}].address"),
-                format!("`{}` is not `ip:port` (IPv6 as `[::]:443`)", l.address),
-            ),
+            Ok(a) => a,
+            Err(_) => {
+                errs.push(
+                    path,
+                    format!("listener[{i}].address"),
+                    format!("`{}` is not `ip:port` (IPv6 as `[::]:443`)", l.address),
+                );
+                continue;
+            }
+        };
+        let mut nets = Vec::new();
+        for (j, n) in l.trusted_proxies.iter().enumerate() {
+            match n
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(net) => nets.push(net),
+                Err(_) => errs.push(
+                    path,
+                    format!("listener[{i}].trusted_proxies[{j}]"),
+                    format!("`{n}` is not a network such as `10.0.0.0/8` or an IP address"),
+                ),
+            }
         }
+        let trusted_proxies = match (l.proxy_protocol, nets.is_empty()) {
+            (true, true) => {
+                errs.push(
+                    path,
+                    format!("listener[{i}].trusted_proxies"),
+                    "proxy_protocol needs the networks its load balancers are in",
+                );
+                None
+            }
+            (true, false) => Some(nets),
+            (false, false) => {
+                errs.push(
+                    path,
+                    format!("listener[{i}].trusted_proxies"),
+                    "set only with proxy_protocol = true",
+                );
+                None
+            }
+            (false, true) => None,
+        };
+        listeners.push(ListenerConfig {
+            address,
+            trusted_proxies,
+        });
     }
 
     if raw.workers == Some(0) {
@@ -305,6 +363,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         Some(AdminConfig { address, token })
     });
 
+    let apps = apps::validate(path, raw.apps, &mut errs);
     errs.into_result(Config {
         source: path.to_path_buf(),
         listeners,
@@ -317,6 +376,8 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             shutdown_grace: t.shutdown_grace,
         },
         max_connections: raw.limits.max_connections,
+        max_unrouted_per_ip: raw.limits.max_unrouted_per_ip,
+        failure_cooldown: raw.health.failure_cooldown,
         max_client_hello_bytes: cap,
         unknown_sni,
         no_sni_route: raw.refusal.no_sni_route,
@@ -346,6 +407,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             })
             .collect(),
         metrics_per_route: raw.metrics.per_route,
+        apps,
     })
 }
 
@@ -360,7 +422,8 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = load("[[listener]]\naddress = \"127.0.0.1:8443\"\n").unwrap();
-        assert_eq!(c.listeners, vec!["127.0.0.1:8443".parse().unwrap()]);
+        assert_eq!(c.listeners[0].address, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.listeners[0].trusted_proxies, None);
         assert_eq!(c.timeouts.client_hello, Duration::from_secs(5));
         assert_eq!(c.max_client_hello_bytes, 16384);
         assert_eq!(c.unknown_sni, UnknownSniAction::Alert);

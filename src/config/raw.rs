@@ -34,6 +34,27 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub health: RawHealth,
+    /// The platform's app policy (`crate::config::apps`).
+    #[serde(default)]
+    pub apps: super::apps::RawApps,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    /// How long a backend address whose connect failed is tried last.
+    #[serde(with = "humantime_serde")]
+    pub failure_cooldown: Duration,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            failure_cooldown: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +111,12 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub address: String,
+    /// Expect a PROXY protocol header (v1 or v2) from a load balancer in front.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Networks allowed to send that header (CIDR); required with it.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// One certificate chain and its private key, PEM files relative to the
@@ -130,12 +157,15 @@ impl Default for RawTimeouts {
 pub struct RawLimits {
     pub max_connections: usize,
     pub max_client_hello_bytes: usize,
+    /// Connections one client IP may hold before its hello is read; 0: no limit.
+    pub max_unrouted_per_ip: usize,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
+            max_unrouted_per_ip: 0,
             max_client_hello_bytes: 16 * 1024,
         }
     }

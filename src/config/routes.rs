@@ -23,6 +23,10 @@ pub struct RouteSpec {
     pub backends: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// `"v2"`: send a PROXY protocol v2 header to the backend first. Off by
+    /// default: enclaves in the zero-trust scenario cannot parse one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
     /// Grace before this route's connections close when it expires or is
     /// removed (e.g. `30s`); absent: the global `reload.close_grace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +51,7 @@ impl RouteSpec {
             mode: default_mode(),
             backends: backends.iter().map(ToString::to_string).collect(),
             expires_at: None,
+            proxy_protocol: None,
             close_grace: None,
             alpn: None,
             upstream: None,
@@ -276,8 +281,22 @@ pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, Co
         }
     };
 
+    let proxy_protocol = match spec.proxy_protocol.as_deref() {
+        None => false,
+        Some("v2") => true,
+        Some(other) => {
+            errs.push(
+                file,
+                format!("{at}.proxy_protocol"),
+                format!("`{other}` is not supported; the only value is `v2`"),
+            );
+            false
+        }
+    };
+
     errs.into_result(Route {
         name: spec.name.clone(),
+        proxy_protocol,
         terminate,
         close_grace,
         hosts,

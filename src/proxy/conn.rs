@@ -14,11 +14,25 @@ use super::{passthrough, terminate, Shared};
 use crate::config::UnknownSniAction;
 use crate::routing::{Mode, RouteEntry};
 use crate::tls::alert;
-use crate::tls::detect::{read_client_hello, DetectError};
+use crate::tls::detect::{read_client_hello_after, read_proxy_header, DetectError, ProxyHeader};
+
+/// What a connection knows about the listener that accepted it.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    /// The address the listener is bound to.
+    pub local: SocketAddr,
+    /// Networks whose connections start with a PROXY header; `None`: this
+    /// listener takes no PROXY headers.
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+}
 
 /// What the access-log line says about a connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnLog {
+    /// The client: the TCP peer, or the source a trusted PROXY header gave.
+    pub client: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     pub sni: Option<String>,
     /// The route chosen, once there is one.
     pub entry: Option<Arc<RouteEntry>>,
@@ -27,17 +41,38 @@ pub struct ConnLog {
     pub bytes_down: u64,
 }
 
+impl ConnLog {
+    pub fn new(client: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            client,
+            local,
+            sni: None,
+            entry: None,
+            upstream: None,
+            bytes_up: 0,
+            bytes_down: 0,
+        }
+    }
+}
+
 /// Serves one connection. The permit is the connection's slot under the
 /// global limit; it is released when this task ends, on every path.
 pub async fn handle(
     shared: Arc<Shared>,
     client: TcpStream,
     peer: SocketAddr,
+    listener: Arc<ListenerInfo>,
     _permit: OwnedSemaphorePermit,
 ) {
     let start = Instant::now();
-    let mut log = ConnLog::default();
-    let outcome = serve(&shared, client, start, &mut log).await;
+    // A wildcard listener's real local address is the socket's own.
+    let local = if listener.local.ip().is_unspecified() {
+        client.local_addr().unwrap_or(listener.local)
+    } else {
+        listener.local
+    };
+    let mut log = ConnLog::new(peer, local);
+    let outcome = serve(&shared, client, &listener, start, &mut log).await;
     let took = start.elapsed();
     match &log.entry {
         Some(e) => e.metrics(&shared.metrics).finished(
@@ -49,21 +84,79 @@ pub async fn handle(
         ),
         None => shared.metrics.unrouted(outcome),
     }
-    access_log(&shared, peer, outcome, &log, took);
+    access_log(&shared, outcome, &log, took);
+}
+
+fn detect_outcome(e: DetectError) -> Outcome {
+    tracing::debug!(error = %e, "no ClientHello");
+    match e {
+        DetectError::Timeout => Outcome::HelloTimeout,
+        DetectError::NotTls => Outcome::NotTls,
+        DetectError::Malformed(_) | DetectError::TooLarge => Outcome::BadHello,
+        DetectError::Closed | DetectError::Io(_) => Outcome::ClientClosed,
+    }
+}
+
+/// On a PROXY-protocol listener: reads the header a trusted load balancer
+/// must send (and takes the client address from it), and refuses one from
+/// anyone else. Returns the bytes read past the header.
+async fn proxy_header(
+    client: &mut TcpStream,
+    trusted: &[ipnet::IpNet],
+    deadline: Instant,
+    log: &mut ConnLog,
+) -> Result<Vec<u8>, Outcome> {
+    let from_balancer = trusted.iter().any(|n| n.contains(&log.client.ip()));
+    match read_proxy_header(client, deadline).await {
+        Ok(ProxyHeader::Present(source, rest)) if from_balancer => {
+            if let Some(source) = source {
+                log.client = source;
+            }
+            Ok(rest)
+        }
+        Ok(ProxyHeader::Present(..)) => {
+            tracing::warn!(peer = %log.client, "PROXY header from an untrusted source refused");
+            Err(Outcome::ProxyHeaderRefused)
+        }
+        Ok(ProxyHeader::Absent(_)) if from_balancer => {
+            tracing::warn!(peer = %log.client, "trusted load balancer sent no PROXY header");
+            Err(Outcome::ProxyHeaderRefused)
+        }
+        Ok(ProxyHeader::Absent(bytes)) => Ok(bytes),
+        Err(DetectError::Malformed(why)) => {
+            tracing::warn!(peer = %log.client, why, "broken PROXY header");
+            Err(Outcome::ProxyHeaderRefused)
+        }
+        Err(e) => Err(detect_outcome(e)),
+    }
 }
 
 async fn serve(
     shared: &Shared,
     mut client: TcpStream,
+    listener: &ListenerInfo,
     start: Instant,
     log: &mut ConnLog,
 ) -> Outcome {
     let _ = client.set_nodelay(true);
     let deadline = start + shared.config.timeouts.client_hello;
-    let detected = match read_client_hello(
+    let initial = match &listener.trusted_proxies {
+        Some(trusted) => match proxy_header(&mut client, trusted, deadline, log).await {
+            Ok(rest) => rest,
+            Err(outcome) => return outcome,
+        },
+        None => Vec::new(),
+    };
+    // Held until the hello is in: one address cannot fill the proxy with
+    // connections that never say what they want.
+    let Some(slot) = shared.unrouted.try_acquire(log.client.ip()) else {
+        return Outcome::ClientLimit;
+    };
+    let detected = match read_client_hello_after(
         &mut client,
         shared.config.max_client_hello_bytes,
         deadline,
+        initial,
     )
     .await
     {
@@ -74,16 +167,9 @@ async fn serve(
                 .observe(start.elapsed().as_secs_f64());
             d
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "no ClientHello");
-            return match e {
-                DetectError::Timeout => Outcome::HelloTimeout,
-                DetectError::NotTls => Outcome::NotTls,
-                DetectError::Malformed(_) | DetectError::TooLarge => Outcome::BadHello,
-                DetectError::Closed | DetectError::Io(_) => Outcome::ClientClosed,
-            };
-        }
+        Err(e) => return detect_outcome(e),
     };
+    drop(slot);
 
     let span = tracing::Span::current();
     // The route and, for a terminate route, its TLS config come from one
@@ -160,19 +246,13 @@ async fn refuse(shared: &Shared, mut client: TcpStream) {
 }
 
 /// One line per connection, at info level, target `mse_proxy::access`.
-pub fn access_log(
-    shared: &Shared,
-    peer: SocketAddr,
-    outcome: Outcome,
-    log: &ConnLog,
-    took: Duration,
-) {
+pub fn access_log(shared: &Shared, outcome: Outcome, log: &ConnLog, took: Duration) {
     if !shared.config.log.access_log {
         return;
     }
     tracing::info!(
         target: "mse_proxy::access",
-        client = %peer,
+        client = %log.client,
         sni = log.sni.as_deref().unwrap_or("-"),
         route = log.entry.as_ref().map_or("-", |e| e.route.name.as_str()),
         upstream = %OrDash(log.upstream),

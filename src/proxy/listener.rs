@@ -53,6 +53,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// per-connection errors are skipped, resource exhaustion backs off.
 pub async fn accept_loop(
     listener: TcpListener,
+    info: Arc<conn::ListenerInfo>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -91,13 +92,8 @@ pub async fn accept_loop(
             Err(_) => {
                 drop(stream);
                 shared.metrics.unrouted(Outcome::Limit);
-                conn::access_log(
-                    &shared,
-                    peer,
-                    Outcome::Limit,
-                    &conn::ConnLog::default(),
-                    Duration::ZERO,
-                );
+                let log = conn::ConnLog::new(peer, info.local);
+                conn::access_log(&shared, Outcome::Limit, &log, Duration::ZERO);
                 continue;
             }
         };
@@ -107,7 +103,10 @@ pub async fn accept_loop(
             sni = tracing::field::Empty,
             route = tracing::field::Empty
         );
-        tracker.spawn(conn::handle(Arc::clone(&shared), stream, peer, permit).instrument(span));
+        tracker.spawn(
+            conn::handle(Arc::clone(&shared), stream, peer, Arc::clone(&info), permit)
+                .instrument(span),
+        );
     }
     tracing::info!(listener = ?local, "stopped accepting");
 }

@@ -2,6 +2,8 @@
 
 mod buffer;
 pub mod conn;
+pub mod health;
+pub mod limits;
 pub mod listener;
 pub mod outcome;
 pub mod passthrough;
@@ -32,6 +34,10 @@ pub struct Shared {
     pub router: Router,
     pub dns: Dns,
     pub metrics: Metrics,
+    /// Passive health of backend addresses.
+    pub health: health::Health,
+    /// Per-client-IP slots for connections whose hello is not read yet.
+    pub unrouted: limits::PerIpLimit,
     /// One permit per open connection, moved into the connection's task.
     pub limit: Arc<Semaphore>,
     /// Cancelled when the shutdown grace runs out: live connections close.
@@ -53,8 +59,9 @@ impl ProxyHandle {
     /// Binds every listener (all or none) and starts accepting.
     pub fn start(config: Config, router: Router) -> std::io::Result<ProxyHandle> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        for addr in &config.listeners {
-            let l = listener::bind(*addr).map_err(|e| {
+        for lc in &config.listeners {
+            let addr = lc.address;
+            let l = listener::bind(addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
             })?;
             listeners.push(l);
@@ -67,6 +74,8 @@ impl ProxyHandle {
         let dns = Dns::new(&config.dns, metrics.dns_lookups.clone());
         let shared = Arc::new(Shared {
             metrics,
+            health: health::Health::new(config.failure_cooldown),
+            unrouted: limits::PerIpLimit::new(config.max_unrouted_per_ip),
             limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
             router,
@@ -77,9 +86,16 @@ impl ProxyHandle {
         let tracker = TaskTracker::new();
         let accept_tasks = listeners
             .into_iter()
-            .map(|l| {
+            .zip(&local_addrs)
+            .zip(&shared.config.listeners)
+            .map(|((l, local), lc)| {
+                let info = Arc::new(conn::ListenerInfo {
+                    local: *local,
+                    trusted_proxies: lc.trusted_proxies.clone(),
+                });
                 tokio::spawn(listener::accept_loop(
                     l,
+                    info,
                     Arc::clone(&shared),
                     stop_accept.clone(),
                     tracker.clone(),

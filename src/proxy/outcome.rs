@@ -23,13 +23,28 @@ pub enum Outcome {
     HelloTimeout,
     /// Terminate: the client's TLS handshake with the proxy failed.
     ClientTlsError,
-    /// Every backend refused, timed out or failed to resolve.
+    /// Every backend refused the connection.
+    UpstreamRefused,
+    /// Every backend connect timed out (black-holed).
+    UpstreamTimeout,
+    /// The backend names do not resolve (NXDOMAIN, no address).
+    DnsError,
+    /// The DNS server did not answer.
+    DnsUnavailable,
+    /// Every backend failed, for mixed or other reasons.
     UpstreamConnectError,
     /// Terminate: the TLS handshake with the backend failed (certificate
     /// not the pinned one, bad chain, no common protocol, timeout).
     UpstreamTlsError,
-    /// An I/O error while relaying (reset on either side).
-    RelayError,
+    /// The client reset or failed while relaying.
+    ClientError,
+    /// The backend reset or failed while relaying.
+    UpstreamError,
+    /// A PROXY protocol header from an untrusted source, or a missing or
+    /// broken one from a trusted load balancer.
+    ProxyHeaderRefused,
+    /// The per-client-IP limit on connections not yet routed was reached.
+    ClientLimit,
     /// No byte either way for the idle timeout.
     Idle,
     /// The connection limit was reached at accept.
@@ -44,7 +59,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for pre-registering metric label values.
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 23] = [
         Outcome::Ok,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -53,9 +68,16 @@ impl Outcome {
         Outcome::ClientClosed,
         Outcome::HelloTimeout,
         Outcome::ClientTlsError,
+        Outcome::UpstreamRefused,
+        Outcome::UpstreamTimeout,
+        Outcome::DnsError,
+        Outcome::DnsUnavailable,
         Outcome::UpstreamConnectError,
         Outcome::UpstreamTlsError,
-        Outcome::RelayError,
+        Outcome::ClientError,
+        Outcome::UpstreamError,
+        Outcome::ProxyHeaderRefused,
+        Outcome::ClientLimit,
         Outcome::Idle,
         Outcome::Limit,
         Outcome::Expired,
@@ -73,15 +95,36 @@ impl Outcome {
             Outcome::ClientClosed => "client_closed",
             Outcome::HelloTimeout => "hello_timeout",
             Outcome::ClientTlsError => "client_tls_error",
+            Outcome::UpstreamRefused => "upstream_refused",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::DnsError => "dns_error",
+            Outcome::DnsUnavailable => "dns_unavailable",
             Outcome::UpstreamConnectError => "upstream_connect_error",
             Outcome::UpstreamTlsError => "upstream_tls_error",
-            Outcome::RelayError => "relay_error",
+            Outcome::ClientError => "client_error",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::ProxyHeaderRefused => "proxy_header_refused",
+            Outcome::ClientLimit => "client_limit",
             Outcome::Idle => "idle_timeout",
             Outcome::Limit => "limit",
             Outcome::Expired => "expired",
             Outcome::RouteRemoved => "route_removed",
             Outcome::Shutdown => "shutdown",
         }
+    }
+}
+
+/// The outcome of a relay that ran, from how it ended and why a stop came.
+pub fn after_relay(end: &super::relay::RelayEnd, killed: bool, expired: bool) -> Outcome {
+    use super::relay::RelayEnd;
+    match end {
+        RelayEnd::Closed => Outcome::Ok,
+        RelayEnd::Idle => Outcome::Idle,
+        RelayEnd::Stopped if killed => Outcome::Shutdown,
+        RelayEnd::Stopped if expired => Outcome::Expired,
+        RelayEnd::Stopped => Outcome::RouteRemoved,
+        RelayEnd::ClientError(_) => Outcome::ClientError,
+        RelayEnd::UpstreamError(_) => Outcome::UpstreamError,
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::conn::ConnLog;
-use super::outcome::Outcome;
+use super::outcome::{self, Outcome};
 use super::relay::{self, Counters, RelayEnd};
 use super::upstream;
 use super::Shared;
@@ -22,29 +22,14 @@ pub async fn run(
 ) -> Outcome {
     let _open = entry.track();
     let route = &entry.route;
-    let connect_start = tokio::time::Instant::now();
-    let (upstream, addr) = match upstream::connect(
-        &route.backends,
-        &shared.dns,
-        shared.config.timeouts.upstream_connect,
-    )
-    .await
-    {
-        Ok(ok) => ok,
-        Err(e) => {
-            tracing::warn!(route = %route.name, error = %e, "no backend accepted");
-            return Outcome::UpstreamConnectError;
-        }
+    let upstream = match upstream::connect_route(shared, &entry, log).await {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
     };
-    log.upstream = Some(addr);
-    entry
-        .metrics(&shared.metrics)
-        .connect
-        .observe(connect_start.elapsed().as_secs_f64());
 
     if let Err(e) = relay::write_all(&upstream, &hello_bytes).await {
         tracing::debug!(error = %e, "writing the ClientHello upstream failed");
-        return Outcome::RelayError;
+        return Outcome::UpstreamError;
     }
     let hello_len = hello_bytes.len() as u64;
     drop(hello_bytes);
@@ -66,15 +51,12 @@ pub async fn run(
     .await;
     log.bytes_up = hello_len + counters.up.load(std::sync::atomic::Ordering::Relaxed);
     log.bytes_down = counters.down.load(std::sync::atomic::Ordering::Relaxed);
-    match end {
-        RelayEnd::Closed => Outcome::Ok,
-        RelayEnd::Idle => Outcome::Idle,
-        RelayEnd::Stopped if shared.kill.is_cancelled() => Outcome::Shutdown,
-        RelayEnd::Stopped if route.expired_at(chrono::Utc::now()) => Outcome::Expired,
-        RelayEnd::Stopped => Outcome::RouteRemoved,
-        RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e) => {
-            tracing::debug!(error = %e, "relay error");
-            Outcome::RelayError
-        }
+    if let RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e) = &end {
+        tracing::debug!(error = %e, "relay error");
     }
+    outcome::after_relay(
+        &end,
+        shared.kill.is_cancelled(),
+        route.expired_at(chrono::Utc::now()),
+    )
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::conn::ConnLog;
-use super::outcome::Outcome;
+use super::outcome::{self, Outcome};
 use super::relay::{self, Counters, RelayEnd};
 use super::upstream;
 use super::Shared;
@@ -61,26 +61,14 @@ pub async fn run(
         .observe(handshake_start.elapsed().as_secs_f64());
     let alpn = client_tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
 
-    let connect_start = Instant::now();
-    let (tcp, addr) = match upstream::connect(
-        &route.backends,
-        &shared.dns,
-        shared.config.timeouts.upstream_connect,
-    )
-    .await
-    {
-        Ok(ok) => ok,
-        Err(e) => {
-            tracing::warn!(route = %route.name, error = %e, "no backend accepted");
+    let tcp = match upstream::connect_route(shared, &entry, log).await {
+        Ok(s) => s,
+        Err(outcome) => {
             close(client_tls).await;
-            return Outcome::UpstreamConnectError;
+            return outcome;
         }
     };
-    log.upstream = Some(addr);
-    entry
-        .metrics(&shared.metrics)
-        .connect
-        .observe(connect_start.elapsed().as_secs_f64());
+    let addr = log.upstream.unwrap_or(log.local);
 
     let counters = Counters::default();
     let stop = async {
@@ -120,17 +108,14 @@ pub async fn run(
     };
     log.bytes_up = counters.up.load(Ordering::Relaxed);
     log.bytes_down = counters.down.load(Ordering::Relaxed);
-    match end {
-        RelayEnd::Closed => Outcome::Ok,
-        RelayEnd::Idle => Outcome::Idle,
-        RelayEnd::Stopped if shared.kill.is_cancelled() => Outcome::Shutdown,
-        RelayEnd::Stopped if route.expired_at(chrono::Utc::now()) => Outcome::Expired,
-        RelayEnd::Stopped => Outcome::RouteRemoved,
-        RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e) => {
-            tracing::debug!(error = %e, "relay error");
-            Outcome::RelayError
-        }
+    if let RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e) = &end {
+        tracing::debug!(error = %e, "relay error");
     }
+    outcome::after_relay(
+        &end,
+        shared.kill.is_cancelled(),
+        route.expired_at(chrono::Utc::now()),
+    )
 }
 
 /// The name the backend is asked for: the route's `upstream.sni`, else the

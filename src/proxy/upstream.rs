@@ -1,24 +1,63 @@
 //! Connecting to a route's backends: in order, each address of each backend,
 //! each attempt under the connect timeout; the first that answers wins.
+//! Addresses that failed recently are tried last (passive health), and when
+//! everything fails the kind of failure becomes the connection's outcome.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use crate::dns::Dns;
-use crate::routing::{Backend, BackendHost};
+use super::conn::ConnLog;
+use super::health::Health;
+use super::outcome::Outcome;
+use super::proxy_protocol;
+use super::relay::write_all;
+use super::Shared;
+use crate::dns::{Dns, DnsError};
+use crate::routing::{Backend, BackendHost, RouteEntry};
+
+/// How one attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Refused,
+    Timeout,
+    DnsNotFound,
+    DnsUnavailable,
+    Other,
+}
 
 /// Every backend failed; says how each one did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ConnectError {
-    pub attempts: Vec<(String, String)>,
+    pub attempts: Vec<(String, Failure, String)>,
+}
+
+impl ConnectError {
+    /// One outcome for the connection: the failure kind when every attempt
+    /// failed the same way, else the generic connect error.
+    pub fn outcome(&self) -> Outcome {
+        let mut kinds = self.attempts.iter().map(|(_, k, _)| *k);
+        let first = kinds.next();
+        if first.is_none() || kinds.any(|k| Some(k) != first) {
+            return Outcome::UpstreamConnectError;
+        }
+        match first {
+            Some(Failure::Refused) => Outcome::UpstreamRefused,
+            Some(Failure::Timeout) => Outcome::UpstreamTimeout,
+            Some(Failure::DnsNotFound) => Outcome::DnsError,
+            Some(Failure::DnsUnavailable) => Outcome::DnsUnavailable,
+            _ => Outcome::UpstreamConnectError,
+        }
+    }
 }
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (backend, why)) in self.attempts.iter().enumerate() {
+        for (i, (backend, _, why)) in self.attempts.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
@@ -30,46 +69,136 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Connects to the first backend that accepts, trying them in order.
+/// Connects to the first backend that accepts. Addresses in cool-down are
+/// kept for a second pass, so they are used only when nothing else answers.
 pub async fn connect(
     backends: &[Backend],
     dns: &Dns,
+    health: &Health,
     timeout: Duration,
+    failures: &prometheus::IntCounter,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
-    let mut attempts = Vec::new();
+    let mut err = ConnectError::default();
+    let r = connect_inner(backends, dns, health, timeout, &mut err).await;
+    failures.inc_by(err.attempts.len() as u64);
+    r.ok_or(err)
+}
+
+async fn connect_inner(
+    backends: &[Backend],
+    dns: &Dns,
+    health: &Health,
+    timeout: Duration,
+    err: &mut ConnectError,
+) -> Option<(TcpStream, SocketAddr)> {
+    let mut cooling: Vec<(SocketAddr, String)> = Vec::new();
     for b in backends {
         match &b.host {
             BackendHost::Ip(ip) => {
                 let addr = SocketAddr::new(*ip, b.port);
-                match connect_one(addr, timeout).await {
-                    Ok(s) => return Ok((s, addr)),
-                    Err(why) => attempts.push((b.to_string(), why)),
+                if health.is_cooling(addr) {
+                    cooling.push((addr, b.to_string()));
+                } else if let Some(s) = attempt(addr, b.to_string(), health, timeout, err).await {
+                    return Some((s, addr));
                 }
             }
             BackendHost::Name(name) => match dns.resolve(name).await {
                 Ok(ips) => {
                     for ip in ips {
                         let addr = SocketAddr::new(ip, b.port);
-                        match connect_one(addr, timeout).await {
-                            Ok(s) => return Ok((s, addr)),
-                            Err(why) => attempts.push((format!("{b} ({addr})"), why)),
+                        if health.is_cooling(addr) {
+                            cooling.push((addr, format!("{b} ({addr})")));
+                        } else if let Some(s) =
+                            attempt(addr, format!("{b} ({addr})"), health, timeout, err).await
+                        {
+                            return Some((s, addr));
                         }
                     }
                 }
-                Err(e) => attempts.push((b.to_string(), e.to_string())),
+                Err(e) => {
+                    let kind = match e {
+                        DnsError::NotFound { .. } => Failure::DnsNotFound,
+                        DnsError::Unavailable { .. } => Failure::DnsUnavailable,
+                    };
+                    err.attempts.push((b.to_string(), kind, e.to_string()));
+                }
             },
         }
     }
-    Err(ConnectError { attempts })
+    for (addr, label) in cooling {
+        if let Some(s) = attempt(addr, label, health, timeout, err).await {
+            return Some((s, addr));
+        }
+    }
+    None
 }
 
-async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+async fn attempt(
+    addr: SocketAddr,
+    label: String,
+    health: &Health,
+    timeout: Duration,
+    err: &mut ConnectError,
+) -> Option<TcpStream> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
-            Ok(s)
+            health.succeeded(addr);
+            Some(s)
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("connect timed out after {timeout:?}")),
+        Ok(Err(e)) => {
+            health.failed(addr);
+            let kind = match e.kind() {
+                io::ErrorKind::ConnectionRefused => Failure::Refused,
+                io::ErrorKind::TimedOut => Failure::Timeout,
+                _ => Failure::Other,
+            };
+            err.attempts.push((label, kind, e.to_string()));
+            None
+        }
+        Err(_) => {
+            health.failed(addr);
+            err.attempts.push((
+                label,
+                Failure::Timeout,
+                format!("connect timed out after {timeout:?}"),
+            ));
+            None
+        }
     }
+}
+
+/// Connects a route's upstream for one connection: picks a backend, counts
+/// the connect time, notes it in the log, and sends the PROXY header first
+/// when the route asks for one. On failure, the outcome to report.
+pub async fn connect_route(
+    shared: &Shared,
+    entry: &RouteEntry,
+    log: &mut ConnLog,
+) -> Result<TcpStream, Outcome> {
+    let route = &entry.route;
+    let start = Instant::now();
+    let metrics = entry.metrics(&shared.metrics);
+    let (stream, addr) = connect(
+        &route.backends,
+        &shared.dns,
+        &shared.health,
+        shared.config.timeouts.upstream_connect,
+        &metrics.connect_failures,
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(route = %route.name, error = %e, "no backend accepted");
+        e.outcome()
+    })?;
+    log.upstream = Some(addr);
+    metrics.connect.observe(start.elapsed().as_secs_f64());
+    if route.proxy_protocol {
+        let (header, len) = proxy_protocol::v2_header(log.client, log.local);
+        write_all(&stream, &header[..len]).await.map_err(|e| {
+            tracing::debug!(error = %e, "writing the PROXY header failed");
+            Outcome::UpstreamError
+        })?;
+    }
+    Ok(stream)
 }

@@ -5,6 +5,10 @@
 //! Precedence: a route put through the API overrides a file route of the same
 //! name until it is deleted through the API; the file route then comes back.
 //! Deleting a route that only the file defines is refused (edit the file).
+//!
+//! Apps (`crate::apps`) are the third source: each registered app yields
+//! derived routes, merged with the other two and validated with them; a
+//! route name or host claimed twice across sources is a conflict.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,9 +19,12 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use super::reload::{self, Applied, ApplyOptions};
 use super::route::Route;
 use super::table::{Snapshot, Source};
+use crate::apps::{AppKey, AppPut, Apps, CnameReport};
 use crate::config::routes::{self, check_conflicts, RouteSpec};
 use crate::config::{ConfigError, ConfigErrors};
 use crate::proxy::Shared;
@@ -45,6 +52,11 @@ enum Command {
     FileTouched,
     Put(Box<RouteSpec>, Reply),
     Delete(String, Reply),
+    /// Register an app deployment, replacing the one under its key.
+    PutApp(Box<AppPut>, Reply),
+    DeleteApp(AppKey, Reply),
+    /// A periodic CNAME recheck found something new.
+    AppCname(Box<CnameReport>),
 }
 
 /// Counters the reconciler keeps, for `/routes`, tests and metrics.
@@ -62,6 +74,8 @@ pub struct ReconcilerStats {
 pub struct Control {
     tx: mpsc::Sender<Command>,
     pub stats: Arc<ReconcilerStats>,
+    /// The registered apps, published after every change that applied.
+    apps: Arc<ArcSwap<Apps>>,
 }
 
 impl Control {
@@ -86,6 +100,28 @@ impl Control {
         self.ask(|r| Command::Delete(name, r)).await
     }
 
+    pub async fn put_app(&self, put: AppPut) -> Result<Applied, ControlError> {
+        self.ask(|r| Command::PutApp(Box::new(put), r)).await
+    }
+
+    pub async fn delete_app(&self, key: AppKey) -> Result<Applied, ControlError> {
+        self.ask(|r| Command::DeleteApp(key, r)).await
+    }
+
+    /// Hands a CNAME recheck's findings to the reconciler (no answer: it
+    /// logs what it did).
+    pub async fn cname_checked(&self, report: CnameReport) -> Result<(), ControlError> {
+        self.tx
+            .send(Command::AppCname(Box::new(report)))
+            .await
+            .map_err(|_| ControlError::Stopped)
+    }
+
+    /// The registered apps as of the last applied change.
+    pub fn apps(&self) -> Arc<Apps> {
+        self.apps.load_full()
+    }
+
     /// From the file watcher (any thread): never blocks; if the queue is
     /// full a re-read is already on its way.
     pub fn file_touched(&self) {
@@ -100,6 +136,9 @@ pub struct Reconciler {
     shared: Arc<Shared>,
     file_routes: Vec<Route>,
     api_routes: BTreeMap<String, Route>,
+    apps: Apps,
+    /// Where `apps` is published for the admin API and the CNAME recheck.
+    apps_view: Arc<ArcSwap<Apps>>,
     reread_at: Option<Instant>,
     stats: Arc<ReconcilerStats>,
     rx: mpsc::Receiver<Command>,
@@ -111,20 +150,30 @@ impl Reconciler {
     pub fn start(shared: Arc<Shared>, file_routes: Vec<Route>) -> Result<(Self, Control), String> {
         let (tx, rx) = mpsc::channel(64);
         let stats = Arc::new(ReconcilerStats::default());
+        let apps_view = Arc::new(ArcSwap::from_pointee(Apps::default()));
         let r = Reconciler {
             shared,
             file_routes,
             api_routes: BTreeMap::new(),
+            apps: Apps::default(),
+            apps_view: Arc::clone(&apps_view),
             reread_at: None,
             stats: Arc::clone(&stats),
             rx,
         };
         let merged = r
-            .merged(&r.file_routes, &r.api_routes)
+            .merged(&r.file_routes, &r.api_routes, &r.apps)
             .map_err(|e| e.to_string())?;
         r.apply(merged, "start").map_err(|e| e.to_string())?;
         stats.ready.store(true, Ordering::Relaxed);
-        Ok((r, Control { tx, stats }))
+        Ok((
+            r,
+            Control {
+                tx,
+                stats,
+                apps: apps_view,
+            },
+        ))
     }
 
     /// Runs until every [`Control`] is dropped.
@@ -168,6 +217,21 @@ impl Reconciler {
             Command::Delete(name, reply) => {
                 let _ = reply.send(self.delete(&name));
             }
+            Command::PutApp(put, reply) => {
+                let r = self.try_put_app(*put);
+                if r.is_err() {
+                    self.refused("app");
+                }
+                let _ = reply.send(r);
+            }
+            Command::DeleteApp(key, reply) => {
+                let r = self.try_delete_app(&key);
+                if r.is_err() {
+                    self.refused("app");
+                }
+                let _ = reply.send(r);
+            }
+            Command::AppCname(report) => self.app_cname(*report),
         }
     }
 
@@ -186,7 +250,7 @@ impl Reconciler {
             })
             .map_err(ControlError::Invalid)
             .and_then(|(file_routes, certs)| {
-                let merged = self.merged(&file_routes, &self.api_routes)?;
+                let merged = self.merged(&file_routes, &self.api_routes, &self.apps)?;
                 Ok((file_routes, merged, certs))
             })
             .and_then(|(file_routes, merged, certs)| {
@@ -243,7 +307,7 @@ impl Reconciler {
         }
         let mut api = self.api_routes.clone();
         api.insert(route.name.clone(), route);
-        let merged = self.merged(&self.file_routes, &api)?;
+        let merged = self.merged(&self.file_routes, &api, &self.apps)?;
         let applied = self.apply(merged, "api")?;
         self.api_routes = api;
         Ok(applied)
@@ -261,7 +325,7 @@ impl Reconciler {
         }
         let mut api = self.api_routes.clone();
         api.remove(name);
-        let merged = self.merged(&self.file_routes, &api)?;
+        let merged = self.merged(&self.file_routes, &api, &self.apps)?;
         let applied = self.apply(merged, "api")?;
         self.api_routes = api;
         Ok(applied)
@@ -272,8 +336,11 @@ impl Reconciler {
     fn expire(&mut self) {
         let now = Utc::now();
         self.api_routes.retain(|_, r| !r.expired_at(now));
+        if self.apps.forget_expired(now) > 0 {
+            self.publish_apps();
+        }
         match self
-            .merged(&self.file_routes, &self.api_routes)
+            .merged(&self.file_routes, &self.api_routes, &self.apps)
             .and_then(|m| self.apply(m, "expiry"))
         {
             Ok(a) => {
@@ -285,12 +352,14 @@ impl Reconciler {
         }
     }
 
-    /// File routes overridden by API routes of the same name, checked for
-    /// host conflicts across the two sources.
+    /// File routes overridden by API routes of the same name, plus the
+    /// apps' derived routes, checked for name and host conflicts across the
+    /// three sources.
     fn merged(
         &self,
         file: &[Route],
         api: &BTreeMap<String, Route>,
+        apps: &Apps,
     ) -> Result<Vec<(Route, Source)>, ControlError> {
         let mut all: Vec<(Route, Source)> = file
             .iter()
@@ -298,6 +367,7 @@ impl Reconciler {
             .map(|r| (r.clone(), Source::File))
             .collect();
         all.extend(api.values().map(|r| (r.clone(), Source::Api)));
+        all.extend(apps.routes().map(|r| (r.clone(), Source::App)));
         let now = Utc::now();
         // Expired routes are out of the table and claim no host.
         let live: Vec<Route> = all
@@ -375,6 +445,59 @@ impl Reconciler {
             "routes applied"
         );
         Ok(applied)
+    }
+}
+
+impl Reconciler {
+    fn try_put_app(&mut self, put: AppPut) -> Result<Applied, ControlError> {
+        let certs = Arc::clone(self.shared.router.load().termination().certs());
+        let apps = self
+            .apps
+            .admit(put, &self.shared.config.apps, &certs, Utc::now())?;
+        let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
+        let applied = self.apply(merged, "app")?;
+        self.apps = apps;
+        self.publish_apps();
+        Ok(applied)
+    }
+
+    fn try_delete_app(&mut self, key: &AppKey) -> Result<Applied, ControlError> {
+        let apps = self.apps.without(key)?;
+        let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
+        let applied = self.apply(merged, "app")?;
+        self.apps = apps;
+        self.publish_apps();
+        Ok(applied)
+    }
+
+    /// A CNAME recheck: withdraws or restores the app's custom-domain routes
+    /// as the policy says. A change that cannot apply (a restored host now
+    /// claimed by another route) keeps the old state; the next recheck
+    /// tries again.
+    fn app_cname(&mut self, report: CnameReport) {
+        let key = report.key.clone();
+        let Some(next) = self.apps.rechecked(report, &self.shared.config.apps) else {
+            return;
+        };
+        let result = next.map_err(ControlError::Invalid).and_then(|apps| {
+            let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
+            let applied = self.apply(merged, "cname")?;
+            Ok((apps, applied))
+        });
+        match result {
+            Ok((apps, _)) => {
+                self.apps = apps;
+                self.publish_apps();
+            }
+            Err(e) => {
+                self.refused("cname");
+                tracing::error!(app = %key, error = %e, "CNAME recheck could not be applied");
+            }
+        }
+    }
+
+    fn publish_apps(&self) {
+        self.apps_view.store(Arc::new(self.apps.clone()));
     }
 }
 

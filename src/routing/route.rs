@@ -102,6 +102,8 @@ pub struct Route {
     pub backends: Vec<Backend>,
     /// From this instant on the route no longer matches.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Send a PROXY protocol v2 header to the backend before any byte.
+    pub proxy_protocol: bool,
     /// Overrides the global grace before connections close on expiry/removal.
     pub close_grace: Option<std::time::Duration>,
     pub app: Option<AppMeta>,

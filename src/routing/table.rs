@@ -22,6 +22,9 @@ pub enum Source {
     File,
     /// The admin API (it overrides a file route of the same name).
     Api,
+    /// Derived from an app record (`crate::apps`); the route's `app` says
+    /// which.
+    App,
 }
 
 /// A route as it lives in the table, shared with the connections using it.

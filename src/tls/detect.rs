@@ -35,6 +35,63 @@ pub enum DetectError {
     Io(#[from] io::Error),
 }
 
+/// What a PROXY-protocol listener read before the ClientHello.
+#[derive(Debug)]
+pub enum ProxyHeader {
+    /// A whole header: the original client (`None` for LOCAL/UNKNOWN), and
+    /// the bytes read past it, which start the ClientHello.
+    Present(Option<std::net::SocketAddr>, Vec<u8>),
+    /// The stream does not start with a header: all bytes read so far.
+    Absent(Vec<u8>),
+}
+
+/// Longest PROXY header accepted (v2 TLVs included).
+const MAX_PROXY_HEADER: usize = 4096;
+
+/// Reads a PROXY protocol header (v1 or v2), if the stream starts with one,
+/// under the connection's one deadline.
+pub async fn read_proxy_header<S>(
+    stream: &mut S,
+    deadline: Instant,
+) -> Result<ProxyHeader, DetectError>
+where
+    S: AsyncRead + Unpin,
+{
+    use crate::proxy::proxy_protocol::{parse, Header};
+    let read = async {
+        let mut buf = vec![0u8; 512];
+        let mut filled = 0;
+        loop {
+            if filled == buf.len() {
+                if buf.len() >= MAX_PROXY_HEADER {
+                    return Err(DetectError::Malformed("PROXY header too long"));
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+            let n = stream.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Err(DetectError::Closed);
+            }
+            filled += n;
+            match parse(&buf[..filled]) {
+                Header::NeedMore => continue,
+                Header::Invalid => return Err(DetectError::Malformed("invalid PROXY header")),
+                Header::Absent => {
+                    buf.truncate(filled);
+                    return Ok(ProxyHeader::Absent(buf));
+                }
+                Header::Complete { len, source } => {
+                    let rest = buf[len..filled].to_vec();
+                    return Ok(ProxyHeader::Present(source, rest));
+                }
+            }
+        }
+    };
+    tokio::time::timeout_at(deadline, read)
+        .await
+        .unwrap_or(Err(DetectError::Timeout))
+}
+
 /// The hello and all the bytes it came in (plus any that followed it in the
 /// same reads), to be replayed unchanged.
 #[derive(Debug)]
@@ -54,22 +111,46 @@ pub async fn read_client_hello<S>(
 where
     S: AsyncRead + Unpin,
 {
-    match tokio::time::timeout_at(deadline, read_until_hello(stream, max)).await {
+    read_client_hello_after(stream, max, deadline, Vec::new()).await
+}
+
+/// As [`read_client_hello`], for a stream whose first bytes were already
+/// read (after a PROXY protocol header): `initial` holds them.
+pub async fn read_client_hello_after<S>(
+    stream: &mut S,
+    max: usize,
+    deadline: Instant,
+    initial: Vec<u8>,
+) -> Result<Detected, DetectError>
+where
+    S: AsyncRead + Unpin,
+{
+    match tokio::time::timeout_at(deadline, read_until_hello(stream, max, initial)).await {
         Ok(r) => r,
         Err(_) => Err(DetectError::Timeout),
     }
 }
 
-async fn read_until_hello<S>(stream: &mut S, max: usize) -> Result<Detected, DetectError>
+async fn read_until_hello<S>(
+    stream: &mut S,
+    max: usize,
+    initial: Vec<u8>,
+) -> Result<Detected, DetectError>
 where
     S: AsyncRead + Unpin,
 {
-    let mut buf = vec![0u8; INITIAL_BUF.min(max)];
-    let mut filled = 0;
+    let mut filled = initial.len();
+    let mut buf = initial;
+    if filled > max {
+        return Err(DetectError::TooLarge);
+    }
+    buf.resize(INITIAL_BUF.min(max).max(filled), 0);
     // Start of the first record not yet complete, and how many came before it.
     let (mut scan, mut records) = (0usize, 0usize);
+    // Bytes already in hand are parsed before any read.
+    let mut pending = filled > 0;
     loop {
-        if filled == buf.len() {
+        if !pending && filled == buf.len() {
             // The parser said NeedMore with a full buffer: grow, up to the cap
             // (the parser answers TooLarge before the cap would be exceeded).
             if buf.len() >= max {
@@ -77,11 +158,14 @@ where
             }
             buf.resize((buf.len() * 2).min(max), 0);
         }
-        let n = stream.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            return Err(DetectError::Closed);
+        if !pending {
+            let n = stream.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Err(DetectError::Closed);
+            }
+            filled += n;
         }
-        filled += n;
+        pending = false;
         while let Some(h) = buf[..filled].get(scan..scan + 5) {
             let end = scan + 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
             if end > filled {

@@ -430,3 +430,76 @@ pub fn outcomes(p: &ProxyHandle, route: &str, mode: &str, outcome: &str) -> u64 
         .with_label_values(&[route, mode, outcome])
         .get()
 }
+
+/// A real DNS server on loopback for tests that need DNS: dnsmasq (Debian
+/// package `dnsmasq-base`) with no upstream, answering only what `args`
+/// configure (`--host-record=...`, `--cname=...`, `--address=/name/` for
+/// NXDOMAIN). Killed on drop.
+pub struct Dnsmasq {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Dnsmasq {
+    pub async fn start(args: &[&str]) -> Dnsmasq {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--user=root",
+                "--pid-file=",
+                &format!("--port={port}"),
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq must be installed (Debian package dnsmasq-base; .ci/run installs it)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // dnsmasq serves TCP too: ready once it accepts.
+        let ready = eventually_async(Duration::from_secs(10), || async {
+            TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        assert!(ready, "dnsmasq did not start on {addr}");
+        Dnsmasq { addr, child }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls an async condition until true or `bound` passes.
+pub async fn eventually_async<F, Fut>(bound: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f().await
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
