@@ -182,6 +182,11 @@ async fn all_backends_down_closes_the_client() {
 /// and kept the other direction open.
 #[tokio::test]
 async fn half_close_passes_eof_and_keeps_the_other_direction() {
+    half_close("[relay]\nsplice = true\n").await;
+    half_close("[relay]\nsplice = false\n").await;
+}
+
+async fn half_close(relay: &str) {
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let baddr = backend.local_addr().unwrap();
     tokio::spawn(async move {
@@ -197,7 +202,7 @@ async fn half_close_passes_eof_and_keeps_the_other_direction() {
         }
     });
     let p = proxy(
-        config(""),
+        config(relay),
         &[spec("a", &[CAPTURED_SNI], &[baddr.to_string()])],
     );
     let hello = captured_hello();
@@ -222,12 +227,21 @@ fn xorshift(state: &mut u64, buf: &mut [u8]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transfer_256_mib_byte_exact_both_ways() {
+async fn transfer_256_mib_byte_exact_both_ways_with_splice() {
+    transfer_256_mib("[relay]\nsplice = true\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_256_mib_byte_exact_both_ways_with_buffer_copy() {
+    transfer_256_mib("[relay]\nsplice = false\n").await;
+}
+
+async fn transfer_256_mib(relay: &str) {
     const TOTAL: usize = 256 * 1024 * 1024;
     let ca = Ca::new("test CA").unwrap();
     let (e, _) = enclave(&ca, &["bulk.example.test"], "bulk").await;
     let p = proxy(
-        config(""),
+        config(relay),
         &[spec("bulk", &["bulk.example.test"], &[e.addr.to_string()])],
     );
     let tls = tls_connect(addr(&p), "bulk.example.test", &ca)

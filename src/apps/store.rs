@@ -217,6 +217,11 @@ impl Apps {
         Some(built)
     }
 
+    /// The soonest expiry among the registered apps.
+    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+        self.entries.values().map(|e| e.app.expiry.at).min()
+    }
+
     /// Forgets apps whose expiry has passed ("`stopped` (final; also reached
     /// at expiry)"); their routes have left the table with the same expiry.
     /// Returns how many went.

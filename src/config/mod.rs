@@ -121,6 +121,8 @@ pub struct Config {
     pub max_unrouted_per_ip: usize,
     /// Passive health: how long a failing backend address is tried last.
     pub failure_cooldown: Duration,
+    /// Passthrough relay through splice(2) (Linux) rather than a buffer copy.
+    pub splice: bool,
     pub max_client_hello_bytes: usize,
     pub unknown_sni: UnknownSniAction,
     pub no_sni_route: Option<String>,
@@ -378,6 +380,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         max_connections: raw.limits.max_connections,
         max_unrouted_per_ip: raw.limits.max_unrouted_per_ip,
         failure_cooldown: raw.health.failure_cooldown,
+        splice: raw.relay.splice,
         max_client_hello_bytes: cap,
         unknown_sni,
         no_sni_route: raw.refusal.no_sni_route,

@@ -39,6 +39,22 @@ pub struct RawConfig {
     /// The platform's app policy (`crate::config::apps`).
     #[serde(default)]
     pub apps: super::apps::RawApps,
+    #[serde(default)]
+    pub relay: RawRelay,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRelay {
+    /// Passthrough relays with splice(2) on Linux (zero copy); false: copy
+    /// through a user-space buffer.
+    pub splice: bool,
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        Self { splice: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]

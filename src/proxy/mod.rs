@@ -9,6 +9,8 @@ pub mod outcome;
 pub mod passthrough;
 pub mod proxy_protocol;
 pub mod relay;
+#[cfg(target_os = "linux")]
+mod splice;
 pub mod terminate;
 pub mod upstream;
 

@@ -47,6 +47,7 @@ pub async fn run(
         shared.config.timeouts.idle,
         stop,
         &counters,
+        shared.config.splice,
     )
     .await;
     log.bytes_up = hello_len + counters.up.load(std::sync::atomic::Ordering::Relaxed);

@@ -77,19 +77,21 @@ impl Activity {
 /// Relays until both sides have closed their write halves, one side fails,
 /// nothing moves for `idle`, or `stop` resolves. An EOF from one side shuts
 /// down the other side's write half; the opposite direction keeps flowing.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay<F>(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
     stop: F,
     counters: &Counters,
+    splice: bool,
 ) -> RelayEnd
 where
     F: Future<Output = ()>,
 {
     let activity = Activity::new();
-    let up = copy_half(client, upstream, &counters.up, &activity);
-    let down = copy_half(upstream, client, &counters.down, &activity);
+    let up = copy_half(client, upstream, &counters.up, &activity, splice);
+    let down = copy_half(upstream, client, &counters.down, &activity, splice);
     drive(up, down, &activity, idle, stop).await
 }
 
@@ -160,7 +162,14 @@ async fn copy_half(
     to: &TcpStream,
     bytes: &AtomicU64,
     activity: &Activity,
+    splice: bool,
 ) -> Result<(), HalfError> {
+    #[cfg(target_os = "linux")]
+    if splice {
+        return splice_half(from, to, bytes, activity).await;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = splice;
     loop {
         from.readable().await.map_err(HalfError::Read)?;
         let mut buf = PooledBuf::take();
@@ -177,6 +186,31 @@ async fn copy_half(
         activity.touch();
         write_all(to, &buf[..n]).await.map_err(HalfError::Write)?;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// [`copy_half`] through splice(2): the bytes never enter user space.
+#[cfg(target_os = "linux")]
+async fn splice_half(
+    from: &TcpStream,
+    to: &TcpStream,
+    bytes: &AtomicU64,
+    activity: &Activity,
+) -> Result<(), HalfError> {
+    use super::splice::{chunk, Chunk, SpliceError};
+    loop {
+        match chunk(from, to).await {
+            Ok(Chunk::Moved(n)) => {
+                activity.touch();
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(Chunk::Eof) => {
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            Err(SpliceError::Read(e)) => return Err(HalfError::Read(e)),
+            Err(SpliceError::Write(e)) => return Err(HalfError::Write(e)),
+        }
     }
 }
 

@@ -179,11 +179,18 @@ impl Reconciler {
     /// Runs until every [`Control`] is dropped.
     pub async fn run(mut self) {
         loop {
-            let expiry = reload::next_expiry(&self.shared.router.load()).map(|t| {
-                // +1 ms: wake just after the instant, never just before it.
-                let left = (t - Utc::now()).to_std().unwrap_or_default();
-                Instant::now() + left + std::time::Duration::from_millis(1)
-            });
+            // Apps count too: one without a route (stopped) is still
+            // forgotten at its expiry.
+            let next = reload::next_expiry(&self.shared.router.load());
+            let expiry = next
+                .into_iter()
+                .chain(self.apps.next_expiry())
+                .min()
+                .map(|t| {
+                    // +1 ms: wake just after the instant, never just before it.
+                    let left = (t - Utc::now()).to_std().unwrap_or_default();
+                    Instant::now() + left + std::time::Duration::from_millis(1)
+                });
             let reread = self.reread_at;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {

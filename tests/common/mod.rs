@@ -447,6 +447,18 @@ impl Dnsmasq {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port, args).await
+    }
+
+    /// Stops this one and starts another on the same port with `args`: the
+    /// DNS answers change under a running proxy.
+    pub async fn restart(self, args: &[&str]) -> Dnsmasq {
+        let port = self.addr.port();
+        drop(self);
+        Self::start_on(port, args).await
+    }
+
+    pub async fn start_on(port: u16, args: &[&str]) -> Dnsmasq {
         let child = std::process::Command::new("dnsmasq")
             .args([
                 "--no-daemon",
@@ -502,4 +514,71 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+// ---- Apps: records through the admin API ----
+
+/// An app record as the platform sends it (`self` trust, so no pin or
+/// owner certificate); adjust fields with `rec["key"] = ...`.
+pub fn app_record(
+    id: u128,
+    domain: &str,
+    config: Option<&str>,
+    node: SocketAddr,
+    status: &str,
+) -> serde_json::Value {
+    let mut r = serde_json::json!({
+        "id": uuid_of(id),
+        "domain_name": domain,
+        "ssl_certificate_origin": "self",
+        "hardware": "2g-eu-001",
+        "node": node.to_string(),
+        "status": status,
+    });
+    if let Some(c) = config {
+        r["config_domain_name"] = c.into();
+    }
+    r
+}
+
+/// A fixed UUID per number, for readable tests.
+pub fn uuid_of(n: u128) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+/// `PUT /apps/{project}/{name}` with the token; status and JSON body.
+pub async fn put_app(
+    live: &Live,
+    project: &str,
+    name: &str,
+    rec: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .put(live.admin(&format!("/apps/{project}/{name}")))
+        .bearer_auth(TOKEN)
+        .json(rec)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+/// A GET on the admin API; status and JSON body.
+pub async fn admin_get(live: &Live, path: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::get(live.admin(path)).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+/// The fields of a 400 answer's violations, in order.
+pub fn violation_fields(body: &serde_json::Value) -> Vec<String> {
+    body["violations"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|x| x["field"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,0 +1,472 @@
+#!/usr/bin/env bash
+# Load benchmark: mse-proxy (passthrough and terminate) against a direct
+# client-to-nginx connection, in the same run, interleaved. See
+# benches/load/README.md for what it measures and the knobs.
+#
+#   bash benches/load/run.sh
+#
+# Needs root (apt-get for missing tools, /etc/hosts for wrk's SNI, raising the
+# fd limit) and 2 CPUs: the proxy and nginx on CPU 0, the load on CPU 1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+# ---- knobs (environment) ---------------------------------------------------
+ROUNDS=${ROUNDS:-3}            # rounds of the short workloads (direct, passthrough, terminate each)
+BIG_ROUNDS=${BIG_ROUNDS:-2}    # rounds of the 1 GiB transfer
+SECS=${SECS:-4}                # seconds per new-connection / keep-alive run
+CONC=${CONC:-16}               # new-connection client threads (connections in flight)
+WRK_CONNS=${WRK_CONNS:-8}      # keep-alive connections (wrk -c, one wrk thread)
+IDLE_CONNS=${IDLE_CONNS:-5000} # idle TLS connections held through the proxy
+KEY=${KEY:-rsa}                # certificates of nginx and the proxy: rsa (2048) or ec (P-256)
+NGINX_PORT=${NGINX_PORT:-18443}
+PROXY_PORT=${PROXY_PORT:-18444}
+SERVER_CPU=${SERVER_CPU:-0}    # proxy and nginx
+CLIENT_CPU=${CLIENT_CPU:-1}    # load generators
+ACCESS_LOG=${ACCESS_LOG:-false}
+NICE=${NICE:--10}              # priority over other work on a shared machine (0: off); see README
+OUT=${OUT:-$ROOT/target/load-bench.md}
+# MSE_PROXY_BIN=path: use this binary instead of building target/release/mse-proxy.
+
+PT_HOST=pt.load.localhost   # passthrough route
+TT_HOST=tt.load.localhost   # terminate route
+HOSTS_MARK="# mse-proxy-load-bench"
+BIG_BYTES=$((1024 * 1024 * 1024))
+
+log() { printf '[load %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---- tools -----------------------------------------------------------------
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v getent >/dev/null || need+=(libc-bin)
+if [ ${#need[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing ${need[*]}; run as root or install them"
+    log "installing ${need[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ "$(nproc --all)" -ge 2 ] || die "needs 2 CPUs (proxy+nginx on one, load on the other)"
+CLK_TCK=$(getconf CLK_TCK)
+
+# fds: the proxy holds 2 per idle passthrough connection, the holder 1.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((2 * IDLE_CONNS + 256)) ] || die "fd limit $(ulimit -n) too low for IDLE_CONNS=$IDLE_CONNS"
+
+# ---- build -----------------------------------------------------------------
+if [ -n "${MSE_PROXY_BIN:-}" ]; then
+    PROXY_BIN=$MSE_PROXY_BIN
+else
+    log "cargo build --release --bin mse-proxy"
+    (cd "$ROOT" && cargo build --release --locked --bin mse-proxy) >&2
+    PROXY_BIN=$ROOT/target/release/mse-proxy
+fi
+log "building the load generator (benches/load/loadgen)"
+CARGO_TARGET_DIR=$ROOT/target/load-bench cargo build --release --locked --quiet \
+    --manifest-path "$ROOT/benches/load/loadgen/Cargo.toml" >&2
+LOADGEN=$ROOT/target/load-bench/release/mse-proxy-loadgen
+
+# ---- scratch, cleanup ------------------------------------------------------
+TMP=$(mktemp -d /tmp/mse-load.XXXXXX)
+chmod 755 "$TMP"
+NGINX_PID="" PROXY_PID="" HOLDER_PID="" HOSTS_ADDED=0 AUTOGROUP_SAVED=""
+stop_pid() { # pid: TERM, wait up to 5 s, then KILL
+    local pid=$1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    set +e
+    stop_pid "$HOLDER_PID"
+    stop_pid "$PROXY_PID"
+    stop_pid "$NGINX_PID"
+    [ -n "$AUTOGROUP_SAVED" ] && echo "$AUTOGROUP_SAVED" >"/proc/$$/autogroup" 2>/dev/null
+    if [ "$HOSTS_ADDED" = 1 ]; then
+        # Rewrite in place (keeps the inode: /etc/hosts may be a bind mount).
+        grep -vF "$HOSTS_MARK" /etc/hosts >"$TMP/hosts.new" && cat "$TMP/hosts.new" >/etc/hosts
+    fi
+    if { [ $rc -ne 0 ] || [ -n "${KEEP_TMP:-}" ]; } && [ -d "$TMP" ]; then
+        log "exit $rc; logs kept in $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Priority. With autogroup scheduling (Linux's default on desktops and many
+# VMs) CPU time is shared between sessions first and nice only counts inside a
+# session, so other sessions' builds would take half of CPU 0 whatever our
+# nice. Raise this session's autogroup for the run (restored on exit), and
+# start everything at $NICE.
+if [ "$NICE" != 0 ] && [ -w /proc/$$/autogroup ]; then
+    saved=$(awk '{print $NF}' "/proc/$$/autogroup")
+    if echo "$NICE" >"/proc/$$/autogroup" 2>/dev/null; then AUTOGROUP_SAVED=$saved; fi
+fi
+
+# ---- certificates ----------------------------------------------------------
+newcert() { # name → $TMP/name.crt, $TMP/name.key
+    local alg=(-newkey rsa:2048)
+    [ "$KEY" = ec ] && alg=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+    openssl req -x509 "${alg[@]}" -nodes -days 2 -subj "/CN=$1" \
+        -addext "subjectAltName=DNS:$1" -keyout "$TMP/$1.key" -out "$TMP/$1.crt" 2>/dev/null
+}
+newcert "$PT_HOST"   # nginx's (the "enclave")
+newcert "$TT_HOST"   # the platform certificate of the terminate route
+PIN=$(openssl x509 -in "$TMP/$PT_HOST.crt" -outform der | sha256sum | cut -d' ' -f1)
+
+# ---- nginx -----------------------------------------------------------------
+mkdir -p "$TMP/www" "$TMP/nginx-tmp"
+truncate -s "$BIG_BYTES" "$TMP/www/big"   # sparse: served from the page cache
+chmod 644 "$TMP/www/big"
+cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 32768; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_header_timeout 300s;
+    client_body_temp_path $TMP/nginx-tmp/body;
+    proxy_temp_path $TMP/nginx-tmp/proxy;
+    fastcgi_temp_path $TMP/nginx-tmp/fastcgi;
+    uwsgi_temp_path $TMP/nginx-tmp/uwsgi;
+    scgi_temp_path $TMP/nginx-tmp/scgi;
+    default_type application/octet-stream;
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl backlog=4096;
+        ssl_certificate $TMP/$PT_HOST.crt;
+        ssl_certificate_key $TMP/$PT_HOST.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root $TMP/www;
+        location = / { return 200 "hello\n"; }
+        location = /big { }
+    }
+}
+EOF
+
+# ---- proxy config ----------------------------------------------------------
+cat >"$TMP/proxy.toml" <<EOF
+workers = 1
+routes_file = "routes.toml"
+[[listener]]
+address = "127.0.0.1:$PROXY_PORT"
+[[certificate]]
+cert = "$TT_HOST.crt"
+key = "$TT_HOST.key"
+[limits]
+max_connections = 100000
+[log]
+level = "warn"
+access_log = $ACCESS_LOG
+EOF
+cat >"$TMP/routes.toml" <<EOF
+[[route]]
+name = "load-pt"
+hosts = ["$PT_HOST"]
+mode = "passthrough"
+backends = ["127.0.0.1:$NGINX_PORT"]
+
+[[route]]
+name = "load-tt"
+hosts = ["$TT_HOST"]
+mode = "terminate"
+alpn = ["http/1.1"]
+backends = ["127.0.0.1:$NGINX_PORT"]
+[route.upstream]
+pin_sha256 = "$PIN"
+EOF
+"$PROXY_BIN" check --config "$TMP/proxy.toml" >&2 || die "mse-proxy check refused the generated config"
+
+# ---- names for wrk's SNI ---------------------------------------------------
+for h in $PT_HOST $TT_HOST; do
+    if ! getent ahostsv4 "$h" 2>/dev/null | grep -q '^127\.0\.0\.1'; then
+        [ -w /etc/hosts ] || die "$h does not resolve to 127.0.0.1 and /etc/hosts is not writable"
+        echo "127.0.0.1 $h $HOSTS_MARK" >>/etc/hosts
+        HOSTS_ADDED=1
+    fi
+done
+
+# ---- helpers ---------------------------------------------------------------
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_free "$NGINX_PORT" || die "port $NGINX_PORT busy (set NGINX_PORT)"
+port_free "$PROXY_PORT" || die "port $PROXY_PORT busy (set PROXY_PORT)"
+
+ticks() { # utime+stime of a process (all its threads, live and dead), in clock ticks
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+cpu_line() { # "busy total irq" jiffies of one CPU from /proc/stat (irq = hard + soft irq)
+    awk -v c="cpu$1" '$1 == c {b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6, $7 + $8}' /proc/stat
+}
+child_ms() { # CHILD_MS = CPU time of this shell's reaped children, ms (no subshell: times must run here)
+    times >"$TMP/times.txt"
+    CHILD_MS=$(awk 'NR == 2 {t = 0; for (i = 1; i <= 2; i++) {split($i, a, /[ms]/); t += a[1] * 60 + a[2]} printf "%d", t * 1000}' "$TMP/times.txt")
+}
+# ms per tick, µs per tick
+us_per_tick=$((1000000 / CLK_TCK))
+
+run_on() { # cpu command...: pinned, at $NICE (background jobs spell it out, so that $! is the program)
+    local cpu=$1
+    shift
+    nice -n "$NICE" taskset -c "$cpu" "$@"
+}
+
+wait_https() { # host port: bounded wait for a 200 on /
+    for _ in $(seq 100); do
+        if curl -skf -o /dev/null --max-time 2 --resolve "$1:$2:127.0.0.1" "https://$1:$2/"; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+start_nginx() {
+    nice -n "$NICE" taskset -c "$SERVER_CPU" "$NGINX" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" &
+    NGINX_PID=$!
+    wait_https "$PT_HOST" "$NGINX_PORT" || die "nginx did not come up: $(cat "$TMP/nginx-error.log")"
+    NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
+    [ -n "$NGINX_WORKER" ] && [ "$(cat "/proc/$NGINX_WORKER/comm")" = nginx ] || die "no nginx worker"
+}
+start_proxy() {
+    nice -n "$NICE" taskset -c "$SERVER_CPU" "$PROXY_BIN" --config "$TMP/proxy.toml" 2>>"$TMP/proxy.log" &
+    PROXY_PID=$!
+    wait_https "$TT_HOST" "$PROXY_PORT" || die "mse-proxy did not come up: $(tail -5 "$TMP/proxy.log")"
+    wait_https "$PT_HOST" "$PROXY_PORT" || die "passthrough route does not answer: $(tail -5 "$TMP/proxy.log")"
+    [ "$(cat "/proc/$PROXY_PID/comm")" = mse-proxy ] || die "pid $PROXY_PID is not mse-proxy"
+}
+stop_proxy() { stop_pid "$PROXY_PID"; PROXY_PID=""; }
+
+addr_of() { # path → client address and SNI
+    case $1 in
+        direct) echo "127.0.0.1:$NGINX_PORT $PT_HOST" ;;
+        pt) echo "127.0.0.1:$PROXY_PORT $PT_HOST" ;;
+        tt) echo "127.0.0.1:$PROXY_PORT $TT_HOST" ;;
+    esac
+}
+
+# Raw results, one line per run: workload path round key=value...
+RAW=$TMP/raw.txt
+: >"$RAW"
+
+# Runs "$@" on the client CPU and prints its output, then on the last line the
+# CPU time around it: proxy and nginx worker (ticks), the client (ms), and
+# CPU 0 and CPU 1 from /proc/stat (jiffies: busy, total, irq).
+measured() {
+    local p0 n0 k0 a0 b0 p1 n1 k1 a1 b1 out
+    p0=$(ticks "$PROXY_PID"); n0=$(ticks "$NGINX_WORKER")
+    a0=$(cpu_line "$SERVER_CPU"); b0=$(cpu_line "$CLIENT_CPU"); child_ms; k0=$CHILD_MS
+    out=$(run_on "$CLIENT_CPU" "$@")
+    child_ms; k1=$CHILD_MS; a1=$(cpu_line "$SERVER_CPU"); b1=$(cpu_line "$CLIENT_CPU")
+    p1=$(ticks "$PROXY_PID"); n1=$(ticks "$NGINX_WORKER")
+    set -- $a0 $a1 $b0 $b1
+    echo "$out proxy_ticks=$((p1 - p0)) nginx_ticks=$((n1 - n0)) client_ms=$((k1 - k0))" \
+        "cpu0_busy=$(($4 - $1)) cpu0_total=$(($5 - $2)) cpu0_irq=$(($6 - $3))" \
+        "cpu1_busy=$((${10} - $7)) cpu1_total=$((${11} - $8))"
+}
+
+to_ms() { # wrk latency "123.45us" / "1.2ms" / "1.01s" → ms
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000
+        printf "%.3f", n }'
+}
+
+run_newconn() { # path round
+    local a s line
+    read -r a s <<<"$(addr_of "$1")"
+    line=$(measured "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc "$CONC")
+    echo "newconn $1 $2 $line" >>"$RAW"
+    log "newconn $1 #$2: $line"
+}
+run_wrk() { # path round
+    local a s port out reqs rps p50 p99 errs line
+    read -r a s <<<"$(addr_of "$1")"
+    port=${a##*:}
+    out=$(measured wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --latency --timeout 5s "https://$s:$port/")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    errs=$(awk '/Socket errors:/ {for (i = 3; i <= NF; i++) {v = $i; sub(/,$/, "", v); if (v ~ /^[0-9]+$/) e += v}}
+                /Non-2xx/ {e += $NF} END {print e + 0}' <<<"$out")
+    line="requests=${reqs:-0} rate=${rps:-0} p50_ms=$p50 p99_ms=$p99 errors=${errs:-0} $(tail -1 <<<"$out" | grep -o 'proxy_ticks=.*')"
+    echo "keepalive $1 $2 $line" >>"$RAW"
+    log "keep-alive $1 #$2: $line"
+}
+run_big() { # path round
+    local a s port line
+    read -r a s <<<"$(addr_of "$1")"
+    port=${a##*:}
+    line=$(measured curl -sS -k -o /dev/null --max-time 120 --resolve "$s:$port:127.0.0.1" \
+        -w 'bytes=%{size_download} secs=%{time_total} rate=%{speed_download}' "https://$s:$port/big")
+    echo "big $1 $2 $line" >>"$RAW"
+    log "1 GiB $1 #$2: $line"
+}
+
+proc_status() { # pid → "rss_kib=.. fds=.. pipes=.."
+    local rss fds pipes
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status")
+    fds=$(find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+    pipes=$(find "/proc/$1/fd" -mindepth 1 -maxdepth 1 -lname 'pipe:*' 2>/dev/null | wc -l)
+    echo "rss_kib=$rss fds=$fds pipes=$pipes"
+}
+tcp_mem_pages() { awk '$1 == "TCP:" {for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
+
+run_idle() { # path
+    local a s before after tcp0 tcp1 out
+    read -r a s <<<"$(addr_of "$1")"
+    stop_proxy
+    start_proxy
+    # Warm the proxy (first-use allocations, thread-locals) before the baseline.
+    run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs 1 --conc 4 >/dev/null
+    sleep 1
+    before=$(proc_status "$PROXY_PID"); tcp0=$(tcp_mem_pages)
+    nice -n "$NICE" taskset -c "$CLIENT_CPU" "$LOADGEN" idle --addr "$a" --sni "$s" --count "$IDLE_CONNS" --threads 4 --hold 180 \
+        >"$TMP/holder.out" 2>"$TMP/holder.err" </dev/null &
+    HOLDER_PID=$!
+    for _ in $(seq 1800); do # up to 180 s
+        grep -q '^ready' "$TMP/holder.out" 2>/dev/null && break
+        kill -0 "$HOLDER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q '^ready' "$TMP/holder.out" || die "idle holder did not get ready: $(cat "$TMP/holder.err")"
+    sleep 2 # let the last handshakes settle in the proxy
+    after=$(proc_status "$PROXY_PID"); tcp1=$(tcp_mem_pages)
+    out=$(cat "$TMP/holder.out")
+    stop_pid "$HOLDER_PID"; HOLDER_PID=""
+    local line="$out before_${before// / before_} after_${after// / after_} tcp_mem_pages_delta=$((tcp1 - tcp0))"
+    echo "idle $1 1 $line" >>"$RAW"
+    log "idle $1: $line"
+}
+
+# ---- run -------------------------------------------------------------------
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$(date +%s)
+log "load average before: $LOAD_BEFORE"
+start_nginx
+start_proxy
+log "nginx worker $NGINX_WORKER, mse-proxy $PROXY_PID ($PROXY_BIN), both on CPU $SERVER_CPU; load on CPU $CLIENT_CPU"
+
+# Warm-up (not recorded): sessions caches, upstream resumption, page cache of /big.
+for p in direct pt tt; do
+    read -r a s <<<"$(addr_of "$p")"
+    run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs 1 --conc 4 >/dev/null
+done
+cat "$TMP/www/big" >/dev/null
+
+for r in $(seq "$ROUNDS"); do for p in direct pt tt; do run_newconn "$p" "$r"; done; done
+for r in $(seq "$ROUNDS"); do for p in direct pt tt; do run_wrk "$p" "$r"; done; done
+for r in $(seq "$BIG_ROUNDS"); do for p in direct pt tt; do run_big "$p" "$r"; done; done
+run_idle pt
+run_idle tt
+stop_proxy
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+T_END=$(date +%s)
+log "load average after: $LOAD_AFTER ($((T_END - T_START)) s)"
+
+# ---- report ----------------------------------------------------------------
+# get workload path round key → value
+get() { awk -v w="$1" -v p="$2" -v r="$3" -v k="$4" '$1 == w && $2 == p && $3 == r {
+    for (i = 4; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' "$RAW"; }
+median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+calc() { awk "BEGIN { x = $2; printf \"$1\", x }" 2>/dev/null || echo nan; }
+rounds_of() { case $1 in big) seq "$BIG_ROUNDS" ;; idle) echo 1 ;; *) seq "$ROUNDS" ;; esac; }
+# med workload path EXPR: median over rounds of EXPR, where {key} is that run's value
+med() {
+    local r e k
+    for r in $(rounds_of "$1"); do
+        e=$3
+        while [[ $e =~ \{([a-z0-9_]+)\} ]]; do
+            k=${BASH_REMATCH[1]}
+            e=${e//\{$k\}/$(get "$1" "$2" "$r" "$k")}
+        done
+        calc '%.6f\n' "$e"
+    done | median
+}
+# ratio workload path key: median over rounds of proxied / direct (same round)
+ratio() {
+    local r
+    for r in $(rounds_of "$1"); do
+        calc '%.6f\n' "$(get "$1" "$2" "$r" "$3") / $(get "$1" direct "$r" "$3")"
+    done | median
+}
+US=$us_per_tick               # µs per tick
+MSGB="$((1000 / CLK_TCK)) * 1000000000"   # ticks × this / bytes = ms per GB
+rss_per() { calc '%.2f' "($(get idle "$1" 1 after_rss_kib) - $(get idle "$1" 1 before_rss_kib)) / $(get idle "$1" 1 opened)"; }
+label() { case $1 in direct) echo direct ;; pt) echo passthrough ;; tt) echo terminate ;; esac; }
+f() { calc "$1" "$2"; }
+
+{
+    echo "## mse-proxy load benchmark ($(date -u +%FT%TZ))"
+    echo
+    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN, workers = 1, access log $ACCESS_LOG; $KEY certificates; proxy and nginx on CPU $SERVER_CPU, load generators on CPU $CLIENT_CPU."
+    echo "Medians of $ROUNDS interleaved rounds (1 GiB: $BIG_ROUNDS), ${SECS} s each; a ratio is proxied / direct within a round. New connections: $CONC client threads, full TLS 1.3 handshake (X25519, no resumption), one GET each. Keep-alive: wrk, 1 thread, $WRK_CONNS connections. Load average before: $LOAD_BEFORE; after: $LOAD_AFTER; $((T_END - T_START)) s."
+    echo
+    echo "| per proxy, one worker | new TLS conn/s (full handshake, 1 request) × direct | keep-alive req/s × direct | 1 GiB transfer × direct | proxy CPU µs / new conn | proxy CPU µs / keep-alive req | proxy CPU ms / GB | RSS KiB per idle TLS conn |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|"
+    for p in pt tt; do
+        echo "| mse-proxy $(label $p) | $(f %.2f "$(ratio newconn $p rate)") | $(f %.2f "$(ratio keepalive $p rate)") | $(f %.2f "$(ratio big $p rate)") |" \
+            "$(f %.0f "$(med newconn $p "{proxy_ticks} * $US / {conns}")") | $(f %.1f "$(med keepalive $p "{proxy_ticks} * $US / {requests}")") |" \
+            "$(f %.0f "$(med big $p "{proxy_ticks} * $MSGB / {bytes}")") | $(rss_per $p) |"
+    done
+    echo
+    echo "### Raw figures (medians)"
+    echo
+    echo "| path | new conn/s | new conn p50 / p99 ms | keep-alive req/s | keep-alive p50 / p99 ms | 1 GiB MB/s | nginx CPU µs / new conn | nginx CPU µs / ka req | nginx CPU ms / GB | client CPU µs / new conn | client CPU µs / ka req |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    for p in direct pt tt; do
+        echo "| $(label $p) | $(f %.0f "$(med newconn $p "{rate}")") | $(f %.1f "$(med newconn $p "{p50_ms}")") / $(f %.1f "$(med newconn $p "{p99_ms}")") |" \
+            "$(f %.0f "$(med keepalive $p "{rate}")") | $(f %.3f "$(med keepalive $p "{p50_ms}")") / $(f %.3f "$(med keepalive $p "{p99_ms}")") |" \
+            "$(f %.0f "$(med big $p "{rate} / 1000000")") |" \
+            "$(f %.0f "$(med newconn $p "{nginx_ticks} * $US / {conns}")") | $(f %.1f "$(med keepalive $p "{nginx_ticks} * $US / {requests}")") |" \
+            "$(f %.0f "$(med big $p "{nginx_ticks} * $MSGB / {bytes}")") |" \
+            "$(f %.0f "$(med newconn $p "{client_ms} * 1000 / {conns}")") | $(f %.1f "$(med keepalive $p "{client_ms} * 1000 / {requests}")") |"
+    done
+    echo
+    echo "CPU use during each workload (medians, % of one CPU; CPU $SERVER_CPU: proxy + nginx + irq/softirq + other processes = busy):"
+    echo
+    echo "| workload | path | CPU $SERVER_CPU busy | proxy | nginx | irq+softirq | other | CPU $CLIENT_CPU busy | client |"
+    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|"
+    for w in newconn keepalive big; do
+        for p in direct pt tt; do
+            echo "| $w | $(label $p) | $(f %.0f "$(med $w $p "100 * {cpu0_busy} / {cpu0_total}")") | $(f %.0f "$(med $w $p "100 * {proxy_ticks} / {cpu0_total}")") |" \
+                "$(f %.0f "$(med $w $p "100 * {nginx_ticks} / {cpu0_total}")") | $(f %.0f "$(med $w $p "100 * {cpu0_irq} / {cpu0_total}")") |" \
+                "$(f %.0f "$(med $w $p "100 * ({cpu0_busy} - {proxy_ticks} - {nginx_ticks} - {cpu0_irq}) / {cpu0_total}")") |" \
+                "$(f %.0f "$(med $w $p "100 * {cpu1_busy} / {cpu1_total}")") | $(f %.0f "$(med $w $p "{client_ms} * $CLK_TCK / 10 / {cpu1_total}")") |"
+        done
+    done
+    echo
+    echo "Idle: $IDLE_CONNS TLS connections through the proxy, handshakes completed, held open; a fresh proxy each, measured after a warm-up, then 2 s after the last handshake."
+    echo
+    echo "| route | opened | RSS KiB before → after | KiB / conn | fds before → after | pipe fds after | kernel TCP memory Δ, all sockets (KiB) |"
+    echo "|---|--:|--:|--:|--:|--:|--:|"
+    for p in pt tt; do
+        echo "| $(label $p) | $(get idle $p 1 opened) | $(get idle $p 1 before_rss_kib) → $(get idle $p 1 after_rss_kib) | $(rss_per $p) |" \
+            "$(get idle $p 1 before_fds) → $(get idle $p 1 after_fds) | $(get idle $p 1 after_pipes) |" \
+            "$(f %.0f "$(get idle $p 1 tcp_mem_pages_delta) * $(getconf PAGESIZE) / 1024") |"
+    done
+    echo
+    echo "Every run (proxy_ticks, nginx_ticks: 1/$CLK_TCK s; cpu*_: jiffies; client_ms: the load generator's CPU):"
+    echo
+    echo '```'
+    cat "$RAW"
+    echo '```'
+} >"$TMP/report.md"
+
+mkdir -p "$(dirname "$OUT")"
+cp "$TMP/report.md" "$OUT"
+cat "$TMP/report.md"
+log "written to $OUT"
