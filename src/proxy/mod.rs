@@ -46,6 +46,29 @@ pub struct Shared {
     pub kill: CancellationToken,
 }
 
+impl Shared {
+    /// Resolves when a relayed connection on `entry` must stop: the route
+    /// left the table (removed, expired, redeployed) or shutdown's grace ran out.
+    pub async fn stop_signal(&self, entry: &crate::routing::RouteEntry) {
+        tokio::select! {
+            () = entry.closer().cancelled() => {}
+            () = self.kill.cancelled() => {}
+        }
+    }
+
+    /// The outcome of a relay that ran on `route`, logging relay errors.
+    pub fn after_relay(&self, end: &relay::RelayEnd, route: &crate::routing::Route) -> Outcome {
+        if let relay::RelayEnd::ClientError(e) | relay::RelayEnd::UpstreamError(e) = end {
+            tracing::debug!(error = %e, "relay error");
+        }
+        outcome::after_relay(
+            end,
+            self.kill.is_cancelled(),
+            route.expired_at(chrono::Utc::now()),
+        )
+    }
+}
+
 /// A running proxy: its bound addresses and the means to stop it.
 #[derive(Debug)]
 pub struct ProxyHandle {

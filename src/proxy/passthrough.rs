@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::conn::ConnLog;
-use super::outcome::{self, Outcome};
-use super::relay::{self, Counters, RelayEnd};
+use super::outcome::Outcome;
+use super::relay::{self, Counters};
 use super::upstream;
 use super::Shared;
 use crate::routing::RouteEntry;
@@ -35,12 +35,7 @@ pub async fn run(
     drop(hello_bytes);
 
     let counters = Counters::default();
-    let stop = async {
-        tokio::select! {
-            () = entry.closer().cancelled() => {}
-            () = shared.kill.cancelled() => {}
-        }
-    };
+    let stop = shared.stop_signal(&entry);
     let end = relay::relay(
         &client,
         &upstream,
@@ -52,12 +47,5 @@ pub async fn run(
     .await;
     log.bytes_up = hello_len + counters.up.load(std::sync::atomic::Ordering::Relaxed);
     log.bytes_down = counters.down.load(std::sync::atomic::Ordering::Relaxed);
-    if let RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e) = &end {
-        tracing::debug!(error = %e, "relay error");
-    }
-    outcome::after_relay(
-        &end,
-        shared.kill.is_cancelled(),
-        route.expired_at(chrono::Utc::now()),
-    )
+    shared.after_relay(&end, route)
 }

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::conn::ConnLog;
-use super::outcome::{self, Outcome};
-use super::relay::{self, Counters, RelayEnd};
+use super::outcome::Outcome;
+use super::relay::{self, Counters};
 use super::upstream;
 use super::Shared;
 use crate::routing::RouteEntry;
@@ -71,12 +71,7 @@ pub async fn run(
     let addr = log.upstream.unwrap_or(log.local);
 
     let counters = Counters::default();
-    let stop = async {
-        tokio::select! {
-            () = entry.closer().cancelled() => {}
-            () = shared.kill.cancelled() => {}
-        }
-    };
+    let stop = shared.stop_signal(&entry);
     let idle = shared.config.timeouts.idle;
     let end = match &settings.upstream {
         Upstream::Plain => relay::relay_streams(client_tls, tcp, idle, stop, &counters).await,
@@ -108,14 +103,7 @@ pub async fn run(
     };
     log.bytes_up = counters.up.load(Ordering::Relaxed);
     log.bytes_down = counters.down.load(Ordering::Relaxed);
-    if let RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e) = &end {
-        tracing::debug!(error = %e, "relay error");
-    }
-    outcome::after_relay(
-        &end,
-        shared.kill.is_cancelled(),
-        route.expired_at(chrono::Utc::now()),
-    )
+    shared.after_relay(&end, route)
 }
 
 /// The name the backend is asked for: the route's `upstream.sni`, else the
