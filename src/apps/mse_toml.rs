@@ -362,3 +362,21 @@ certificate = "cert.pem"
         assert!(e.contains("missing field `tests_cmd`"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text, TOML or not, is an answer, never a panic.
+        #[test]
+        fn any_file_is_answered(text in ".{0,200}", key in "[a-z_.]{1,20}", value in ".{0,30}") {
+            let dir = std::env::temp_dir();
+            let path = dir.join("mse.toml");
+            let utc = chrono::FixedOffset::east_opt(0).unwrap();
+            let _ = parse(&path, &text, &utc);
+            let _ = parse(&path, &format!("{key} = {value:?}\n[cloud]\n{key} = {value}\n"), &utc);
+        }
+    }
+}

@@ -96,7 +96,9 @@ pub struct PlanInput<'a> {
     pub id: Uuid,
 }
 
-/// Builds the plan, or every violation with its field.
+/// Builds the plan, or every violation with its field. An option at fault
+/// is reported and replaced by its default, so that the file's own problems
+/// are reported in the same run.
 pub fn plan(
     cfg: &AppConfig,
     input: &PlanInput<'_>,
@@ -105,19 +107,24 @@ pub fn plan(
     let file = cfg.file.as_path();
     let cli = Path::new(CLI);
     let mut errs = ConfigErrors::default();
-    let status: Option<Status> =
-        serde_json::from_value(serde_json::Value::String(input.status.into()))
-            .map_err(|_| {
-                errs.push(
-                    cli,
-                    "--status",
-                    format!(
-                        "`{}` is not one of spawning, initializing, running, stopped, on_error",
-                        input.status
-                    ),
-                )
-            })
-            .ok();
+    let status: Status = serde_json::from_value(serde_json::Value::String(input.status.into()))
+        .map_err(|_| {
+            errs.push(
+                cli,
+                "--status",
+                format!(
+                    "`{}` is not one of spawning, initializing, running, stopped, on_error",
+                    input.status
+                ),
+            )
+        })
+        .ok()
+        .unwrap_or(Status::Running);
+    let implied = if cfg.ssl.is_some() {
+        CertOrigin::Owner
+    } else {
+        CertOrigin::Enclave
+    };
     let origin = match (input.origin, &cfg.ssl) {
         (None, Some(_)) | (Some("owner"), Some(_)) => Some(CertOrigin::Owner),
         (None, None) | (Some("self"), None) => Some(CertOrigin::Enclave),
@@ -146,48 +153,47 @@ pub fn plan(
             );
             None
         }
-    };
-    let app_domain = input
-        .app_domain
-        .map(str::to_string)
-        .or_else(|| policy.platform_domains.first().cloned());
-    let generated = |label: &str| {
-        app_domain.as_ref().map(|d| {
-            let hex = input.id.simple().to_string();
-            format!("{}{label}.{d}", &hex[..12])
-        })
-    };
+    }
+    .unwrap_or(implied);
     let (keep_public, keep_config) = match &input.keep {
         Some((p, c)) => (Some(p.clone()), c.clone()),
         None => (None, None),
     };
+    let needs_generated = match origin {
+        CertOrigin::Owner => keep_config.is_none(),
+        CertOrigin::Operator => keep_public.is_none() || keep_config.is_none(),
+        CertOrigin::Enclave => keep_public.is_none(),
+    };
+    let app_domain = input
+        .app_domain
+        .map(str::to_string)
+        .or_else(|| policy.platform_domains.first().cloned())
+        .unwrap_or_else(|| {
+            if needs_generated {
+                errs.push(
+                    cli,
+                    "--app-domain",
+                    "the app's generated hostnames need the platform's app domain: give --app-domain, or --config with apps.platform_domains",
+                );
+            }
+            // Reserved (RFC 2606): the rest is still checked.
+            "app-domain.invalid".into()
+        });
+    let generated = |label: &str| {
+        let hex = input.id.simple().to_string();
+        format!("{}{label}.{app_domain}", &hex[..12])
+    };
     let (domain_name, config_domain_name) = match (origin, &cfg.ssl) {
-        (Some(CertOrigin::Owner), Some(ssl)) => (
-            Some(ssl.domain_name.clone()),
-            keep_config.or_else(|| generated("")),
+        (CertOrigin::Owner, Some(ssl)) => (
+            ssl.domain_name.clone(),
+            Some(keep_config.unwrap_or_else(|| generated(""))),
         ),
-        (Some(CertOrigin::Operator), _) => (
-            keep_public.or_else(|| generated("")),
-            keep_config.or_else(|| generated("-config")),
+        (CertOrigin::Operator, _) => (
+            keep_public.unwrap_or_else(|| generated("")),
+            Some(keep_config.unwrap_or_else(|| generated("-config"))),
         ),
-        _ => (keep_public.or_else(|| generated("")), keep_config),
+        _ => (keep_public.unwrap_or_else(|| generated("")), keep_config),
     };
-    let needs_domain = origin.is_some()
-        && (domain_name.is_none()
-            || (origin != Some(CertOrigin::Enclave) && config_domain_name.is_none()));
-    if needs_domain {
-        errs.push(
-            cli,
-            "--app-domain",
-            "the app's generated hostnames need the platform's app domain: give --app-domain, or --config with apps.platform_domains",
-        );
-    }
-    let (Some(status), Some(origin), Some(domain_name)) = (status, origin, domain_name) else {
-        return Err(errs);
-    };
-    if !errs.is_empty() {
-        return Err(errs);
-    }
     let c = &cfg.toml.cloud;
     let record = AppRecord {
         id: input.id,
@@ -197,7 +203,11 @@ pub fn plan(
         hardware: c.hardware.clone(),
         expires_at: cfg.expiration.map(rules::stamp),
         deployed_at: Some(rules::stamp(input.now)),
-        owner_certificate: cfg.ssl.as_ref().map(|s| s.certificate_pem.clone()),
+        owner_certificate: cfg
+            .ssl
+            .as_ref()
+            .filter(|_| origin == CertOrigin::Owner)
+            .map(|s| s.certificate_pem.clone()),
         node: input.node.to_string(),
         enclave_cert_sha256: input.enclave_cert_sha256.map(str::to_string),
         status,
@@ -211,13 +221,15 @@ pub fn plan(
         now: input.now,
         previous: None,
     };
-    let app: App = record::validate(&key, record, ctx).map_err(|v| {
-        ConfigErrors(
-            v.into_iter()
-                .map(|v| toml_violation(file, cfg, v))
-                .collect(),
-        )
-    })?;
+    let app = record::validate(&key, record, ctx);
+    if let Err(v) = &app {
+        errs.0
+            .extend(v.iter().map(|v| toml_violation(file, cfg, v.clone())));
+    }
+    let app: App = match app {
+        Ok(app) if errs.is_empty() => app,
+        _ => return Err(errs),
+    };
     let specs = derive::specs(&app, policy, &Default::default());
     derive::routes(&app, &specs)?;
     Ok(Plan {

@@ -473,3 +473,45 @@ mod tests {
         assert!(e.contains("unknown field `colour`"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,40}",
+            "[a-z0-9.*-]{0,30}(:[0-9]{0,6})?",
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})?",
+        ]
+    }
+
+    proptest! {
+        /// Whatever the platform sends, validation answers; it never panics.
+        #[test]
+        fn any_record_is_answered(
+            domain in text(), config in proptest::option::of(text()), hardware in text(),
+            expires in proptest::option::of(text()), deployed in proptest::option::of(text()),
+            node in text(), pin in proptest::option::of(text()), pem in proptest::option::of(text()),
+            origin in 0u8..3, project in text(), name in text(),
+        ) {
+            let record = AppRecord {
+                id: Uuid::from_u128(1),
+                domain_name: domain,
+                config_domain_name: config,
+                ssl_certificate_origin: [CertOrigin::Enclave, CertOrigin::Owner, CertOrigin::Operator][origin as usize],
+                hardware,
+                expires_at: expires,
+                deployed_at: deployed,
+                owner_certificate: pem,
+                node,
+                enclave_cert_sha256: pin,
+                status: Status::Running,
+            };
+            let policy = AppsConfig::default();
+            let ctx = Context { policy: &policy, now: Utc::now(), previous: None };
+            let _ = validate(&AppKey { project, name }, record, ctx);
+        }
+    }
+}

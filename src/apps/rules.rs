@@ -96,7 +96,10 @@ pub fn expiry(
             ));
         }
     }
-    if input.deployed_at > now + DEPLOYED_AT_SKEW {
+    if now
+        .checked_add_signed(DEPLOYED_AT_SKEW)
+        .is_some_and(|limit| input.deployed_at > limit)
+    {
         v.push(Violation::new(
             Field::DeployedAt,
             format!("{} is in the future", stamp(input.deployed_at)),
@@ -129,7 +132,11 @@ pub fn expiry(
         },
     };
     if is_free(policy, input.hardware) {
-        let cap = input.deployed_at + FREE_HARDWARE_LIFETIME;
+        // Checked: a date at the end of time has no cap to add, not a panic.
+        let cap = input
+            .deployed_at
+            .checked_add_signed(FREE_HARDWARE_LIFETIME)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if cap < e.at {
             e = Expiry {
                 at: cap,
