@@ -106,6 +106,10 @@ impl From<ControlError> for ApiError {
             ControlError::Stopped => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
             }
+            ControlError::Unsettled => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the routes file changed while it was read; try again",
+            ),
         }
     }
 }

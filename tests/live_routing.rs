@@ -73,7 +73,12 @@ async fn file_rewritten_100_times_while_50_clients_connect_loses_nothing() {
                     Ok((body, _)) if body == "hello from stable" => {
                         ok.fetch_add(1, Ordering::Relaxed)
                     }
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("failed connection: {other:?}");
+                        }
+                        0
+                    }
                 };
             }
         }));
@@ -99,6 +104,16 @@ async fn file_rewritten_100_times_while_50_clients_connect_loses_nothing() {
         c.await.unwrap();
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    if failed > 0 {
+        for o in mse_proxy::proxy::Outcome::ALL {
+            for (route, mode) in [("stable", "passthrough"), ("(none)", "(none)")] {
+                let n = outcomes(&live.server, route, mode, o.as_str());
+                if n > 0 {
+                    eprintln!("{route} {o}: {n}");
+                }
+            }
+        }
+    }
     assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
     assert!(ok >= 50, "clients made only {ok} connections");
     let reloads = live.applied() - applied_before;

@@ -41,6 +41,9 @@ pub enum ControlError {
     NotFound(String),
     #[error("the route reconciler has stopped")]
     Stopped,
+    /// The routes file changed while it was read; it will be read again.
+    #[error("the routes file changed while it was read")]
+    Unsettled,
 }
 
 type Reply = oneshot::Sender<Result<Applied, ControlError>>;
@@ -50,6 +53,9 @@ enum Command {
     ReloadFile(Option<Reply>),
     /// The file changed on disk: re-read it once things settle.
     FileTouched,
+    /// The file is being written in place: re-read once it is closed, or
+    /// after a longer wait if the writer keeps it open.
+    FileWriting,
     Put(Box<RouteSpec>, Reply),
     Delete(String, Reply),
     /// Register an app deployment, replacing the one under its key.
@@ -127,6 +133,11 @@ impl Control {
     pub fn file_touched(&self) {
         let _ = self.tx.try_send(Command::FileTouched);
     }
+
+    /// From the file watcher: the file is being modified in place.
+    pub fn file_writing(&self) {
+        let _ = self.tx.try_send(Command::FileWriting);
+    }
 }
 
 /// Where API-made changes are reported in error messages.
@@ -200,7 +211,7 @@ impl Reconciler {
                 () = sleep_until_opt(expiry) => self.expire(),
                 () = sleep_until_opt(reread) => {
                     self.reread_at = None;
-                    let _ = self.reload_file("watch");
+                    self.reload_watched();
                 }
             }
         }
@@ -213,6 +224,17 @@ impl Reconciler {
                 let r = self.reload_file("reload");
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
+                }
+            }
+            Command::FileWriting => {
+                // A truncate-then-write editor leaves the file empty or half
+                // written in between; reading then would drop routes. Wait
+                // for the close (FileTouched) or, failing that, much longer.
+                let debounce = self.shared.config.reload.debounce;
+                let fallback =
+                    Instant::now() + (debounce * 10).max(std::time::Duration::from_secs(2));
+                if self.reread_at.is_none_or(|at| at < fallback) {
+                    self.reread_at = Some(fallback);
                 }
             }
             Command::FileTouched => {
@@ -242,7 +264,43 @@ impl Reconciler {
         }
     }
 
+    /// A re-read the file watch asked for. A file modified less than the
+    /// debounce ago, or modified while it was read, is still being written
+    /// (an editor truncating then writing leaves it empty in between, and
+    /// watch events can arrive after the fact): it is read again later
+    /// instead of being applied half-written.
+    fn reload_watched(&mut self) {
+        let Some(path) = self.shared.config.routes_file.clone() else {
+            return;
+        };
+        let debounce = self.shared.config.reload.debounce;
+        match super::sources::file::stamp(&path) {
+            // Recently modified, or empty: an in-place writer has truncated
+            // the file and not written it yet. (To remove every route, write
+            // a file holding only a comment, or reload by SIGHUP or the API.)
+            Some(s) if s.age() < debounce || s.is_empty() => {
+                self.reread_at = Some(Instant::now() + debounce);
+            }
+            before => {
+                if let Err(ControlError::Unsettled) = self.reload_file_checked("watch", before) {
+                    self.reread_at = Some(Instant::now() + debounce);
+                }
+            }
+        }
+    }
+
     fn reload_file(&mut self, why: &'static str) -> Result<Applied, ControlError> {
+        self.reload_file_checked(why, None)
+    }
+
+    /// Reads and applies the routes file; with `settled`, only if the file
+    /// still has that stamp once read (else [`ControlError::Unsettled`],
+    /// nothing changed).
+    fn reload_file_checked(
+        &mut self,
+        why: &'static str,
+        settled: Option<super::sources::file::Stamp>,
+    ) -> Result<Applied, ControlError> {
         let Some(path) = self.shared.config.routes_file.clone() else {
             return Err(ControlError::NotFound(
                 "no routes_file is configured".into(),
@@ -256,6 +314,12 @@ impl Reconciler {
                 Ok((file_routes, Arc::new(certs)))
             })
             .map_err(ControlError::Invalid)
+            .and_then(|read| match &settled {
+                Some(s) if super::sources::file::stamp(&path).as_ref() != Some(s) => {
+                    Err(ControlError::Unsettled)
+                }
+                _ => Ok(read),
+            })
             .and_then(|(file_routes, certs)| {
                 let merged = self.merged(&file_routes, &self.api_routes, &self.apps)?;
                 Ok((file_routes, merged, certs))
@@ -265,7 +329,9 @@ impl Reconciler {
                 self.file_routes = file_routes;
                 Ok(applied)
             });
-        if let Err(e) = &result {
+        if let Err(ControlError::Unsettled) = &result {
+            tracing::debug!(file = %path.display(), "routes file changed while read; reading again");
+        } else if let Err(e) = &result {
             self.refused(why);
             tracing::error!(source = why, file = %path.display(), error = %e, "routes file refused; the live routes stay");
         }
