@@ -118,7 +118,7 @@ fn swaps(c: &mut Criterion) {
             let mut n = 0u32;
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                let rs = if n % 2 == 0 {
+                let rs = if n.is_multiple_of(2) {
                     moved.clone()
                 } else {
                     same.clone()
