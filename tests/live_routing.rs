@@ -232,13 +232,7 @@ async fn api_writes_need_the_token_and_validate() {
     assert_eq!(r.status(), 403);
     assert!(get(live.addr(), "new.example.test", &ca).await.is_err());
 
-    let r = http
-        .put(live.admin("/routes/new"))
-        .bearer_auth(TOKEN)
-        .json(&new)
-        .send()
-        .await
-        .unwrap();
+    let r = live.put_route("new", &new).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         get(live.addr(), "new.example.test", &ca).await.unwrap().0,
@@ -264,13 +258,7 @@ async fn api_writes_need_the_token_and_validate() {
     // Invalid body: 400 naming the field.
     let mut bad = new.clone();
     bad.backends = vec!["no-port".into()];
-    let r = http
-        .put(live.admin("/routes/new"))
-        .bearer_auth(TOKEN)
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
+    let r = live.put_route("new", &bad).await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert!(
@@ -278,13 +266,7 @@ async fn api_writes_need_the_token_and_validate() {
         "{body}"
     );
     // Name mismatch, not JSON, past expiry: 400.
-    let r = http
-        .put(live.admin("/routes/other"))
-        .bearer_auth(TOKEN)
-        .json(&new)
-        .send()
-        .await
-        .unwrap();
+    let r = live.put_route("other", &new).await;
     assert_eq!(r.status(), 400);
     let r = http
         .put(live.admin("/routes/new"))
@@ -296,23 +278,11 @@ async fn api_writes_need_the_token_and_validate() {
     assert_eq!(r.status(), 400);
     let mut past = new.clone();
     past.expires_at = Some("2001-01-01T00:00:00Z".into());
-    let r = http
-        .put(live.admin("/routes/new"))
-        .bearer_auth(TOKEN)
-        .json(&past)
-        .send()
-        .await
-        .unwrap();
+    let r = live.put_route("new", &past).await;
     assert_eq!(r.status(), 400);
     // Two routes on one host: 409, nothing changes.
     let clash = spec("clash", &["A.example.test"], &[n.addr.to_string()]);
-    let r = http
-        .put(live.admin("/routes/clash"))
-        .bearer_auth(TOKEN)
-        .json(&clash)
-        .send()
-        .await
-        .unwrap();
+    let r = live.put_route("clash", &clash).await;
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.unwrap();
     assert!(

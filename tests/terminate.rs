@@ -342,13 +342,7 @@ async fn a_terminate_route_no_certificate_serves_is_refused_by_the_api() {
             ..Default::default()
         },
     );
-    let resp = reqwest::Client::new()
-        .put(live.admin("/routes/elsewhere"))
-        .bearer_auth(TOKEN)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
+    let resp = live.put_route("elsewhere", &spec).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     let detail = body["details"][0].as_str().unwrap();
@@ -367,13 +361,7 @@ async fn a_terminate_route_no_certificate_serves_is_refused_by_the_api() {
             ..Default::default()
         },
     );
-    let resp = reqwest::Client::new()
-        .put(live.admin("/routes/covered"))
-        .bearer_auth(TOKEN)
-        .json(&ok)
-        .send()
-        .await
-        .unwrap();
+    let resp = live.put_route("covered", &ok).await;
     assert_eq!(resp.status(), 200);
 }
 

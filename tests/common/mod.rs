@@ -218,6 +218,17 @@ impl Live {
         format!("http://{}{path}", self.server.admin_addr.unwrap())
     }
 
+    /// `PUT /routes/{name}` with the write token.
+    pub async fn put_route(&self, name: &str, spec: &RouteSpec) -> reqwest::Response {
+        reqwest::Client::new()
+            .put(self.admin(&format!("/routes/{name}")))
+            .bearer_auth(TOKEN)
+            .json(spec)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn applied(&self) -> u64 {
         self.server
             .control
