@@ -1,6 +1,7 @@
 //! Failing backends: each failure is its own outcome, the client is closed
-//! promptly, and nothing is left behind. One test in its own binary, so the
-//! file-descriptor count is not disturbed by other tests running alongside.
+//! promptly, and nothing is left behind (open connections and sockets back
+//! to their baseline). One test in its own binary, so the socket count is not
+//! disturbed by other tests running alongside.
 
 mod common;
 
@@ -103,7 +104,7 @@ async fn each_backend_failure_is_a_distinct_outcome_and_leaves_nothing_behind() 
         );
         assert!(eventually(Duration::from_secs(5), || p.open_connections() == 0).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let fds = open_fds();
+        let sockets = open_sockets();
         for _ in 0..5 {
             assert!(try_once(addr(&p)).await, "{want}: client not closed");
         }
@@ -123,9 +124,9 @@ async fn each_backend_failure_is_a_distinct_outcome_and_leaves_nothing_behind() 
             "{want}: connections left open"
         );
         assert!(
-            eventually(Duration::from_secs(5), || open_fds() <= fds).await,
-            "{want}: {} fds now, {fds} before",
-            open_fds()
+            eventually(Duration::from_secs(5), || open_sockets() <= sockets).await,
+            "{want}: {} sockets now, {sockets} before",
+            open_sockets()
         );
         let cut = p.shutdown(Duration::from_secs(1)).await;
         assert_eq!(cut, 0);
