@@ -57,22 +57,27 @@ async fn ten_thousand_slow_clients_keep_memory_bounded() {
     let child = Child(child);
     let pid = child.0.id();
     // The listening address, from the JSON log line that announces it.
-    let addr = tokio::task::spawn_blocking(move || {
+    // The listening address, from the JSON log line that announces it; the
+    // rest of the log keeps being read (and shown if the test fails), so the
+    // proxy never blocks on a full stderr pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
         for line in BufReader::new(stderr.unwrap()).lines() {
-            let line = line.unwrap();
+            let Ok(line) = line else { break };
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["fields"]["message"] == "listening" {
-                return v["fields"]["address"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap();
+                if let (Some(tx), Some(a)) = (tx.take(), v["fields"]["address"].as_str()) {
+                    let _ = tx.send(a.parse::<std::net::SocketAddr>().unwrap());
+                }
             }
+            eprintln!("proxy: {line}");
         }
-        panic!("the proxy exited without listening");
-    })
-    .await
-    .unwrap();
+    });
+    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the proxy did not start listening");
     assert_eq!(
         get(addr, "ok.example.test", &ca).await.unwrap().0,
         "hello from ok"
@@ -108,4 +113,53 @@ async fn ten_thousand_slow_clients_keep_memory_bounded() {
         "{per_conn:.2} KiB per unfinished hello: memory is not bounded by a small per-connection cost"
     );
     drop(slow);
+}
+
+/// A proxy whose log pipe is closed by the reader keeps serving: a broken
+/// log destination must not take connections down with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_serving_after_its_log_pipe_closes() {
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    write_routes(
+        &dir.path().join("routes.toml"),
+        &[spec("ok", &["ok.example.test"], &[e.addr.to_string()])],
+    );
+    let cfg = dir.path().join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        "routes_file = \"routes.toml\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _child = Child(child);
+    // Read up to the listening line, then close the pipe.
+    let addr = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stderr).lines() {
+            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
+            if v["fields"]["message"] == "listening" {
+                return v["fields"]["address"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap();
+            }
+        }
+        panic!("the proxy exited without listening");
+    })
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            get(addr, "ok.example.test", &ca).await.unwrap().0,
+            "hello from ok"
+        );
+    }
 }
