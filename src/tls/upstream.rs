@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::verify::{PinVerifier, SkipVerifier};
+use super::verify::KeyVerifier;
 
 /// How the backend's certificate is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,11 +62,11 @@ impl UpstreamTls {
             }
             Verify::Pin(pin) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinVerifier::new(*pin)))
+                .with_custom_certificate_verifier(Arc::new(KeyVerifier::pinned(*pin)))
                 .with_no_client_auth(),
             Verify::Insecure => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(SkipVerifier))
+                .with_custom_certificate_verifier(Arc::new(KeyVerifier::skip()))
                 .with_no_client_auth(),
         };
         Ok(Self {

@@ -46,16 +46,26 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
     crate::tls::provider().signature_verification_algorithms
 }
 
-/// Accepts exactly one end-entity certificate: the one whose DER hashes to
-/// the pin. Chain, names and dates are not looked at: the pin is the identity.
+/// Checks an upstream certificate by pin, or (explicitly configured) not at
+/// all. Chain, names and dates are never looked at: with a pin, the pin is
+/// the identity; either way the handshake signatures are verified.
 #[derive(Debug)]
-pub struct PinVerifier {
-    pin: [u8; 32],
+pub struct KeyVerifier {
+    /// `None`: any certificate (`insecure_skip_verify = true`).
+    pin: Option<[u8; 32]>,
 }
 
-impl PinVerifier {
-    pub fn new(pin: [u8; 32]) -> Self {
-        Self { pin }
+impl KeyVerifier {
+    /// Accepts exactly one end-entity certificate: the one whose DER hashes
+    /// to `pin`.
+    pub fn pinned(pin: [u8; 32]) -> Self {
+        Self { pin: Some(pin) }
+    }
+
+    /// Accepts any certificate: the connection to the backend is encrypted
+    /// but not authenticated.
+    pub fn skip() -> Self {
+        Self { pin: None }
     }
 }
 
@@ -83,7 +93,7 @@ impl fmt::Display for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
-impl ServerCertVerifier for PinVerifier {
+impl ServerCertVerifier for KeyVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -92,8 +102,11 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let Some(pin) = &self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let seen = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity.as_ref());
-        if aws_lc_rs::constant_time::verify_slices_are_equal(seen.as_ref(), &self.pin).is_ok() {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(seen.as_ref(), pin).is_ok() {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(Error::InvalidCertificate(CertificateError::Other(
@@ -102,46 +115,6 @@ impl ServerCertVerifier for PinVerifier {
                 })),
             )))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(message, cert, dss, &algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
-    }
-}
-
-/// Accepts any certificate (`insecure_skip_verify = true`): the connection
-/// to the backend is encrypted but not authenticated.
-#[derive(Debug)]
-pub struct SkipVerifier;
-
-impl ServerCertVerifier for SkipVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -201,7 +174,7 @@ mod tests {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, a.cert_der.as_ref());
         let mut pin = [0u8; 32];
         pin.copy_from_slice(digest.as_ref());
-        let v = PinVerifier::new(pin);
+        let v = KeyVerifier::pinned(pin);
         let name = ServerName::try_from("a.test").unwrap();
         let now = UnixTime::now();
         assert!(v
