@@ -30,54 +30,81 @@ impl Drop for Child {
     }
 }
 
+/// The real binary serving one route to `backend`, on an ephemeral port.
+struct ProxyProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// `extra` is appended to the config (after the listener, so tables
+    /// only). With `keep_log`, the log keeps being read (and shown if the test
+    /// fails) so the proxy never blocks on a full pipe; without it, the pipe
+    /// is closed right after the listening line.
+    async fn spawn(backend: std::net::SocketAddr, extra: &str, keep_log: bool) -> ProxyProcess {
+        let dir = tempfile::tempdir().unwrap();
+        write_routes(
+            &dir.path().join("routes.toml"),
+            &[spec("ok", &["ok.example.test"], &[backend.to_string()])],
+        );
+        let cfg = dir.path().join("proxy.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "routes_file = \"routes.toml\"\nworkers = 1\n[[listener]]\naddress = \"127.0.0.1:0\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+            .arg("--config")
+            .arg(&cfg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        // The listening address, from the JSON log line that announces it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if v["fields"]["message"] == "listening" {
+                    if let (Some(tx), Some(a)) = (tx.take(), v["fields"]["address"].as_str()) {
+                        let _ = tx.send(a.parse::<std::net::SocketAddr>().unwrap());
+                    }
+                    if !keep_log {
+                        return;
+                    }
+                }
+                eprintln!("proxy: {line}");
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("the proxy did not start listening");
+        ProxyProcess {
+            child: Child(child),
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_slow_clients_keep_memory_bounded() {
     const SLOW: usize = 10_000;
     let ca = Ca::new("test CA").unwrap();
     let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
-    let dir = tempfile::tempdir().unwrap();
-    write_routes(
-        &dir.path().join("routes.toml"),
-        &[spec("ok", &["ok.example.test"], &[e.addr.to_string()])],
-    );
-    let cfg = dir.path().join("proxy.toml");
-    std::fs::write(
-        &cfg,
-        "routes_file = \"routes.toml\"\nworkers = 1\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
-         [timeouts]\nclient_hello = \"60s\"\n[log]\nformat = \"json\"\naccess_log = false\n",
+    let proxy = ProxyProcess::spawn(
+        e.addr,
+        "[timeouts]\nclient_hello = \"60s\"\n[log]\nformat = \"json\"\naccess_log = false\n",
+        true,
     )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take();
-    let child = Child(child);
-    let pid = child.0.id();
-    // The listening address, from the JSON log line that announces it.
-    // The listening address, from the JSON log line that announces it; the
-    // rest of the log keeps being read (and shown if the test fails), so the
-    // proxy never blocks on a full stderr pipe.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr.unwrap()).lines() {
-            let Ok(line) = line else { break };
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["fields"]["message"] == "listening" {
-                if let (Some(tx), Some(a)) = (tx.take(), v["fields"]["address"].as_str()) {
-                    let _ = tx.send(a.parse::<std::net::SocketAddr>().unwrap());
-                }
-            }
-            eprintln!("proxy: {line}");
-        }
-    });
-    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
-        .await
-        .unwrap()
-        .expect("the proxy did not start listening");
+    .await;
+    let (addr, pid) = (proxy.addr, proxy.child.0.id());
     assert_eq!(
         get(addr, "ok.example.test", &ca).await.unwrap().0,
         "hello from ok"
@@ -121,41 +148,8 @@ async fn ten_thousand_slow_clients_keep_memory_bounded() {
 async fn keeps_serving_after_its_log_pipe_closes() {
     let ca = Ca::new("test CA").unwrap();
     let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
-    let dir = tempfile::tempdir().unwrap();
-    write_routes(
-        &dir.path().join("routes.toml"),
-        &[spec("ok", &["ok.example.test"], &[e.addr.to_string()])],
-    );
-    let cfg = dir.path().join("proxy.toml");
-    std::fs::write(
-        &cfg,
-        "routes_file = \"routes.toml\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _child = Child(child);
-    // Read up to the listening line, then close the pipe.
-    let addr = tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stderr).lines() {
-            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
-            if v["fields"]["message"] == "listening" {
-                return v["fields"]["address"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap();
-            }
-        }
-        panic!("the proxy exited without listening");
-    })
-    .await
-    .unwrap();
+    let proxy = ProxyProcess::spawn(e.addr, "[log]\nformat = \"json\"\n", false).await;
+    let addr = proxy.addr;
     for _ in 0..3 {
         assert_eq!(
             get(addr, "ok.example.test", &ca).await.unwrap().0,
