@@ -19,6 +19,7 @@ use crate::config::routes::RouteSpec;
 use crate::config::TokenSource;
 use crate::proxy::Shared;
 use crate::routing::reconciler::{Control, ControlError};
+use crate::routing::sources::etcd::write::{EtcdWriter, Written};
 use crate::routing::{RouteEntry, Source};
 
 /// What the handlers share.
@@ -27,6 +28,8 @@ pub struct AdminState {
     pub control: Control,
     /// The write token; `None` refuses all writes.
     pub token: Option<Vec<u8>>,
+    /// With `[etcd]`: route writes go to the shared store.
+    pub etcd: Option<Arc<EtcdWriter>>,
 }
 
 /// Reads the token named by the config. A named file or variable that
@@ -106,6 +109,7 @@ impl From<ControlError> for ApiError {
             ControlError::Stopped => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
             }
+            ControlError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
             ControlError::Unsettled => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the routes file changed while it was read; try again",
@@ -219,6 +223,9 @@ async fn put_route(
             ),
         ));
     }
+    if let Some(etcd) = &s.etcd {
+        return Ok(written(etcd.put(spec).await?));
+    }
     let applied = s.control.put(spec).await?;
     Ok(Json(json!({ "applied": applied })).into_response())
 }
@@ -229,8 +236,22 @@ async fn delete_route(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers)?;
+    if let Some(etcd) = &s.etcd {
+        return Ok(written(etcd.delete(&name).await?));
+    }
     let applied = s.control.delete(name).await?;
     Ok(Json(json!({ "applied": applied })).into_response())
+}
+
+/// An etcd write: 200 once this instance serves it, 202 if it is in etcd
+/// but not yet in this instance's table.
+fn written(w: Written) -> Response {
+    let status = if w.live_here {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (status, Json(w)).into_response()
 }
 
 async fn reload(

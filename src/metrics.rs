@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -67,6 +67,15 @@ pub struct Metrics {
     pub expirations: IntCounter,
     pub dns_lookups: IntCounterVec,
     pub active: IntGauge,
+    /// `[etcd]` (all zero without it).
+    pub etcd_connected: IntGauge,
+    pub etcd_revision: IntGauge,
+    pub etcd_watch_lag: Gauge,
+    pub etcd_reconnects: IntCounter,
+    pub etcd_resyncs: IntCounterVec,
+    pub etcd_invalid_keys: IntGauge,
+    pub etcd_routes_left_out: IntGauge,
+    pub etcd_on_fallback: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -179,6 +188,49 @@ impl Metrics {
                 "Connections open now, all routes",
             ))
             .unwrap(),
+            etcd_connected: IntGauge::with_opts(opts(
+                "etcd_connected",
+                "1 while the etcd watch is live (routes follow the store, writes are taken)",
+            ))
+            .unwrap(),
+            etcd_revision: IntGauge::with_opts(opts(
+                "etcd_revision",
+                "The etcd revision the live table reflects",
+            ))
+            .unwrap(),
+            etcd_watch_lag: Gauge::with_opts(opts(
+                "etcd_watch_lag_seconds",
+                "How long the etcd watch took to answer the last progress request",
+            ))
+            .unwrap(),
+            etcd_reconnects: IntCounter::with_opts(opts(
+                "etcd_reconnects_total",
+                "Times the etcd watch was lost and connecting began again",
+            ))
+            .unwrap(),
+            etcd_resyncs: IntCounterVec::new(
+                opts(
+                    "etcd_resyncs_total",
+                    "Full reads of the etcd route set, by reason (start, reconnect, compacted)",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            etcd_invalid_keys: IntGauge::with_opts(opts(
+                "etcd_invalid_keys",
+                "Keys under the etcd prefix that are not valid routes (not served)",
+            ))
+            .unwrap(),
+            etcd_routes_left_out: IntGauge::with_opts(opts(
+                "etcd_routes_left_out",
+                "Valid etcd routes this instance does not serve (a host its own routes claim, or no certificate)",
+            ))
+            .unwrap(),
+            etcd_on_fallback: IntGauge::with_opts(opts(
+                "etcd_on_fallback",
+                "1 while the table comes from the etcd fallback file (etcd unreachable since start)",
+            ))
+            .unwrap(),
             registry,
             names: Vec::new(),
         };
@@ -198,6 +250,14 @@ impl Metrics {
             Box::new(m.expirations.clone()),
             Box::new(m.dns_lookups.clone()),
             Box::new(m.active.clone()),
+            Box::new(m.etcd_connected.clone()),
+            Box::new(m.etcd_revision.clone()),
+            Box::new(m.etcd_watch_lag.clone()),
+            Box::new(m.etcd_reconnects.clone()),
+            Box::new(m.etcd_resyncs.clone()),
+            Box::new(m.etcd_invalid_keys.clone()),
+            Box::new(m.etcd_routes_left_out.clone()),
+            Box::new(m.etcd_on_fallback.clone()),
             Box::new(build),
             Box::new(prometheus::process_collector::ProcessCollector::new(
                 std::process::id() as i32,
@@ -218,6 +278,9 @@ impl Metrics {
         }
         for r in ["ok", "not_found", "unavailable"] {
             m.dns_lookups.with_label_values(&[r]);
+        }
+        for r in ["start", "reconnect", "compacted"] {
+            m.etcd_resyncs.with_label_values(&[r]);
         }
         m
     }

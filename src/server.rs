@@ -16,6 +16,9 @@ use crate::config::{routes, Config, ConfigError, ConfigErrors};
 use crate::proxy::ProxyHandle;
 use crate::routing::reconciler::{Control, Reconciler};
 use crate::routing::reload::{self, ApplyOptions};
+use crate::routing::sources::etcd::follow::Follower;
+use crate::routing::sources::etcd::write::EtcdWriter;
+use crate::routing::sources::etcd::EtcdStatus;
 use crate::routing::sources::file::{self, FileWatch};
 use crate::routing::{Route, Router, Snapshot, Source};
 use crate::tls::certs::CertStore;
@@ -128,9 +131,40 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     };
     reload::apply(&router, first, opts).map_err(|e| anyhow::anyhow!(e))?;
     let proxy = ProxyHandle::start(config, router).context("starting listeners")?;
+    let etcd_status = proxy
+        .shared
+        .config
+        .etcd
+        .as_ref()
+        .map(|_| Arc::new(EtcdStatus::default()));
     let (reconciler, control) =
-        Reconciler::start(Arc::clone(&proxy.shared), routes).map_err(|e| anyhow::anyhow!(e))?;
+        Reconciler::start(Arc::clone(&proxy.shared), routes, etcd_status.clone())
+            .map_err(|e| anyhow::anyhow!(e))?;
     tokio::spawn(reconciler.run());
+    let admin_stop = CancellationToken::new();
+    // With `[etcd]`, the table follows the shared store; the first etcd set
+    // arrives asynchronously, so readiness waits for it.
+    let etcd_writer = match (&proxy.shared.config.etcd, etcd_status) {
+        (Some(cfg), Some(status)) => {
+            tokio::spawn(
+                Follower {
+                    cfg: cfg.clone(),
+                    control: control.clone(),
+                    status: Arc::clone(&status),
+                    shared: Arc::clone(&proxy.shared),
+                    stop: admin_stop.clone(),
+                }
+                .run(),
+            );
+            Some(Arc::new(EtcdWriter::new(
+                cfg.clone(),
+                status,
+                control.clone(),
+                Arc::clone(&proxy.shared),
+            )))
+        }
+        _ => None,
+    };
 
     let watch = match watch_path {
         Some(p) => Some(
@@ -140,7 +174,6 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         None => None,
     };
 
-    let admin_stop = CancellationToken::new();
     // Custom-domain CNAME rechecks (a no-op unless `apps.cname_policy` asks);
     // stopped with the admin API.
     tokio::spawn(crate::apps::cname::recheck(
@@ -155,6 +188,7 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
                 shared: Arc::clone(&proxy.shared),
                 control: control.clone(),
                 token,
+                etcd: etcd_writer,
             });
             if state.token.is_none() {
                 tracing::warn!("no admin token configured: admin API writes are refused");

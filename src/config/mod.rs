@@ -3,6 +3,7 @@
 //! error names its file and field.
 
 pub mod apps;
+pub mod etcd;
 mod error;
 mod raw;
 pub mod routes;
@@ -136,6 +137,8 @@ pub struct Config {
     pub metrics_per_route: bool,
     /// The platform's policy for app records (`[apps]`).
     pub apps: apps::AppsConfig,
+    /// The shared route store (`[etcd]`), if any.
+    pub etcd: Option<etcd::EtcdConfig>,
 }
 
 /// Smallest and largest accepted `limits.max_client_hello_bytes`: below 2 KiB
@@ -366,6 +369,9 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
     });
 
     let apps = apps::validate(path, raw.apps, &mut errs);
+    let etcd = raw
+        .etcd
+        .and_then(|e| etcd::validate(path, base, e, &mut errs));
     errs.into_result(Config {
         source: path.to_path_buf(),
         listeners,
@@ -411,6 +417,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             .collect(),
         metrics_per_route: raw.metrics.per_route,
         apps,
+        etcd,
     })
 }
 

@@ -41,6 +41,8 @@ pub struct RawConfig {
     pub apps: super::apps::RawApps,
     #[serde(default)]
     pub relay: RawRelay,
+    /// Absent: no shared route store (`crate::config::etcd`).
+    pub etcd: Option<super::etcd::RawEtcd>,
 }
 
 #[derive(Debug, Deserialize)]

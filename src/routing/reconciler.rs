@@ -28,6 +28,9 @@ use crate::apps::{AppKey, AppPut, Apps, CnameReport};
 use crate::config::routes::{self, check_conflicts, RouteSpec};
 use crate::config::{ConfigError, ConfigErrors};
 use crate::proxy::Shared;
+use crate::routing::route::HostPattern;
+use crate::routing::sources::etcd::follow::Origin;
+use crate::routing::sources::etcd::EtcdStatus;
 use crate::tls::certs::CertStore;
 
 /// Why a change was refused; nothing was changed.
@@ -44,9 +47,19 @@ pub enum ControlError {
     /// The routes file changed while it was read; it will be read again.
     #[error("the routes file changed while it was read")]
     Unsettled,
+    /// The shared store cannot take the write now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 type Reply = oneshot::Sender<Result<Applied, ControlError>>;
+
+/// The etcd route set, as read at one revision.
+struct EtcdSet {
+    routes: BTreeMap<String, Route>,
+    revision: i64,
+    origin: Origin,
+}
 
 enum Command {
     /// Re-read the routes file now (SIGHUP, `POST /reload`).
@@ -63,6 +76,10 @@ enum Command {
     DeleteApp(AppKey, Reply),
     /// A periodic CNAME recheck found something new.
     AppCname(Box<CnameReport>),
+    /// The whole etcd route set, after a change or a full read.
+    Etcd(Box<EtcdSet>, Reply),
+    /// Would this route apply here? (An etcd write checks before it writes.)
+    CheckPut(Box<RouteSpec>, oneshot::Sender<Result<Route, ControlError>>),
 }
 
 /// Counters the reconciler keeps, for `/routes`, tests and metrics.
@@ -114,6 +131,32 @@ impl Control {
         self.ask(|r| Command::DeleteApp(key, r)).await
     }
 
+    /// Replaces the etcd routes with `routes`, read at `revision`.
+    pub async fn etcd_set(
+        &self,
+        routes: BTreeMap<String, Route>,
+        revision: i64,
+        origin: Origin,
+    ) -> Result<Applied, ControlError> {
+        let set = Box::new(EtcdSet {
+            routes,
+            revision,
+            origin,
+        });
+        self.ask(|r| Command::Etcd(set, r)).await
+    }
+
+    /// Checks that `spec` would apply here, as `put` would, without
+    /// applying it; returns the validated route.
+    pub async fn check_put(&self, spec: RouteSpec) -> Result<Route, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::CheckPut(Box::new(spec), reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)?
+    }
+
     /// Hands a CNAME recheck's findings to the reconciler (no answer: it
     /// logs what it did).
     pub async fn cname_checked(&self, report: CnameReport) -> Result<(), ControlError> {
@@ -146,7 +189,12 @@ const API: &str = "admin API";
 pub struct Reconciler {
     shared: Arc<Shared>,
     file_routes: Vec<Route>,
+    /// Routes put through the admin API or, with etcd configured, the etcd
+    /// routes this instance serves (those that conflict with its own file
+    /// routes and apps left out).
     api_routes: BTreeMap<String, Route>,
+    /// Set when routes live in etcd: API writes then go there, not here.
+    etcd: Option<Arc<EtcdStatus>>,
     apps: Apps,
     /// Where `apps` is published for the admin API and the CNAME recheck.
     apps_view: Arc<ArcSwap<Apps>>,
@@ -157,8 +205,14 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// Applies the first route set (from the file) and returns the task to
-    /// run and its handle. Fails if the first set cannot be applied.
-    pub fn start(shared: Arc<Shared>, file_routes: Vec<Route>) -> Result<(Self, Control), String> {
+    /// run and its handle. Fails if the first set cannot be applied. With
+    /// `etcd`, the instance is ready only once a set from etcd (or its
+    /// fallback file) is live.
+    pub fn start(
+        shared: Arc<Shared>,
+        file_routes: Vec<Route>,
+        etcd: Option<Arc<EtcdStatus>>,
+    ) -> Result<(Self, Control), String> {
         let (tx, rx) = mpsc::channel(64);
         let stats = Arc::new(ReconcilerStats::default());
         let apps_view = Arc::new(ArcSwap::from_pointee(Apps::default()));
@@ -166,6 +220,7 @@ impl Reconciler {
             shared,
             file_routes,
             api_routes: BTreeMap::new(),
+            etcd,
             apps: Apps::default(),
             apps_view: Arc::clone(&apps_view),
             reread_at: None,
@@ -176,7 +231,7 @@ impl Reconciler {
             .merged(&r.file_routes, &r.api_routes, &r.apps)
             .map_err(|e| e.to_string())?;
         r.apply(merged, "start").map_err(|e| e.to_string())?;
-        stats.ready.store(true, Ordering::Relaxed);
+        stats.ready.store(r.etcd.is_none(), Ordering::Relaxed);
         Ok((
             r,
             Control {
@@ -261,6 +316,16 @@ impl Reconciler {
                 let _ = reply.send(r);
             }
             Command::AppCname(report) => self.app_cname(*report),
+            Command::Etcd(set, reply) => {
+                let r = self.etcd_set(*set);
+                if r.is_err() {
+                    self.refused("etcd");
+                }
+                let _ = reply.send(r);
+            }
+            Command::CheckPut(spec, reply) => {
+                let _ = reply.send(self.check_put(*spec).map(|(r, _)| r));
+            }
         }
     }
 
@@ -365,6 +430,18 @@ impl Reconciler {
     }
 
     fn try_put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
+        let (route, merged) = self.check_put(spec)?;
+        if self.etcd.is_some() {
+            return Err(etcd_owns(&route.name));
+        }
+        let applied = self.apply(merged, "api")?;
+        self.api_routes.insert(route.name.clone(), route);
+        Ok(applied)
+    }
+
+    /// Validates `spec` and merges it with the live sources; returns the
+    /// route and the merged set, checked for certificates too.
+    fn check_put(&self, spec: RouteSpec) -> Result<(Route, Vec<(Route, Source)>), ControlError> {
         let file = Path::new(API);
         let route = routes::validate_one(file, &format!("route `{}`", spec.name), &spec)
             .map_err(ControlError::Invalid)?;
@@ -379,14 +456,17 @@ impl Reconciler {
             ));
         }
         let mut api = self.api_routes.clone();
-        api.insert(route.name.clone(), route);
+        api.insert(route.name.clone(), route.clone());
         let merged = self.merged(&self.file_routes, &api, &self.apps)?;
-        let applied = self.apply(merged, "api")?;
-        self.api_routes = api;
-        Ok(applied)
+        let certs = Arc::clone(self.shared.router.load().termination().certs());
+        self.check_certs(&merged, &certs)?;
+        Ok((route, merged))
     }
 
     fn try_delete(&mut self, name: &str) -> Result<Applied, ControlError> {
+        if self.etcd.is_some() {
+            return Err(etcd_owns(name));
+        }
         if !self.api_routes.contains_key(name) {
             return Err(if self.file_routes.iter().any(|r| r.name == name) {
                 ControlError::Conflict(format!(
@@ -439,7 +519,12 @@ impl Reconciler {
             .filter(|r| !api.contains_key(&r.name))
             .map(|r| (r.clone(), Source::File))
             .collect();
-        all.extend(api.values().map(|r| (r.clone(), Source::Api)));
+        let api_source = if self.etcd.is_some() {
+            Source::Etcd
+        } else {
+            Source::Api
+        };
+        all.extend(api.values().map(|r| (r.clone(), api_source)));
         all.extend(apps.routes().map(|r| (r.clone(), Source::App)));
         let now = Utc::now();
         // Expired routes are out of the table and claim no host.
@@ -459,6 +544,25 @@ impl Reconciler {
             return Err(ControlError::Conflict(errs.to_string()));
         }
         Ok(all)
+    }
+
+    /// Checks that `store` serves every host of every live terminate route.
+    fn check_certs(&self, routes: &[(Route, Source)], store: &CertStore) -> Result<(), ControlError> {
+        let cfg = &self.shared.config;
+        let mut errs = ConfigErrors::default();
+        let now = Utc::now();
+        for (r, source) in routes.iter().filter(|(r, _)| !r.expired_at(now)) {
+            let file = match (source, &cfg.routes_file) {
+                (Source::File, Some(f)) => f.as_path(),
+                _ => Path::new(API),
+            };
+            store.check_route(file, &format!("route `{}`", r.name), r, &mut errs);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ControlError::Invalid(errs))
+        }
     }
 
     /// Applies `routes` with the live certificates.
@@ -482,18 +586,8 @@ impl Reconciler {
         let store = certs
             .clone()
             .unwrap_or_else(|| Arc::clone(self.shared.router.load().termination().certs()));
-        let mut errs = ConfigErrors::default();
+        self.check_certs(&routes, &store)?;
         let now = Utc::now();
-        for (r, source) in routes.iter().filter(|(r, _)| !r.expired_at(now)) {
-            let file = match (source, &cfg.routes_file) {
-                (Source::File, Some(f)) => f.as_path(),
-                _ => Path::new(API),
-            };
-            store.check_route(file, &format!("route `{}`", r.name), r, &mut errs);
-        }
-        if !errs.is_empty() {
-            return Err(ControlError::Invalid(errs));
-        }
         let opts = ApplyOptions {
             no_sni_route: cfg.no_sni_route.as_deref(),
             on_change: cfg.reload.on_change,
@@ -591,6 +685,102 @@ impl Reconciler {
                 m.expirations.inc();
             }
         }
+    }
+}
+
+/// Route writes go to etcd when it is configured, never to one instance.
+fn etcd_owns(name: &str) -> ControlError {
+    ControlError::Conflict(format!(
+        "route `{name}`: routes live in etcd here; write them through the admin API's etcd path"
+    ))
+}
+
+impl Reconciler {
+    /// A new etcd route set: the routes that can live here (those whose
+    /// hosts no file route, app or earlier etcd route claims, and whose
+    /// terminate hosts this instance's certificates serve) replace the
+    /// previous etcd routes in one apply. The others are left out and
+    /// reported, so one bad key never holds back the rest.
+    fn etcd_set(&mut self, set: EtcdSet) -> Result<Applied, ControlError> {
+        let Some(status) = self.etcd.clone() else {
+            return Err(ControlError::NotFound("no [etcd] is configured".into()));
+        };
+        if set.origin == Origin::Fallback && status.revision() > 0 {
+            return Err(ControlError::Conflict(
+                "etcd has been read already; the fallback file is stale".into(),
+            ));
+        }
+        if set.origin == Origin::Etcd && set.revision < status.revision() {
+            return Err(ControlError::Conflict(format!(
+                "revision {} is older than the live {}",
+                set.revision,
+                status.revision()
+            )));
+        }
+        let (kept, left_out) = self.etcd_routes_that_fit(set.routes);
+        for why in &left_out {
+            tracing::error!(error = %why, "etcd route not served by this instance");
+        }
+        self.shared
+            .metrics
+            .etcd_routes_left_out
+            .set(left_out.len() as i64);
+        let merged = self.merged(&self.file_routes, &kept, &self.apps)?;
+        let why = match set.origin {
+            Origin::Etcd => "etcd",
+            Origin::Fallback => "fallback",
+        };
+        let applied = self.apply(merged, why)?;
+        self.api_routes = kept;
+        if set.origin == Origin::Etcd {
+            status.applied(set.revision);
+        }
+        self.stats.ready.store(true, Ordering::Relaxed);
+        Ok(applied)
+    }
+
+    fn etcd_routes_that_fit(
+        &self,
+        routes: BTreeMap<String, Route>,
+    ) -> (BTreeMap<String, Route>, Vec<String>) {
+        let now = Utc::now();
+        let certs = Arc::clone(self.shared.router.load().termination().certs());
+        let mut claimed: std::collections::HashMap<HostPattern, String> = self
+            .file_routes
+            .iter()
+            .filter(|r| !routes.contains_key(&r.name))
+            .chain(self.apps.routes())
+            .filter(|r| !r.expired_at(now))
+            .flat_map(|r| r.hosts.iter().map(|h| (h.clone(), r.name.clone())))
+            .collect();
+        let mut kept = BTreeMap::new();
+        let mut left_out = Vec::new();
+        for (name, r) in routes {
+            if r.expired_at(now) {
+                continue;
+            }
+            if let Some((h, owner)) = r
+                .hosts
+                .iter()
+                .find_map(|h| claimed.get(h).map(|o| (h, o)))
+            {
+                left_out.push(format!(
+                    "route `{name}`: host `{h}` is already claimed by route `{owner}` here"
+                ));
+                continue;
+            }
+            let mut errs = ConfigErrors::default();
+            certs.check_route(Path::new("etcd"), &format!("route `{name}`"), &r, &mut errs);
+            if !errs.is_empty() {
+                left_out.push(errs.to_string());
+                continue;
+            }
+            for h in &r.hosts {
+                claimed.insert(h.clone(), name.clone());
+            }
+            kept.insert(name, r);
+        }
+        (kept, left_out)
     }
 }
 

@@ -25,6 +25,8 @@ pub enum Source {
     /// Derived from an app record (`crate::apps`); the route's `app` says
     /// which.
     App,
+    /// The etcd store several instances share (`[etcd]`).
+    Etcd,
 }
 
 /// A route as it lives in the table, shared with the connections using it.

@@ -1,0 +1,387 @@
+//! Keeps one instance's routes in step with etcd: a full read of the
+//! prefix, then a watch from the revision after it. Every change hands the
+//! whole etcd route set to the reconciler, which applies it with the other
+//! sources in one swap.
+//!
+//! Any loss (etcd down, the link cut, a watch that stops answering progress
+//! requests, a watch cancelled because its revision was compacted) ends the
+//! watch; after a back-off the follower reads the prefix again in full at
+//! the current revision. A full read replaces the set, so a deletion made
+//! while this instance was away cannot be missed even if the history that
+//! recorded it has been compacted. Meanwhile the last table keeps serving,
+//! and writes are refused (`connected` is false).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{connect, routes_prefix, timed, EtcdStatus};
+use crate::config::etcd::EtcdConfig;
+use crate::config::routes::{self, RouteSpec, RoutesFile};
+use crate::config::ConfigError;
+use crate::proxy::Shared;
+use crate::routing::reconciler::Control;
+use crate::routing::route::Route;
+
+/// Where a route set handed to the reconciler came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Etcd,
+    /// The local fallback file, read because etcd was unreachable at start.
+    Fallback,
+}
+
+/// The etcd route set as this instance last read it.
+#[derive(Default)]
+struct Mirror {
+    /// Valid routes by name.
+    routes: BTreeMap<String, Route>,
+    /// Keys whose value is not a valid route, with why.
+    invalid: BTreeMap<String, String>,
+}
+
+impl Mirror {
+    fn from_kvs(cfg: &EtcdConfig, kvs: &[KeyValue]) -> Self {
+        let mut m = Mirror::default();
+        for kv in kvs {
+            m.put(cfg, kv);
+        }
+        m
+    }
+
+    fn put(&mut self, cfg: &EtcdConfig, kv: &KeyValue) {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let name = key.strip_prefix(&routes_prefix(cfg)).unwrap_or(&key).to_string();
+        self.remove(&key, &name);
+        match parse(&key, &name, kv.value()) {
+            Ok(r) => {
+                self.routes.insert(name, r);
+            }
+            Err(why) => {
+                tracing::error!(key, error = %why, "etcd route refused; other routes are unaffected");
+                self.invalid.insert(key, why);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str, name: &str) {
+        self.routes.remove(name);
+        self.invalid.remove(key);
+    }
+}
+
+/// One key's value as a route: valid JSON of the route schema whose name is
+/// the key's last segment.
+fn parse(key: &str, name: &str, value: &[u8]) -> Result<Route, String> {
+    let file = Path::new(key);
+    let spec: RouteSpec = serde_json::from_slice(value)
+        .map_err(|e| ConfigError::new(file, "", format!("not a route: {e}")).to_string())?;
+    if spec.name != name {
+        return Err(ConfigError::new(
+            file,
+            "name",
+            format!("`{}` differs from the key's `{name}`", spec.name),
+        )
+        .to_string());
+    }
+    routes::validate_one(file, "route", &spec).map_err(|e| e.to_string())
+}
+
+/// Why a watch ended.
+enum Ended {
+    Stopped,
+    /// Resync from a full read.
+    Lost(&'static str, String),
+}
+
+pub struct Follower {
+    pub cfg: EtcdConfig,
+    pub control: Control,
+    pub status: Arc<EtcdStatus>,
+    pub shared: Arc<Shared>,
+    pub stop: CancellationToken,
+}
+
+impl Follower {
+    /// Runs until `stop`.
+    pub async fn run(self) {
+        let mut backoff = Backoff::new(self.cfg.backoff_max);
+        let mut first = true;
+        let mut reason = "start";
+        loop {
+            let attempt = async {
+                let mut client = connect(&self.cfg).await?;
+                let (rev, mirror) = self.resync(&mut client, reason).await?;
+                Ok::<_, String>((client, rev, mirror))
+            };
+            let ended = tokio::select! {
+                () = self.stop.cancelled() => return,
+                r = attempt => match r {
+                    Ok((client, rev, mirror)) => {
+                        backoff.reset();
+                        self.watch(client, rev, mirror).await
+                    }
+                    Err(e) => Ended::Lost("unreachable", e),
+                },
+            };
+            self.status.set_connected(false);
+            self.shared.metrics.etcd_connected.set(0);
+            match ended {
+                Ended::Stopped => return,
+                Ended::Lost(why, detail) => {
+                    tracing::warn!(why, error = %detail, "etcd: lost; serving the last routes, writes refused until it is back");
+                    if first {
+                        self.load_fallback().await;
+                    }
+                    reason = if why == "compacted" { "compacted" } else { "reconnect" };
+                }
+            }
+            first = false;
+            self.shared.metrics.etcd_reconnects.inc();
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(backoff.next()) => {}
+            }
+        }
+    }
+
+    /// Reads the whole prefix and hands it to the reconciler; returns the
+    /// revision read and the set.
+    async fn resync(
+        &self,
+        client: &mut Client,
+        reason: &'static str,
+    ) -> Result<(i64, Mirror), String> {
+        let prefix = routes_prefix(&self.cfg);
+        let resp = timed(
+            &self.cfg,
+            client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mirror = Mirror::from_kvs(&self.cfg, resp.kvs());
+        self.shared.metrics
+            .etcd_resyncs
+            .with_label_values(&[reason])
+            .inc();
+        tracing::info!(
+            revision = rev,
+            routes = mirror.routes.len(),
+            invalid = mirror.invalid.len(),
+            reason,
+            "etcd: read the route set"
+        );
+        self.hand_over(&mirror, rev, Origin::Etcd).await;
+        Ok((rev, mirror))
+    }
+
+    /// Gives the set to the reconciler. A set it refuses (a conflict with
+    /// this instance's file routes) keeps the previous table; the next
+    /// change tries again.
+    async fn hand_over(&self, mirror: &Mirror, rev: i64, origin: Origin) {
+        self.shared.metrics
+            .etcd_invalid_keys
+            .set(mirror.invalid.len() as i64);
+        match self
+            .control
+            .etcd_set(mirror.routes.clone(), rev, origin)
+            .await
+        {
+            Ok(_) => {
+                if origin == Origin::Etcd {
+                    self.shared.metrics.etcd_revision.set(rev);
+                    self.write_fallback(mirror);
+                }
+            }
+            Err(e) => tracing::error!(revision = rev, error = %e, "etcd: route set not applied"),
+        }
+    }
+
+    /// Follows the watch from `rev + 1` until it is lost or stopped.
+    async fn watch(&self, mut client: Client, rev: i64, mut mirror: Mirror) -> Ended {
+        let prefix = routes_prefix(&self.cfg);
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1)
+            .with_progress_notify();
+        let mut stream = match timed(&self.cfg, client.watch(prefix.as_str(), Some(opts))).await {
+            Ok(s) => s,
+            Err(e) => return Ended::Lost("watch", e),
+        };
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the progress request in flight was sent.
+        let mut asked: Option<Instant> = None;
+        loop {
+            let msg = tokio::select! {
+                () = self.stop.cancelled() => return Ended::Stopped,
+                _ = heartbeat.tick() => {
+                    if let Some(at) = asked {
+                        if at.elapsed() > self.cfg.request_timeout {
+                            return Ended::Lost("silent", format!("no progress answer in {:?}", at.elapsed()));
+                        }
+                    } else if let Err(e) = stream.request_progress().await {
+                        return Ended::Lost("watch", e.to_string());
+                    } else {
+                        asked = Some(Instant::now());
+                    }
+                    continue;
+                }
+                m = stream.message() => m,
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ended::Lost("watch", "stream closed".into()),
+                Err(e) => return Ended::Lost("watch", e.to_string()),
+            };
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    return Ended::Lost(
+                        "compacted",
+                        format!("revision {} was compacted", resp.compact_revision()),
+                    );
+                }
+                return Ended::Lost("watch", format!("cancelled: {}", resp.cancel_reason()));
+            }
+            if resp.created() {
+                self.status.set_connected(true);
+                self.status.set_on_fallback(false);
+                self.shared.metrics.etcd_connected.set(1);
+                tracing::info!(from = rev + 1, "etcd: watching");
+                continue;
+            }
+            if resp.events().is_empty() {
+                // A progress notification: the stream has caught up.
+                if let Some(at) = asked.take() {
+                    let lag = at.elapsed();
+                    self.status.set_watch_lag(lag);
+                    self.shared.metrics.etcd_watch_lag.set(lag.as_secs_f64());
+                }
+                continue;
+            }
+            self.apply_events(&mut mirror, &resp);
+            let now = resp.header().map(|h| h.revision()).unwrap_or(rev);
+            self.hand_over(&mirror, now, Origin::Etcd).await;
+        }
+    }
+
+    fn apply_events(&self, m: &mut Mirror, resp: &WatchResponse) {
+        let prefix = routes_prefix(&self.cfg);
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => m.put(&self.cfg, kv),
+                EventType::Delete => {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+                    m.remove(&key, &name);
+                }
+            }
+        }
+    }
+
+    /// At start with etcd unreachable: serve the routes of the fallback
+    /// file, if one is configured and readable.
+    async fn load_fallback(&self) {
+        let Some(path) = &self.cfg.fallback_file else {
+            return;
+        };
+        match routes::load_file(path) {
+            Ok(list) => {
+                let routes: BTreeMap<String, Route> =
+                    list.into_iter().map(|r| (r.name.clone(), r)).collect();
+                let n = routes.len();
+                match self.control.etcd_set(routes, 0, Origin::Fallback).await {
+                    Ok(_) => {
+                        self.status.set_on_fallback(true);
+                        self.shared.metrics.etcd_on_fallback.set(1);
+                        tracing::warn!(file = %path.display(), routes = n, "etcd unreachable at start: serving the fallback file");
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "etcd fallback file not applied");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "etcd fallback file not loaded");
+            }
+        }
+    }
+
+    /// Rewrites the fallback file with the set just applied (write then
+    /// rename, so a crash leaves the old copy or the new one).
+    fn write_fallback(&self, mirror: &Mirror) {
+        self.shared.metrics.etcd_on_fallback.set(0);
+        let Some(path) = &self.cfg.fallback_file else {
+            return;
+        };
+        let file = RoutesFile {
+            route: mirror.routes.values().map(|r| r.spec.clone()).collect(),
+        };
+        let tmp = path.with_extension("json.tmp");
+        let r = serde_json::to_vec_pretty(&file)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::warn!(file = %path.display(), error = %e, "etcd fallback file not written");
+        }
+    }
+}
+
+/// Exponential back-off from 100 ms to a ceiling.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Self {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100).min(self.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let seen: Vec<u64> = (0..5).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(seen, [100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_value_must_be_a_valid_route_named_like_its_key() {
+        let ok = br#"{"name":"a","hosts":["a.example.com"],"backends":["127.0.0.1:1"]}"#;
+        assert_eq!(parse("/p/routes/a", "a", ok).unwrap().name, "a");
+        let e = parse("/p/routes/b", "b", ok).unwrap_err();
+        assert!(e.contains("/p/routes/b: name: "), "{e}");
+        let e = parse("/p/routes/a", "a", b"{").unwrap_err();
+        assert!(e.contains("not a route"), "{e}");
+        let bad = br#"{"name":"a","hosts":[],"backends":["127.0.0.1:1"]}"#;
+        let e = parse("/p/routes/a", "a", bad).unwrap_err();
+        assert!(e.contains("hosts"), "{e}");
+    }
+}

@@ -1,0 +1,177 @@
+//! etcd as the route store several instances share.
+//!
+//! Layout under the configured prefix `P`:
+//! - `P/routes/{name}`: the route, as the JSON body of `PUT /routes/{name}`;
+//! - `P/hosts/{host}`: the name of the route that claims that host pattern.
+//!   Only writers read these: a transaction that puts a route also claims its
+//!   hosts, and fails if another route holds one, so two instances cannot
+//!   both give the same host away.
+//!
+//! A route with `expires_at` is written, with its host claims, under an etcd
+//! lease that ends at the expiry, so the store cleans itself; every instance
+//! also removes it locally at the exact instant (the reconciler's timer).
+//!
+//! [`follow`] keeps each instance's table in step with the store: a full
+//! read, then a watch from the next revision; on any loss, a new full read
+//! (which cannot miss a deletion, compacted or not). [`write`] is the admin
+//! API's side.
+
+pub mod follow;
+pub mod write;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tokio::sync::watch;
+
+use crate::config::etcd::{EtcdConfig, PasswordSource};
+
+/// What the follower, the reconciler and the admin API share.
+#[derive(Debug)]
+pub struct EtcdStatus {
+    /// The watch is live: the table follows the store and writes are taken.
+    connected: AtomicBool,
+    /// The table holds a route set from the fallback file, not from etcd.
+    on_fallback: AtomicBool,
+    /// The store revision the live table reflects (0: none yet).
+    applied: watch::Sender<i64>,
+    /// Seconds the watch trailed the store at the last progress check.
+    lag_ms: AtomicI64,
+}
+
+impl Default for EtcdStatus {
+    fn default() -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            on_fallback: AtomicBool::new(false),
+            applied: watch::Sender::new(0),
+            lag_ms: AtomicI64::new(0),
+        }
+    }
+}
+
+impl EtcdStatus {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
+    pub fn on_fallback(&self) -> bool {
+        self.on_fallback.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_on_fallback(&self, yes: bool) {
+        self.on_fallback.store(yes, Ordering::Relaxed);
+    }
+
+    /// The store revision the live table reflects.
+    pub fn revision(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    /// Called by the reconciler once a set read at `revision` is live.
+    pub fn applied(&self, revision: i64) {
+        self.applied.send_if_modified(|r| {
+            let newer = revision > *r;
+            if newer {
+                *r = revision;
+            }
+            newer
+        });
+    }
+
+    /// Waits until the live table reflects `revision`, or `limit` passes;
+    /// true if it does.
+    pub async fn wait_for(&self, revision: i64, limit: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn watch_lag(&self) -> Duration {
+        Duration::from_millis(self.lag_ms.load(Ordering::Relaxed).max(0) as u64)
+    }
+
+    pub(crate) fn set_watch_lag(&self, lag: Duration) {
+        self.lag_ms
+            .store(lag.as_millis().min(i64::MAX as u128) as i64, Ordering::Relaxed);
+    }
+}
+
+/// `P/routes/`.
+pub fn routes_prefix(cfg: &EtcdConfig) -> String {
+    format!("{}routes/", cfg.prefix)
+}
+
+/// `P/routes/{name}`.
+pub fn route_key(cfg: &EtcdConfig, name: &str) -> String {
+    format!("{}routes/{name}", cfg.prefix)
+}
+
+/// `P/hosts/{host}`.
+pub fn host_key(cfg: &EtcdConfig, host: &str) -> String {
+    format!("{}hosts/{host}", cfg.prefix)
+}
+
+/// Opens a client on the configured endpoints. It authenticates at once if
+/// a user is configured, so bad credentials show up here.
+pub async fn connect(cfg: &EtcdConfig) -> Result<Client, String> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.dial_timeout)
+        // HTTP/2 pings find a dead peer under a quiet watch.
+        .with_keep_alive(cfg.heartbeat, cfg.request_timeout)
+        .with_keep_alive_while_idle(true);
+    if let Some((user, password)) = &cfg.user {
+        let pw = match password {
+            PasswordSource::File(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("etcd.password_file {}: {e}", p.display()))?,
+            PasswordSource::Env(v) => std::env::var(v)
+                .map_err(|_| format!("etcd.password_env: {v} is not set"))?,
+        };
+        opts = opts.with_user(user.clone(), pw.trim_end_matches(['\r', '\n']));
+    }
+    if let Some(t) = &cfg.tls {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &t.ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("etcd.tls.ca {}: {e}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some((cert, key)) = &t.identity {
+            let c = std::fs::read(cert)
+                .map_err(|e| format!("etcd.tls.cert {}: {e}", cert.display()))?;
+            let k =
+                std::fs::read(key).map_err(|e| format!("etcd.tls.key {}: {e}", key.display()))?;
+            tls = tls.identity(Identity::from_pem(c, k));
+        }
+        if let Some(name) = &t.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        opts = opts.with_tls(tls);
+    }
+    tokio::time::timeout(
+        cfg.dial_timeout + cfg.request_timeout,
+        Client::connect(&cfg.endpoints, Some(opts)),
+    )
+    .await
+    .map_err(|_| "timed out connecting".to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// Runs one etcd request under the configured request timeout.
+pub async fn timed<T>(
+    cfg: &EtcdConfig,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(cfg.request_timeout, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(cfg.request_timeout)
+        )),
+    }
+}
