@@ -189,11 +189,7 @@ pub fn validate(
             None
         }
         (Some(_), None) => {
-            errs.push(
-                path,
-                "etcd.username",
-                "needs password_file or password_env",
-            );
+            errs.push(path, "etcd.username", "needs password_file or password_env");
             None
         }
         (None, Some(_)) => {

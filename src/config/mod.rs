@@ -3,8 +3,8 @@
 //! error names its file and field.
 
 pub mod apps;
-pub mod etcd;
 mod error;
+pub mod etcd;
 mod raw;
 pub mod routes;
 pub mod terminate;

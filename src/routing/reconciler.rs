@@ -547,7 +547,11 @@ impl Reconciler {
     }
 
     /// Checks that `store` serves every host of every live terminate route.
-    fn check_certs(&self, routes: &[(Route, Source)], store: &CertStore) -> Result<(), ControlError> {
+    fn check_certs(
+        &self,
+        routes: &[(Route, Source)],
+        store: &CertStore,
+    ) -> Result<(), ControlError> {
         let cfg = &self.shared.config;
         let mut errs = ConfigErrors::default();
         let now = Utc::now();
@@ -759,11 +763,7 @@ impl Reconciler {
             if r.expired_at(now) {
                 continue;
             }
-            if let Some((h, owner)) = r
-                .hosts
-                .iter()
-                .find_map(|h| claimed.get(h).map(|o| (h, o)))
-            {
+            if let Some((h, owner)) = r.hosts.iter().find_map(|h| claimed.get(h).map(|o| (h, o))) {
                 left_out.push(format!(
                     "route `{name}`: host `{h}` is already claimed by route `{owner}` here"
                 ));

@@ -3,6 +3,8 @@
 //! and real TLS clients (rustls here; curl and openssl as processes).
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -56,7 +56,10 @@ impl Mirror {
 
     fn put(&mut self, cfg: &EtcdConfig, kv: &KeyValue) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let name = key.strip_prefix(&routes_prefix(cfg)).unwrap_or(&key).to_string();
+        let name = key
+            .strip_prefix(&routes_prefix(cfg))
+            .unwrap_or(&key)
+            .to_string();
         self.remove(&key, &name);
         match parse(&key, &name, kv.value()) {
             Ok(r) => {
@@ -138,7 +141,11 @@ impl Follower {
                     if first {
                         self.load_fallback().await;
                     }
-                    reason = if why == "compacted" { "compacted" } else { "reconnect" };
+                    reason = if why == "compacted" {
+                        "compacted"
+                    } else {
+                        "reconnect"
+                    };
                 }
             }
             first = false;
@@ -165,7 +172,8 @@ impl Follower {
         .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mirror = Mirror::from_kvs(&self.cfg, resp.kvs());
-        self.shared.metrics
+        self.shared
+            .metrics
             .etcd_resyncs
             .with_label_values(&[reason])
             .inc();
@@ -184,7 +192,8 @@ impl Follower {
     /// this instance's file routes) keeps the previous table; the next
     /// change tries again.
     async fn hand_over(&self, mirror: &Mirror, rev: i64, origin: Origin) {
-        self.shared.metrics
+        self.shared
+            .metrics
             .etcd_invalid_keys
             .set(mirror.invalid.len() as i64);
         match self

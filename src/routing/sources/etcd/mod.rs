@@ -98,8 +98,10 @@ impl EtcdStatus {
     }
 
     pub(crate) fn set_watch_lag(&self, lag: Duration) {
-        self.lag_ms
-            .store(lag.as_millis().min(i64::MAX as u128) as i64, Ordering::Relaxed);
+        self.lag_ms.store(
+            lag.as_millis().min(i64::MAX as u128) as i64,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -130,15 +132,17 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client, String> {
         let pw = match password {
             PasswordSource::File(p) => std::fs::read_to_string(p)
                 .map_err(|e| format!("etcd.password_file {}: {e}", p.display()))?,
-            PasswordSource::Env(v) => std::env::var(v)
-                .map_err(|_| format!("etcd.password_env: {v} is not set"))?,
+            PasswordSource::Env(v) => {
+                std::env::var(v).map_err(|_| format!("etcd.password_env: {v} is not set"))?
+            }
         };
         opts = opts.with_user(user.clone(), pw.trim_end_matches(['\r', '\n']));
     }
     if let Some(t) = &cfg.tls {
         let mut tls = TlsOptions::new();
         if let Some(ca) = &t.ca {
-            let pem = std::fs::read(ca).map_err(|e| format!("etcd.tls.ca {}: {e}", ca.display()))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| format!("etcd.tls.ca {}: {e}", ca.display()))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         if let Some((cert, key)) = &t.identity {

@@ -18,9 +18,9 @@ use super::{connect, host_key, route_key, timed, EtcdStatus};
 use crate::config::etcd::EtcdConfig;
 use crate::config::routes::{parse_host_pattern, RouteSpec};
 use crate::proxy::Shared;
-use crate::routing::table::Source;
 use crate::routing::reconciler::{Control, ControlError};
 use crate::routing::route::Route;
+use crate::routing::table::Source;
 
 /// Attempts at a transaction that lost a race with another writer.
 const ATTEMPTS: usize = 4;
@@ -137,9 +137,18 @@ impl EtcdWriter {
         let rk = route_key(&self.cfg, &name);
         let hosts: Vec<String> = route.hosts.iter().map(ToString::to_string).collect();
         let value = serde_json::to_vec(&route.spec).map_err(unavailable)?;
+        // One lease for the route and its claims, whatever the attempt.
+        let opts = self
+            .lease_for(&mut client, &route)
+            .await?
+            .map(|id| PutOptions::new().with_lease(id));
         for _ in 0..ATTEMPTS {
             let current = self.read(&mut client, &rk).await?;
-            let mut when = vec![Compare::mod_revision(rk.as_str(), CompareOp::Equal, current.rev)];
+            let mut when = vec![Compare::mod_revision(
+                rk.as_str(),
+                CompareOp::Equal,
+                current.rev,
+            )];
             // Claims to take (or keep) and claims to give back.
             let mut claims: BTreeMap<String, i64> = BTreeMap::new();
             for h in &hosts {
@@ -163,14 +172,14 @@ impl EtcdWriter {
                 }
                 let claim = self.read(&mut client, &hk).await?;
                 if claim.value.as_deref() == Some(name.as_bytes()) {
-                    when.push(Compare::mod_revision(hk.as_str(), CompareOp::Equal, claim.rev));
+                    when.push(Compare::mod_revision(
+                        hk.as_str(),
+                        CompareOp::Equal,
+                        claim.rev,
+                    ));
                     release.push(TxnOp::delete(hk, None));
                 }
             }
-            let opts = match self.lease_for(&mut client, &route).await? {
-                Some(id) => Some(PutOptions::new().with_lease(id)),
-                None => None,
-            };
             let mut ops = vec![TxnOp::put(rk.as_str(), value.clone(), opts.clone())];
             for (hk, rev) in &claims {
                 when.push(Compare::mod_revision(hk.as_str(), CompareOp::Equal, *rev));
@@ -221,13 +230,21 @@ impl EtcdWriter {
             let Some(value) = current.value else {
                 return Err(self.not_in_etcd(name));
             };
-            let mut when = vec![Compare::mod_revision(rk.as_str(), CompareOp::Equal, current.rev)];
+            let mut when = vec![Compare::mod_revision(
+                rk.as_str(),
+                CompareOp::Equal,
+                current.rev,
+            )];
             let mut ops = vec![TxnOp::delete(rk.as_str(), None)];
             for h in Self::stored_hosts(Some(&value)) {
                 let hk = host_key(&self.cfg, &h);
                 let claim = self.read(&mut client, &hk).await?;
                 if claim.value.as_deref() == Some(name.as_bytes()) {
-                    when.push(Compare::mod_revision(hk.as_str(), CompareOp::Equal, claim.rev));
+                    when.push(Compare::mod_revision(
+                        hk.as_str(),
+                        CompareOp::Equal,
+                        claim.rev,
+                    ));
                     ops.push(TxnOp::delete(hk, None));
                 }
             }

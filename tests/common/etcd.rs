@@ -1,0 +1,200 @@
+//! A real etcd on loopback for the tests of the shared route store
+//! (Debian package `etcd-server`; `.ci/run` installs it), in a temporary data
+//! directory, and a link between a proxy and etcd that a test can cut.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use super::eventually_async;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Etcd {
+    pub client_addr: SocketAddr,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        Self::start_on(free_port()).await
+    }
+
+    /// On a chosen client port (a proxy may already be trying it).
+    pub async fn start_on(port: u16) -> Etcd {
+        let mut e = Etcd {
+            client_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            peer_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        e.spawn().await;
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    async fn spawn(&mut self) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = std::process::Command::new("etcd")
+            .args([
+                "--name",
+                "t",
+                "--data-dir",
+                self.dir.path().join("data").to_str().unwrap(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("t={peer}"),
+                "--log-level",
+                "error",
+            ])
+            .env("ETCD_UNSUPPORTED_ARCH", "")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd must be installed (Debian package etcd-server; .ci/run installs it)");
+        self.child = Some(child);
+        let ep = self.endpoint();
+        let ready = eventually_async(Duration::from_secs(20), || {
+            let ep = ep.clone();
+            async move {
+                let Ok(Ok(mut c)) = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    etcd_client::Client::connect([ep], None),
+                )
+                .await
+                else {
+                    return false;
+                };
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(1), c.get("probe", None)).await,
+                    Ok(Ok(_))
+                )
+            }
+        })
+        .await;
+        assert!(ready, "etcd did not start on {}", self.client_addr);
+    }
+
+    /// Kills etcd (SIGKILL); its data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP relay from a loopback port to `target`. `cut` closes every
+/// connection through it and refuses new ones until `restore`: a proxy
+/// behind it loses etcd while the other instances keep it.
+pub struct Link {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    changed: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    pub async fn start(target: SocketAddr) -> Link {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let changed = Arc::new(Notify::new());
+        let (c, n) = (Arc::clone(&cut), Arc::clone(&changed));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut a, _)) = l.accept().await else {
+                    continue;
+                };
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let (c, n) = (Arc::clone(&c), Arc::clone(&n));
+                tokio::spawn(async move {
+                    let Ok(mut b) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let cut_now = async {
+                        loop {
+                            let woken = n.notified();
+                            if c.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            woken.await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        () = cut_now => {}
+                    }
+                });
+            }
+        });
+        Link {
+            addr,
+            cut,
+            changed,
+            task,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,435 @@
+//! Several instances sharing routes through a real etcd on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::etcd::{Etcd, Link};
+use common::*;
+use etcd_client::CompactionOptions;
+use serde_json::Value;
+
+const PREFIX: &str = "/t/";
+
+/// The `[etcd]` section for `endpoint`, with short timings so a lost link
+/// shows within a second; `more` adds keys.
+fn etcd_section(endpoint: &str, more: &str) -> String {
+    format!(
+        "[etcd]\nendpoints = [{endpoint:?}]\nprefix = {PREFIX:?}\ndial_timeout = \"500ms\"\n\
+         request_timeout = \"1s\"\nheartbeat = \"300ms\"\nbackoff_max = \"300ms\"\n{more}"
+    )
+}
+
+fn instance(endpoint: &str, more: &str) -> Live {
+    Live::start(&[], &etcd_section(endpoint, more))
+}
+
+async fn delete(live: &Live, name: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .delete(live.admin(&format!("/routes/{name}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn ready(live: &Live) -> u16 {
+    reqwest::get(live.admin("/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// The value of an unlabelled sample in the instance's `/metrics`.
+async fn metric(live: &Live, name: &str) -> f64 {
+    let text = reqwest::get(live.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+async fn connected(live: &Live) -> bool {
+    metric(live, "mse_proxy_etcd_connected").await == 1.0
+}
+
+/// Both instances up and following etcd.
+async fn pair(etcd_a: &str, etcd_b: &str) -> (Live, Live) {
+    let (a, b) = (instance(etcd_a, ""), instance(etcd_b, ""));
+    for l in [&a, &b] {
+        assert!(
+            eventually_async(Duration::from_secs(10), || connected(l)).await,
+            "instance never reached etcd"
+        );
+    }
+    (a, b)
+}
+
+async fn serves(live: &Live, sni: &str, ca: &Ca) -> bool {
+    get(live.addr(), sni, ca).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_instance_is_served_by_the_other_within_a_second() {
+    let etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["shared.example.test"], "shared").await;
+    let (a, b) = pair(&etcd.endpoint(), &etcd.endpoint()).await;
+    assert_eq!(ready(&a).await, 200);
+
+    let s = spec("shared", &["shared.example.test"], &[e.addr.to_string()]);
+    let t = tokio::time::Instant::now();
+    let r = a.put_route("shared", &s).await;
+    assert_eq!(r.status(), 200, "the writer serves it when it answers");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["live_here"], true);
+    assert!(body["etcd_revision"].as_i64().unwrap() > 0);
+    assert!(serves(&a, "shared.example.test", &ca).await);
+    // Within 1 s of the write request, B serves it too.
+    let left = Duration::from_secs(1).saturating_sub(t.elapsed());
+    assert!(
+        eventually_async(left, || serves(&b, "shared.example.test", &ca)).await,
+        "instance B did not serve A's write within 1 s of it"
+    );
+    let (body, _) = get(b.addr(), "shared.example.test", &ca).await.unwrap();
+    assert_eq!(body, "hello from shared");
+    let routes: Value = reqwest::get(b.admin("/routes/shared"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(routes["source"], "etcd");
+
+    // A delete through B closes A's open connection too.
+    let mut conn = EchoConn::open(a.addr(), "shared.example.test", &ca).await;
+    assert_eq!(delete(&b, "shared").await.status(), 200);
+    assert!(conn.closed_within(Duration::from_secs(2)).await);
+    assert!(!serves(&a, "shared.example.test", &ca).await);
+    assert_eq!(delete(&b, "shared").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_claimed_through_one_instance_is_refused_through_the_other() {
+    let etcd = Etcd::start().await;
+    let (a, b) = pair(&etcd.endpoint(), &etcd.endpoint()).await;
+    let one = spec("one", &["Claimed.example.test"], &["127.0.0.1:9".into()]);
+    assert_eq!(a.put_route("one", &one).await.status(), 200);
+    let two = spec("two", &["claimed.example.test"], &["127.0.0.1:9".into()]);
+    let r = b.put_route("two", &two).await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("route `one`"),
+        "{body}"
+    );
+    // Moving the host to another name works once the first lets it go.
+    let mut moved = one.clone();
+    moved.hosts = vec!["other.example.test".into()];
+    assert_eq!(a.put_route("one", &moved).await.status(), 200);
+    assert_eq!(b.put_route("two", &two).await.status(), 200);
+    let mut kv = etcd.client().await;
+    let claim = kv
+        .get(format!("{PREFIX}hosts/claimed.example.test"), None)
+        .await
+        .unwrap();
+    assert_eq!(claim.kvs()[0].value(), b"two");
+    let old = kv
+        .get(format!("{PREFIX}hosts/other.example.test"), None)
+        .await
+        .unwrap();
+    assert_eq!(old.kvs()[0].value(), b"one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_closes_connections_on_both_instances_and_the_lease_cleans_etcd() {
+    let etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["exp.example.test"], "exp").await;
+    let (a, b) = pair(&etcd.endpoint(), &etcd.endpoint()).await;
+    let mut s = spec("exp", &["exp.example.test"], &[e.addr.to_string()]);
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(2500);
+    s.expires_at = Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    assert_eq!(a.put_route("exp", &s).await.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(1), || serves(
+            &b,
+            "exp.example.test",
+            &ca
+        ))
+        .await
+    );
+    let mut on_a = EchoConn::open(a.addr(), "exp.example.test", &ca).await;
+    let mut on_b = EchoConn::open(b.addr(), "exp.example.test", &ca).await;
+    let (ca_, cb) = tokio::join!(
+        on_a.closed_within(Duration::from_secs(4)),
+        on_b.closed_within(Duration::from_secs(4))
+    );
+    assert!(ca_ && cb, "connections must close at the expiry on both");
+    let late = chrono::Utc::now() - at;
+    assert!(late >= chrono::Duration::zero(), "closed before the expiry");
+    assert!(
+        late < chrono::Duration::milliseconds(1000),
+        "closed {late} after the expiry"
+    );
+    assert!(!serves(&a, "exp.example.test", &ca).await);
+    assert!(!serves(&b, "exp.example.test", &ca).await);
+    // The lease ends within about a second of the expiry: etcd forgets the
+    // route and its host claim by itself.
+    let mut kv = etcd.client().await;
+    let gone = eventually_async(Duration::from_secs(5), || {
+        let mut kv = kv.clone();
+        async move {
+            let opts = etcd_client::GetOptions::new().with_prefix();
+            kv.get(PREFIX, Some(opts)).await.unwrap().kvs().is_empty()
+        }
+    })
+    .await;
+    assert!(gone, "the lease did not remove the expired route from etcd");
+    assert!(kv
+        .get(format!("{PREFIX}routes/exp"), None)
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_killed_and_restarted_while_both_instances_keep_serving() {
+    let mut etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["k.example.test", "k2.example.test"], "k").await;
+    let (a, b) = pair(&etcd.endpoint(), &etcd.endpoint()).await;
+    let s = spec("k", &["k.example.test"], &[e.addr.to_string()]);
+    assert_eq!(a.put_route("k", &s).await.status(), 200);
+    assert!(eventually_async(Duration::from_secs(1), || serves(&b, "k.example.test", &ca)).await);
+    let mut held = EchoConn::open(b.addr(), "k.example.test", &ca).await;
+
+    etcd.kill();
+    for l in [&a, &b] {
+        assert!(
+            eventually_async(Duration::from_secs(5), || async { !connected(l).await }).await,
+            "the loss of etcd is not reported"
+        );
+        assert!(
+            serves(l, "k.example.test", &ca).await,
+            "routes must keep serving"
+        );
+        assert_eq!(ready(l).await, 200, "routes are still served: ready");
+    }
+    assert!(held.ping("still here").await);
+    let s2 = spec("k2", &["k2.example.test"], &[e.addr.to_string()]);
+    assert_eq!(
+        a.put_route("k2", &s2).await.status(),
+        503,
+        "writes wait for etcd"
+    );
+
+    etcd.restart().await;
+    for l in [&a, &b] {
+        assert!(
+            eventually_async(Duration::from_secs(10), || connected(l)).await,
+            "no reconnection after etcd came back"
+        );
+    }
+    assert!(metric(&a, "mse_proxy_etcd_reconnects_total").await >= 1.0);
+    assert_eq!(b.put_route("k2", &s2).await.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(1), || serves(
+            &a,
+            "k2.example.test",
+            &ca
+        ))
+        .await
+    );
+    assert!(
+        held.ping("after the restart").await,
+        "no connection was cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_while_an_instance_is_cut_off_leaves_no_deleted_route_behind() {
+    let etcd = Etcd::start().await;
+    let link = Link::start(etcd.client_addr).await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["gone.example.test", "kept.example.test"], "c").await;
+    let (a, b) = pair(&etcd.endpoint(), &link.endpoint()).await;
+    for (name, host) in [("gone", "gone.example.test"), ("kept", "kept.example.test")] {
+        let s = spec(name, &[host], &[e.addr.to_string()]);
+        assert_eq!(a.put_route(name, &s).await.status(), 200);
+    }
+    assert!(
+        eventually_async(Duration::from_secs(1), || serves(
+            &b,
+            "gone.example.test",
+            &ca
+        ))
+        .await
+    );
+    let mut held = EchoConn::open(b.addr(), "gone.example.test", &ca).await;
+
+    link.cut();
+    assert!(
+        eventually_async(Duration::from_secs(5), || async { !connected(&b).await }).await,
+        "B did not notice the cut"
+    );
+    assert_eq!(delete(&a, "gone").await.status(), 200);
+    // More history, then compact it all away: B cannot replay the delete.
+    let mut kv = etcd.client().await;
+    for i in 0..20 {
+        kv.put(format!("{PREFIX}noise"), format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let rev = kv
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    kv.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    assert!(
+        serves(&b, "gone.example.test", &ca).await,
+        "B serves its last table meanwhile"
+    );
+
+    link.restore();
+    assert!(
+        eventually_async(Duration::from_secs(10), || connected(&b)).await,
+        "B did not reconnect"
+    );
+    assert!(
+        !serves(&b, "gone.example.test", &ca).await,
+        "a deleted route came back"
+    );
+    assert!(serves(&b, "kept.example.test", &ca).await);
+    assert!(held.closed_within(Duration::from_secs(2)).await);
+    assert!(metric(&b, "mse_proxy_etcd_revision").await >= rev as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_flips_once_etcd_is_first_reached() {
+    // Nothing listens on this port yet.
+    let port = common::etcd::free_port();
+    let live = instance(&format!("http://127.0.0.1:{port}"), "");
+    assert_eq!(ready(&live).await, 503, "not ready before any etcd read");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        ready(&live).await,
+        503,
+        "still not ready while etcd is unreachable"
+    );
+    assert_eq!(metric(&live, "mse_proxy_etcd_connected").await, 0.0);
+
+    let etcd = Etcd::start_on(port).await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["r.example.test"], "r").await;
+    let mut kv = etcd.client().await;
+    let s = spec("r", &["r.example.test"], &[e.addr.to_string()]);
+    kv.put(
+        format!("{PREFIX}routes/r"),
+        serde_json::to_vec(&s).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            ready(&live).await == 200
+        })
+        .await,
+        "/readyz never turned 200"
+    );
+    assert!(
+        eventually_async(Duration::from_secs(2), || serves(
+            &live,
+            "r.example.test",
+            &ca
+        ))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_file_serves_when_etcd_is_down_at_start() {
+    let mut etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["fb.example.test"], "fb").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fallback = dir.path().join("etcd-routes.json");
+    let more = format!("fallback_file = {fallback:?}\n");
+    let a = instance(&etcd.endpoint(), &more);
+    assert!(eventually_async(Duration::from_secs(10), || connected(&a)).await);
+    let s = spec("fb", &["fb.example.test"], &[e.addr.to_string()]);
+    assert_eq!(a.put_route("fb", &s).await.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(2), || async {
+            std::fs::read_to_string(&fallback).is_ok_and(|t| t.contains("fb.example.test"))
+        })
+        .await,
+        "the fallback file was not written"
+    );
+    drop(a);
+    etcd.kill();
+
+    let c = instance(&etcd.endpoint(), &more);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async { ready(&c).await == 200 }).await,
+        "not ready on the fallback file"
+    );
+    assert!(serves(&c, "fb.example.test", &ca).await);
+    assert_eq!(metric(&c, "mse_proxy_etcd_on_fallback").await, 1.0);
+    let r = c.put_route("fb", &s).await;
+    assert_eq!(r.status(), 503, "no writes while etcd is away");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_key_in_etcd_is_counted_and_does_not_hold_back_the_others() {
+    let etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["good.example.test"], "good").await;
+    let a = instance(&etcd.endpoint(), "");
+    assert!(eventually_async(Duration::from_secs(10), || connected(&a)).await);
+    let mut kv = etcd.client().await;
+    kv.put(
+        format!("{PREFIX}routes/bad"),
+        "{\"name\":\"bad\",\"hosts\":[]}",
+        None,
+    )
+    .await
+    .unwrap();
+    let s = spec("good", &["good.example.test"], &[e.addr.to_string()]);
+    kv.put(
+        format!("{PREFIX}routes/good"),
+        serde_json::to_vec(&s).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually_async(Duration::from_secs(2), || serves(
+            &a,
+            "good.example.test",
+            &ca
+        ))
+        .await
+    );
+    assert_eq!(metric(&a, "mse_proxy_etcd_invalid_keys").await, 1.0);
+    kv.delete(format!("{PREFIX}routes/bad"), None)
+        .await
+        .unwrap();
+    assert!(
+        eventually_async(Duration::from_secs(2), || async {
+            metric(&a, "mse_proxy_etcd_invalid_keys").await == 0.0
+        })
+        .await
+    );
+}
