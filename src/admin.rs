@@ -245,7 +245,7 @@ async fn delete_route(
 
 /// An etcd write: 200 once this instance serves it, 202 if it is in etcd
 /// but not yet in this instance's table.
-fn written(w: Written) -> Response {
+pub(crate) fn written(w: Written) -> Response {
     let status = if w.live_here {
         StatusCode::OK
     } else {

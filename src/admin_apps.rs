@@ -92,6 +92,22 @@ async fn put_app(
         record,
         cname,
     };
+    if let Some(etcd) = &s.etcd {
+        return match etcd.put_app(put).await {
+            Ok(w) => {
+                let apps = s.control.apps();
+                let view = apps.get(&key).map(|e| AppView::from(&**e));
+                let status = if w.live_here {
+                    StatusCode::OK
+                } else {
+                    StatusCode::ACCEPTED
+                };
+                let body = json!({ "etcd_revision": w.etcd_revision, "live_here": w.live_here, "app": view });
+                (status, Json(body)).into_response()
+            }
+            Err(e) => control_error(e),
+        };
+    }
     match s.control.put_app(put).await {
         Ok(applied) => {
             let apps = s.control.apps();
@@ -110,7 +126,14 @@ async fn delete_app(
     if let Err(e) = authorize(&s, &headers) {
         return e.into_response();
     }
-    match s.control.delete_app(AppKey { project, name }).await {
+    let key = AppKey { project, name };
+    if let Some(etcd) = &s.etcd {
+        return match etcd.delete_app(&key).await {
+            Ok(w) => crate::admin::written(w),
+            Err(e) => control_error(e),
+        };
+    }
+    match s.control.delete_app(key).await {
         Ok(applied) => Json(json!({ "applied": applied })).into_response(),
         Err(e) => control_error(e),
     }

@@ -433,3 +433,54 @@ async fn a_bad_key_in_etcd_is_counted_and_does_not_hold_back_the_others() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_registered_through_one_instance_is_routed_by_the_other() {
+    let etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["web.apps.example.test"], "web").await;
+    let (a, b) = pair(&etcd.endpoint(), &etcd.endpoint()).await;
+    let rec = app_record(1, "web.apps.example.test", None, e.addr, "running");
+    let (status, body) = put_app(&a, "proj", "web", &rec).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["live_here"], true);
+    let deployed = body["app"]["record"]["deployed_at"].clone();
+    assert!(deployed.is_string(), "{body}");
+    assert!(serves(&a, "web.apps.example.test", &ca).await);
+    assert!(
+        eventually_async(Duration::from_secs(1), || serves(
+            &b,
+            "web.apps.example.test",
+            &ca
+        ))
+        .await
+    );
+    // B holds the record as A admitted it: the same deployment time, so
+    // the same expiry everywhere.
+    let (status, on_b) = admin_get(&b, "/apps/proj/web").await;
+    assert_eq!(status, 200);
+    assert_eq!(on_b["record"]["deployed_at"], deployed);
+    assert_eq!(on_b["expires_at"], body["app"]["expires_at"]);
+
+    // The app's host is claimed in etcd: a route cannot take it.
+    let thief = spec("thief", &["web.apps.example.test"], &[e.addr.to_string()]);
+    let r = b.put_route("thief", &thief).await;
+    assert_eq!(r.status(), 409);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("app.proj.web"), "{text}");
+
+    let mut conn = EchoConn::open(a.addr(), "web.apps.example.test", &ca).await;
+    let r = reqwest::Client::new()
+        .delete(b.admin("/apps/proj/web"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(conn.closed_within(Duration::from_secs(2)).await);
+    assert_eq!(
+        b.put_route("thief", &thief).await.status(),
+        200,
+        "the claim went with the app"
+    );
+}

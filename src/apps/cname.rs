@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::apps::{AppsConfig, CnamePolicy};
@@ -29,7 +29,7 @@ use super::store::CnameReport;
 const MAX_HOPS: usize = 8;
 
 /// What is known of one hostname's CNAME.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", content = "detail", rename_all = "snake_case")]
 pub enum CnameState {
     /// The CNAME (chain) reaches the ingress hostname.

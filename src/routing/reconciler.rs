@@ -57,8 +57,22 @@ type Reply = oneshot::Sender<Result<Applied, ControlError>>;
 /// The etcd route set, as read at one revision.
 struct EtcdSet {
     routes: BTreeMap<String, Route>,
+    apps: Vec<AppPut>,
     revision: i64,
     origin: Origin,
+}
+
+/// An app as this instance would admit it: what an etcd write stores.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The record with `deployed_at` filled in.
+    pub record: crate::apps::AppRecord,
+    pub cname: crate::apps::cname::CnameStates,
+    /// Every hostname of the app (claimed in etcd for it).
+    pub hosts: Vec<String>,
+    /// The name its host claims carry: its derived route's name.
+    pub owner: String,
+    pub expires_at: chrono::DateTime<Utc>,
 }
 
 enum Command {
@@ -80,6 +94,8 @@ enum Command {
     Etcd(Box<EtcdSet>, Reply),
     /// Would this route apply here? (An etcd write checks before it writes.)
     CheckPut(Box<RouteSpec>, oneshot::Sender<Result<Route, ControlError>>),
+    /// Would this app be admitted here?
+    CheckApp(Box<AppPut>, oneshot::Sender<Result<Admitted, ControlError>>),
 }
 
 /// Counters the reconciler keeps, for `/routes`, tests and metrics.
@@ -135,11 +151,13 @@ impl Control {
     pub async fn etcd_set(
         &self,
         routes: BTreeMap<String, Route>,
+        apps: Vec<AppPut>,
         revision: i64,
         origin: Origin,
     ) -> Result<Applied, ControlError> {
         let set = Box::new(EtcdSet {
             routes,
+            apps,
             revision,
             origin,
         });
@@ -152,6 +170,16 @@ impl Control {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::CheckPut(Box::new(spec), reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)?
+    }
+
+    /// Checks that `put` would be admitted here, without registering it.
+    pub async fn check_app(&self, put: AppPut) -> Result<Admitted, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::CheckApp(Box::new(put), reply))
             .await
             .map_err(|_| ControlError::Stopped)?;
         rx.await.map_err(|_| ControlError::Stopped)?
@@ -325,6 +353,9 @@ impl Reconciler {
             }
             Command::CheckPut(spec, reply) => {
                 let _ = reply.send(self.check_put(*spec).map(|(r, _)| r));
+            }
+            Command::CheckApp(put, reply) => {
+                let _ = reply.send(self.check_app(*put));
             }
         }
     }
@@ -621,6 +652,9 @@ impl Reconciler {
 
 impl Reconciler {
     fn try_put_app(&mut self, put: AppPut) -> Result<Applied, ControlError> {
+        if self.etcd.is_some() {
+            return Err(etcd_owns_apps());
+        }
         let certs = Arc::clone(self.shared.router.load().termination().certs());
         let apps = self
             .apps
@@ -633,6 +667,9 @@ impl Reconciler {
     }
 
     fn try_delete_app(&mut self, key: &AppKey) -> Result<Applied, ControlError> {
+        if self.etcd.is_some() {
+            return Err(etcd_owns_apps());
+        }
         let apps = self.apps.without(key)?;
         let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
         let applied = self.apply(merged, "app")?;
@@ -692,6 +729,10 @@ impl Reconciler {
     }
 }
 
+fn etcd_owns_apps() -> ControlError {
+    ControlError::Conflict("apps live in etcd here; write them through the admin API".into())
+}
+
 /// Route writes go to etcd when it is configured, never to one instance.
 fn etcd_owns(name: &str) -> ControlError {
     ControlError::Conflict(format!(
@@ -721,21 +762,23 @@ impl Reconciler {
                 status.revision()
             )));
         }
-        let (kept, left_out) = self.etcd_routes_that_fit(set.routes);
+        let (kept, apps, left_out) = self.etcd_sources_that_fit(set.routes, set.apps);
         for why in &left_out {
-            tracing::error!(error = %why, "etcd route not served by this instance");
+            tracing::error!(error = %why, "etcd entry not served by this instance");
         }
         self.shared
             .metrics
             .etcd_routes_left_out
             .set(left_out.len() as i64);
-        let merged = self.merged(&self.file_routes, &kept, &self.apps)?;
+        let merged = self.merged(&self.file_routes, &kept, &apps)?;
         let why = match set.origin {
             Origin::Etcd => "etcd",
             Origin::Fallback => "fallback",
         };
         let applied = self.apply(merged, why)?;
         self.api_routes = kept;
+        self.apps = apps;
+        self.publish_apps();
         if set.origin == Origin::Etcd {
             status.applied(set.revision);
         }
@@ -743,30 +786,72 @@ impl Reconciler {
         Ok(applied)
     }
 
-    fn etcd_routes_that_fit(
+    /// The etcd apps and routes that can live here: admitted under this
+    /// instance's policy, with no host or route name that its file routes
+    /// or an earlier entry (apps first, then routes, each in key order)
+    /// already claim, and terminate hosts its certificates serve. Returns
+    /// them and why each other one was left out.
+    fn etcd_sources_that_fit(
         &self,
         routes: BTreeMap<String, Route>,
-    ) -> (BTreeMap<String, Route>, Vec<String>) {
+        puts: Vec<AppPut>,
+    ) -> (BTreeMap<String, Route>, Apps, Vec<String>) {
         let now = Utc::now();
         let certs = Arc::clone(self.shared.router.load().termination().certs());
-        let mut claimed: std::collections::HashMap<HostPattern, String> = self
+        let local: Vec<&Route> = self
             .file_routes
             .iter()
-            .filter(|r| !routes.contains_key(&r.name))
-            .chain(self.apps.routes())
-            .filter(|r| !r.expired_at(now))
+            .filter(|r| !routes.contains_key(&r.name) && !r.expired_at(now))
+            .collect();
+        let mut claimed: std::collections::HashMap<HostPattern, String> = local
+            .iter()
             .flat_map(|r| r.hosts.iter().map(|h| (h.clone(), r.name.clone())))
             .collect();
-        let mut kept = BTreeMap::new();
+        let mut names: std::collections::HashSet<String> =
+            local.iter().map(|r| r.name.clone()).collect();
+        let taken = |r: &Route,
+                     claimed: &std::collections::HashMap<HostPattern, String>,
+                     names: &std::collections::HashSet<String>| {
+            if names.contains(&r.name) {
+                return Some(format!("route name `{}` is already used here", r.name));
+            }
+            r.hosts.iter().find_map(|h| {
+                claimed
+                    .get(h)
+                    .map(|o| format!("host `{h}` is already claimed by route `{o}` here"))
+            })
+        };
         let mut left_out = Vec::new();
+        let mut apps = Apps::default();
+        for put in puts {
+            let key = put.key.clone();
+            let next = match apps.admit(put, &self.shared.config.apps, &certs, now) {
+                Ok(n) => n,
+                Err(e) => {
+                    left_out.push(format!("app `{key}`: {e}"));
+                    continue;
+                }
+            };
+            let entry = next.get(&key).expect("just admitted");
+            if let Some(why) = entry.routes.iter().find_map(|r| taken(r, &claimed, &names)) {
+                left_out.push(format!("app `{key}`: {why}"));
+                continue;
+            }
+            for r in &entry.routes {
+                names.insert(r.name.clone());
+                for h in &r.hosts {
+                    claimed.insert(h.clone(), r.name.clone());
+                }
+            }
+            apps = next;
+        }
+        let mut kept = BTreeMap::new();
         for (name, r) in routes {
             if r.expired_at(now) {
                 continue;
             }
-            if let Some((h, owner)) = r.hosts.iter().find_map(|h| claimed.get(h).map(|o| (h, o))) {
-                left_out.push(format!(
-                    "route `{name}`: host `{h}` is already claimed by route `{owner}` here"
-                ));
+            if let Some(why) = taken(&r, &claimed, &names) {
+                left_out.push(format!("route `{name}`: {why}"));
                 continue;
             }
             let mut errs = ConfigErrors::default();
@@ -780,7 +865,26 @@ impl Reconciler {
             }
             kept.insert(name, r);
         }
-        (kept, left_out)
+        (kept, apps, left_out)
+    }
+
+    /// Admits `put` against the live state without registering it.
+    fn check_app(&self, put: AppPut) -> Result<Admitted, ControlError> {
+        let key = put.key.clone();
+        let certs = Arc::clone(self.shared.router.load().termination().certs());
+        let apps = self
+            .apps
+            .admit(put, &self.shared.config.apps, &certs, Utc::now())?;
+        let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
+        self.check_certs(&merged, &certs)?;
+        let e = apps.get(&key).expect("just admitted");
+        Ok(Admitted {
+            record: e.app.record.clone(),
+            cname: e.cname.clone(),
+            hosts: e.app.hosts().map(|(_, h)| h.to_string()).collect(),
+            owner: crate::apps::derive::route_name(&key),
+            expires_at: e.app.expiry.at,
+        })
     }
 }
 

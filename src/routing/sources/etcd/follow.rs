@@ -20,9 +20,13 @@ use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchRe
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use serde::{Deserialize, Serialize};
+
+use super::stored_app::{apps_prefix, StoredApp};
 use super::{connect, routes_prefix, timed, EtcdStatus};
+use crate::apps::AppPut;
 use crate::config::etcd::EtcdConfig;
-use crate::config::routes::{self, RouteSpec, RoutesFile};
+use crate::config::routes::{self, RouteSpec};
 use crate::config::ConfigError;
 use crate::proxy::Shared;
 use crate::routing::reconciler::Control;
@@ -41,8 +45,28 @@ pub enum Origin {
 struct Mirror {
     /// Valid routes by name.
     routes: BTreeMap<String, Route>,
-    /// Keys whose value is not a valid route, with why.
+    /// App records by key (admitted by the reconciler, not here).
+    apps: BTreeMap<String, StoredApp>,
+    /// Keys whose value is not a valid route or app record, with why.
     invalid: BTreeMap<String, String>,
+}
+
+/// What a key under the prefix holds.
+enum Kind {
+    Route(String),
+    App,
+    /// Host claims and anything else: not read.
+    Other,
+}
+
+fn kind(cfg: &EtcdConfig, key: &str) -> Kind {
+    if let Some(name) = key.strip_prefix(&routes_prefix(cfg)) {
+        Kind::Route(name.to_string())
+    } else if key.starts_with(&apps_prefix(cfg)) {
+        Kind::App
+    } else {
+        Kind::Other
+    }
 }
 
 impl Mirror {
@@ -56,26 +80,55 @@ impl Mirror {
 
     fn put(&mut self, cfg: &EtcdConfig, kv: &KeyValue) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let name = key
-            .strip_prefix(&routes_prefix(cfg))
-            .unwrap_or(&key)
-            .to_string();
-        self.remove(&key, &name);
-        match parse(&key, &name, kv.value()) {
-            Ok(r) => {
+        self.remove(cfg, &key);
+        let parsed = match kind(cfg, &key) {
+            Kind::Route(name) => parse(&key, &name, kv.value()).map(|r| {
                 self.routes.insert(name, r);
-            }
-            Err(why) => {
-                tracing::error!(key, error = %why, "etcd route refused; other routes are unaffected");
-                self.invalid.insert(key, why);
-            }
+            }),
+            Kind::App => serde_json::from_slice::<StoredApp>(kv.value())
+                .map(|a| {
+                    self.apps.insert(key.clone(), a);
+                })
+                .map_err(|e| format!("{key}: not an app record: {e}")),
+            Kind::Other => Ok(()),
+        };
+        if let Err(why) = parsed {
+            tracing::error!(key, error = %why, "etcd entry refused; the others are unaffected");
+            self.invalid.insert(key, why);
         }
     }
 
-    fn remove(&mut self, key: &str, name: &str) {
-        self.routes.remove(name);
+    fn remove(&mut self, cfg: &EtcdConfig, key: &str) {
+        match kind(cfg, key) {
+            Kind::Route(name) => {
+                self.routes.remove(&name);
+            }
+            Kind::App => {
+                self.apps.remove(key);
+            }
+            Kind::Other => {}
+        }
         self.invalid.remove(key);
     }
+
+    fn app_puts(&self) -> Vec<AppPut> {
+        self.apps
+            .values()
+            .cloned()
+            .map(StoredApp::into_put)
+            .collect()
+    }
+}
+
+/// The fallback file: the last set read from etcd.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FallbackFile {
+    etcd_revision: i64,
+    #[serde(default)]
+    route: Vec<RouteSpec>,
+    #[serde(default)]
+    app: Vec<StoredApp>,
 }
 
 /// One key's value as a route: valid JSON of the route schema whose name is
@@ -164,7 +217,7 @@ impl Follower {
         client: &mut Client,
         reason: &'static str,
     ) -> Result<(i64, Mirror), String> {
-        let prefix = routes_prefix(&self.cfg);
+        let prefix = self.cfg.prefix.clone();
         let resp = timed(
             &self.cfg,
             client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
@@ -180,6 +233,7 @@ impl Follower {
         tracing::info!(
             revision = rev,
             routes = mirror.routes.len(),
+            apps = mirror.apps.len(),
             invalid = mirror.invalid.len(),
             reason,
             "etcd: read the route set"
@@ -198,13 +252,13 @@ impl Follower {
             .set(mirror.invalid.len() as i64);
         match self
             .control
-            .etcd_set(mirror.routes.clone(), rev, origin)
+            .etcd_set(mirror.routes.clone(), mirror.app_puts(), rev, origin)
             .await
         {
             Ok(_) => {
                 if origin == Origin::Etcd {
                     self.shared.metrics.etcd_revision.set(rev);
-                    self.write_fallback(mirror);
+                    self.write_fallback(mirror, rev);
                 }
             }
             Err(e) => tracing::error!(revision = rev, error = %e, "etcd: route set not applied"),
@@ -213,7 +267,7 @@ impl Follower {
 
     /// Follows the watch from `rev + 1` until it is lost or stopped.
     async fn watch(&self, mut client: Client, rev: i64, mut mirror: Mirror) -> Ended {
-        let prefix = routes_prefix(&self.cfg);
+        let prefix = self.cfg.prefix.clone();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1)
@@ -273,66 +327,78 @@ impl Follower {
                 }
                 continue;
             }
-            self.apply_events(&mut mirror, &resp);
             let now = resp.header().map(|h| h.revision()).unwrap_or(rev);
-            self.hand_over(&mirror, now, Origin::Etcd).await;
-        }
-    }
-
-    fn apply_events(&self, m: &mut Mirror, resp: &WatchResponse) {
-        let prefix = routes_prefix(&self.cfg);
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            match ev.event_type() {
-                EventType::Put => m.put(&self.cfg, kv),
-                EventType::Delete => {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
-                    m.remove(&key, &name);
-                }
+            if self.apply_events(&mut mirror, &resp) {
+                self.hand_over(&mirror, now, Origin::Etcd).await;
+            } else {
+                // Nothing to apply, but the table reflects this revision.
+                self.status.applied(now);
             }
         }
     }
 
-    /// At start with etcd unreachable: serve the routes of the fallback
+    /// Applies a watch response's events; whether any touched routes or
+    /// apps (host claims alone change nothing here).
+    fn apply_events(&self, m: &mut Mirror, resp: &WatchResponse) -> bool {
+        let mut relevant = false;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if matches!(kind(&self.cfg, &key), Kind::Other) {
+                continue;
+            }
+            relevant = true;
+            match ev.event_type() {
+                EventType::Put => m.put(&self.cfg, kv),
+                EventType::Delete => m.remove(&self.cfg, &key),
+            }
+        }
+        relevant
+    }
+
+    /// At start with etcd unreachable: serve the set of the fallback
     /// file, if one is configured and readable.
     async fn load_fallback(&self) {
         let Some(path) = &self.cfg.fallback_file else {
             return;
         };
-        match routes::load_file(path) {
-            Ok(list) => {
-                let routes: BTreeMap<String, Route> =
-                    list.into_iter().map(|r| (r.name.clone(), r)).collect();
-                let n = routes.len();
-                match self.control.etcd_set(routes, 0, Origin::Fallback).await {
-                    Ok(_) => {
-                        self.status.set_on_fallback(true);
-                        self.shared.metrics.etcd_on_fallback.set(1);
-                        tracing::warn!(file = %path.display(), routes = n, "etcd unreachable at start: serving the fallback file");
-                    }
-                    Err(e) => {
-                        tracing::error!(file = %path.display(), error = %e, "etcd fallback file not applied");
-                    }
-                }
-            }
+        let (routes, apps) = match read_fallback(path) {
+            Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "etcd fallback file not loaded");
+                return;
+            }
+        };
+        let n = routes.len();
+        match self
+            .control
+            .etcd_set(routes, apps, 0, Origin::Fallback)
+            .await
+        {
+            Ok(_) => {
+                self.status.set_on_fallback(true);
+                self.shared.metrics.etcd_on_fallback.set(1);
+                tracing::warn!(file = %path.display(), routes = n, "etcd unreachable at start: serving the fallback file");
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "etcd fallback file not applied");
             }
         }
     }
 
     /// Rewrites the fallback file with the set just applied (write then
     /// rename, so a crash leaves the old copy or the new one).
-    fn write_fallback(&self, mirror: &Mirror) {
+    fn write_fallback(&self, mirror: &Mirror, rev: i64) {
         self.shared.metrics.etcd_on_fallback.set(0);
         let Some(path) = &self.cfg.fallback_file else {
             return;
         };
-        let file = RoutesFile {
+        let file = FallbackFile {
+            etcd_revision: rev,
             route: mirror.routes.values().map(|r| r.spec.clone()).collect(),
+            app: mirror.apps.values().cloned().collect(),
         };
-        let tmp = path.with_extension("json.tmp");
+        let tmp = path.with_extension("tmp");
         let r = serde_json::to_vec_pretty(&file)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
@@ -341,6 +407,20 @@ impl Follower {
             tracing::warn!(file = %path.display(), error = %e, "etcd fallback file not written");
         }
     }
+}
+
+/// Reads and validates a fallback file (routes as a whole, like a routes
+/// file; apps are admitted by the reconciler).
+fn read_fallback(path: &Path) -> Result<(BTreeMap<String, Route>, Vec<AppPut>), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: FallbackFile = serde_json::from_str(&text).map_err(|e| {
+        ConfigError::new(path, format!("line {}", e.line()), e.to_string()).to_string()
+    })?;
+    let routes = routes::validate_all(path, &file.route, "route").map_err(|e| e.to_string())?;
+    Ok((
+        routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        file.app.into_iter().map(StoredApp::into_put).collect(),
+    ))
 }
 
 /// Exponential back-off from 100 ms to a ceiling.

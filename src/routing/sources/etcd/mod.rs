@@ -17,6 +17,7 @@
 //! API's side.
 
 pub mod follow;
+pub mod stored_app;
 pub mod write;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

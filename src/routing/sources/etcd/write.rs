@@ -6,20 +6,20 @@
 //! applies it from its watch; the answer says whether this instance's table
 //! has it yet.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use super::stored_app::{app_key, StoredApp};
 use super::{connect, host_key, route_key, timed, EtcdStatus};
+use crate::apps::{AppKey, AppPut};
 use crate::config::etcd::EtcdConfig;
 use crate::config::routes::{parse_host_pattern, RouteSpec};
 use crate::proxy::Shared;
 use crate::routing::reconciler::{Control, ControlError};
-use crate::routing::route::Route;
 use crate::routing::table::Source;
 
 /// Attempts at a transaction that lost a race with another writer.
@@ -52,6 +52,18 @@ impl std::fmt::Debug for EtcdWriter {
 
 fn unavailable(e: impl std::fmt::Display) -> ControlError {
     ControlError::Unavailable(format!("etcd: {e}"))
+}
+
+/// A value and the hosts it claims.
+struct Claim {
+    key: String,
+    /// The name written in each `P/hosts/{host}`.
+    owner: String,
+    hosts: Vec<String>,
+    /// The hosts a previous value under `key` claims.
+    old_hosts: fn(&[u8]) -> Vec<String>,
+    /// When the value and its claims leave etcd (a lease), if ever.
+    until: Option<DateTime<Utc>>,
 }
 
 /// One key as read: its value and its mod revision (0: absent).
@@ -116,9 +128,8 @@ impl EtcdWriter {
 
     /// The hosts a stored route claims, in the form claims are keyed by
     /// (none if its value is not a route).
-    fn stored_hosts(value: Option<&[u8]>) -> Vec<String> {
-        value
-            .and_then(|v| serde_json::from_slice::<RouteSpec>(v).ok())
+    fn route_hosts(value: &[u8]) -> Vec<String> {
+        serde_json::from_slice::<RouteSpec>(value)
             .map(|s| {
                 s.hosts
                     .iter()
@@ -129,92 +140,145 @@ impl EtcdWriter {
             .unwrap_or_default()
     }
 
+    /// The hosts a stored app record claims.
+    fn app_hosts(value: &[u8]) -> Vec<String> {
+        serde_json::from_slice::<StoredApp>(value)
+            .map(|a| a.hosts)
+            .unwrap_or_default()
+    }
+
     /// `PUT /routes/{name}`.
     pub async fn put(&self, spec: RouteSpec) -> Result<Written, ControlError> {
         let route = self.control.check_put(spec).await?;
-        let mut client = self.client().await?;
-        let name = route.name.clone();
-        let rk = route_key(&self.cfg, &name);
-        let hosts: Vec<String> = route.hosts.iter().map(ToString::to_string).collect();
         let value = serde_json::to_vec(&route.spec).map_err(unavailable)?;
-        // One lease for the route and its claims, whatever the attempt.
+        let hosts: Vec<String> = route.hosts.iter().map(ToString::to_string).collect();
+        let claim = Claim {
+            key: route_key(&self.cfg, &route.name),
+            owner: route.name.clone(),
+            hosts,
+            old_hosts: Self::route_hosts,
+            until: route.expires_at,
+        };
+        self.put_claiming(claim, value).await
+    }
+
+    /// `PUT /apps/{project}/{name}`: the record as this instance admits it
+    /// (`deployed_at` filled in), claiming every hostname of the app.
+    pub async fn put_app(&self, put: AppPut) -> Result<Written, ControlError> {
+        let key = put.key.clone();
+        let admitted = self.control.check_app(put).await?;
+        let stored = StoredApp {
+            project: key.project.clone(),
+            name: key.name.clone(),
+            record: admitted.record,
+            cname: admitted.cname,
+            hosts: admitted.hosts.clone(),
+        };
+        let value = serde_json::to_vec(&stored).map_err(unavailable)?;
+        let claim = Claim {
+            key: app_key(&self.cfg, &key),
+            owner: admitted.owner,
+            hosts: admitted.hosts,
+            old_hosts: Self::app_hosts,
+            until: Some(admitted.expires_at),
+        };
+        self.put_claiming(claim, value).await
+    }
+
+    /// One transaction: `value` under `claim.key` and a claim on each of its
+    /// hosts, releasing the hosts its previous value claimed and no longer
+    /// does. Refused if another owner holds one of the hosts; retried if
+    /// anything it read changed before it committed.
+    async fn put_claiming(&self, claim: Claim, value: Vec<u8>) -> Result<Written, ControlError> {
+        let mut client = self.client().await?;
+        let Claim {
+            key,
+            owner,
+            hosts,
+            old_hosts,
+            until,
+        } = claim;
+        // One lease for the value and its claims, whatever the attempt.
         let opts = self
-            .lease_for(&mut client, &route)
+            .lease_until(&mut client, until)
             .await?
             .map(|id| PutOptions::new().with_lease(id));
         for _ in 0..ATTEMPTS {
-            let current = self.read(&mut client, &rk).await?;
+            let current = self.read(&mut client, &key).await?;
             let mut when = vec![Compare::mod_revision(
-                rk.as_str(),
+                key.as_str(),
                 CompareOp::Equal,
                 current.rev,
             )];
-            // Claims to take (or keep) and claims to give back.
-            let mut claims: BTreeMap<String, i64> = BTreeMap::new();
+            let mut ops = vec![TxnOp::put(key.as_str(), value.clone(), opts.clone())];
             for h in &hosts {
                 let hk = host_key(&self.cfg, h);
-                let claim = self.read(&mut client, &hk).await?;
-                if let Some(owner) = &claim.value {
-                    if owner.as_slice() != name.as_bytes() {
-                        return Err(ControlError::Conflict(format!(
-                            "host `{h}` of route `{name}` is already claimed by route `{}` (etcd)",
-                            String::from_utf8_lossy(owner)
-                        )));
-                    }
+                let held = self.read(&mut client, &hk).await?;
+                if let Some(by) = held.value.as_deref().filter(|v| *v != owner.as_bytes()) {
+                    return Err(ControlError::Conflict(format!(
+                        "host `{h}` of `{owner}` is already claimed by route `{}` (etcd)",
+                        String::from_utf8_lossy(by)
+                    )));
                 }
-                claims.insert(hk, claim.rev);
+                when.push(Compare::mod_revision(
+                    hk.as_str(),
+                    CompareOp::Equal,
+                    held.rev,
+                ));
+                ops.push(TxnOp::put(hk.as_str(), owner.as_bytes(), opts.clone()));
             }
-            let mut release = Vec::new();
-            for h in Self::stored_hosts(current.value.as_deref()) {
-                let hk = host_key(&self.cfg, &h);
-                if claims.contains_key(&hk) {
-                    continue;
-                }
-                let claim = self.read(&mut client, &hk).await?;
-                if claim.value.as_deref() == Some(name.as_bytes()) {
+            let old = current.value.as_deref().map(old_hosts).unwrap_or_default();
+            for h in old.iter().filter(|h| !hosts.contains(h)) {
+                let hk = host_key(&self.cfg, h);
+                let held = self.read(&mut client, &hk).await?;
+                if held.value.as_deref() == Some(owner.as_bytes()) {
                     when.push(Compare::mod_revision(
                         hk.as_str(),
                         CompareOp::Equal,
-                        claim.rev,
+                        held.rev,
                     ));
-                    release.push(TxnOp::delete(hk, None));
+                    ops.push(TxnOp::delete(hk, None));
                 }
             }
-            let mut ops = vec![TxnOp::put(rk.as_str(), value.clone(), opts.clone())];
-            for (hk, rev) in &claims {
-                when.push(Compare::mod_revision(hk.as_str(), CompareOp::Equal, *rev));
-                ops.push(TxnOp::put(hk.as_str(), name.as_bytes(), opts.clone()));
-            }
-            ops.extend(release);
-            let txn = Txn::new().when(when).and_then(ops);
-            let resp = match timed(&self.cfg, client.txn(txn)).await {
-                Ok(r) => r,
-                Err(e) => return Err(self.failed(e).await),
-            };
-            if resp.succeeded() {
-                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if let Some(rev) = self.commit(&mut client, when, ops).await? {
                 return Ok(self.written(rev).await);
             }
             // Another writer got there between the reads and the
             // transaction: read again and retry.
         }
         Err(ControlError::Conflict(format!(
-            "route `{name}` kept changing in etcd while it was written; try again"
+            "`{owner}` kept changing in etcd while it was written; try again"
         )))
     }
 
-    /// A lease ending at the route's expiry (rounded up to whole seconds,
-    /// never before it), or none for a route that does not expire.
-    async fn lease_for(
+    /// Runs a transaction; the revision if it succeeded, `None` if a
+    /// comparison failed.
+    async fn commit(
         &self,
         client: &mut Client,
-        route: &Route,
+        when: Vec<Compare>,
+        ops: Vec<TxnOp>,
     ) -> Result<Option<i64>, ControlError> {
-        let Some(at) = route.expires_at else {
+        let txn = Txn::new().when(when).and_then(ops);
+        match timed(&self.cfg, client.txn(txn)).await {
+            Ok(r) if r.succeeded() => Ok(Some(r.header().map(|h| h.revision()).unwrap_or(0))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(self.failed(e).await),
+        }
+    }
+
+    /// A lease ending at `until` (rounded up to whole seconds: etcd never
+    /// ends a lease early), or none.
+    async fn lease_until(
+        &self,
+        client: &mut Client,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Option<i64>, ControlError> {
+        let Some(at) = until else {
             return Ok(None);
         };
         let left = (at - Utc::now()).num_milliseconds().max(0);
-        let ttl = (left + 999) / 1000 + 1;
+        let ttl = ((left + 999) / 1000).max(1);
         match timed(&self.cfg, client.lease_grant(ttl, None)).await {
             Ok(l) => Ok(Some(l.id())),
             Err(e) => Err(self.failed(e).await),
@@ -223,43 +287,55 @@ impl EtcdWriter {
 
     /// `DELETE /routes/{name}`.
     pub async fn delete(&self, name: &str) -> Result<Written, ControlError> {
+        let key = route_key(&self.cfg, name);
+        let gone = || self.not_in_etcd(name);
+        self.delete_releasing(&key, name, Self::route_hosts, gone)
+            .await
+    }
+
+    /// `DELETE /apps/{project}/{name}`.
+    pub async fn delete_app(&self, app: &AppKey) -> Result<Written, ControlError> {
+        let key = app_key(&self.cfg, app);
+        let owner = crate::apps::derive::route_name(app);
+        let gone = || ControlError::NotFound(format!("no app `{app}` in etcd"));
+        self.delete_releasing(&key, &owner, Self::app_hosts, gone)
+            .await
+    }
+
+    /// One transaction deleting `key` and the host claims its value holds.
+    async fn delete_releasing(
+        &self,
+        key: &str,
+        owner: &str,
+        old_hosts: fn(&[u8]) -> Vec<String>,
+        gone: impl Fn() -> ControlError,
+    ) -> Result<Written, ControlError> {
         let mut client = self.client().await?;
-        let rk = route_key(&self.cfg, name);
         for _ in 0..ATTEMPTS {
-            let current = self.read(&mut client, &rk).await?;
+            let current = self.read(&mut client, key).await?;
             let Some(value) = current.value else {
-                return Err(self.not_in_etcd(name));
+                return Err(gone());
             };
-            let mut when = vec![Compare::mod_revision(
-                rk.as_str(),
-                CompareOp::Equal,
-                current.rev,
-            )];
-            let mut ops = vec![TxnOp::delete(rk.as_str(), None)];
-            for h in Self::stored_hosts(Some(&value)) {
+            let mut when = vec![Compare::mod_revision(key, CompareOp::Equal, current.rev)];
+            let mut ops = vec![TxnOp::delete(key, None)];
+            for h in old_hosts(&value) {
                 let hk = host_key(&self.cfg, &h);
-                let claim = self.read(&mut client, &hk).await?;
-                if claim.value.as_deref() == Some(name.as_bytes()) {
+                let held = self.read(&mut client, &hk).await?;
+                if held.value.as_deref() == Some(owner.as_bytes()) {
                     when.push(Compare::mod_revision(
                         hk.as_str(),
                         CompareOp::Equal,
-                        claim.rev,
+                        held.rev,
                     ));
                     ops.push(TxnOp::delete(hk, None));
                 }
             }
-            let txn = Txn::new().when(when).and_then(ops);
-            let resp = match timed(&self.cfg, client.txn(txn)).await {
-                Ok(r) => r,
-                Err(e) => return Err(self.failed(e).await),
-            };
-            if resp.succeeded() {
-                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if let Some(rev) = self.commit(&mut client, when, ops).await? {
                 return Ok(self.written(rev).await);
             }
         }
         Err(ControlError::Conflict(format!(
-            "route `{name}` kept changing in etcd while it was deleted; try again"
+            "`{owner}` kept changing in etcd while it was deleted; try again"
         )))
     }
 
