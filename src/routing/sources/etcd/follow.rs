@@ -148,6 +148,35 @@ fn parse(key: &str, name: &str, value: &[u8]) -> Result<Route, String> {
     routes::validate_one(file, "route", &spec).map_err(|e| e.to_string())
 }
 
+/// How long the fallback file may trail the live set.
+const FALLBACK_EVERY: Duration = Duration::from_secs(1);
+
+/// Watch messages taken at once before one apply.
+const DRAIN_MAX: usize = 256;
+
+/// What watch messages brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Got {
+    Nothing,
+    /// Routes or apps changed, up to this revision.
+    Changed(i64),
+    /// Only keys this instance does not read changed, up to this revision.
+    Unchanged(i64),
+}
+
+impl Got {
+    /// Both messages' effect: a change wins, at the later revision.
+    fn and(self, next: Got) -> Got {
+        match (self, next) {
+            (g, Got::Nothing) => g,
+            (Got::Nothing, g) => g,
+            (Got::Changed(a), Got::Changed(b) | Got::Unchanged(b))
+            | (Got::Unchanged(a), Got::Changed(b)) => Got::Changed(a.max(b)),
+            (Got::Unchanged(a), Got::Unchanged(b)) => Got::Unchanged(a.max(b)),
+        }
+    }
+}
+
 /// Why a watch ended.
 enum Ended {
     Stopped,
@@ -238,14 +267,16 @@ impl Follower {
             reason,
             "etcd: read the route set"
         );
-        self.hand_over(&mirror, rev, Origin::Etcd).await;
+        if self.hand_over(&mirror, rev, Origin::Etcd).await {
+            self.write_fallback(&mirror, rev);
+        }
         Ok((rev, mirror))
     }
 
     /// Gives the set to the reconciler. A set it refuses (a conflict with
     /// this instance's file routes) keeps the previous table; the next
     /// change tries again.
-    async fn hand_over(&self, mirror: &Mirror, rev: i64, origin: Origin) {
+    async fn hand_over(&self, mirror: &Mirror, rev: i64, origin: Origin) -> bool {
         self.shared
             .metrics
             .etcd_invalid_keys
@@ -258,15 +289,36 @@ impl Follower {
             Ok(_) => {
                 if origin == Origin::Etcd {
                     self.shared.metrics.etcd_revision.set(rev);
-                    self.write_fallback(mirror, rev);
+                    self.shared.metrics.etcd_on_fallback.set(0);
                 }
+                true
             }
-            Err(e) => tracing::error!(revision = rev, error = %e, "etcd: route set not applied"),
+            Err(e) => {
+                tracing::error!(revision = rev, error = %e, "etcd: route set not applied");
+                false
+            }
         }
     }
 
     /// Follows the watch from `rev + 1` until it is lost or stopped.
-    async fn watch(&self, mut client: Client, rev: i64, mut mirror: Mirror) -> Ended {
+    async fn watch(&self, client: Client, rev: i64, mut mirror: Mirror) -> Ended {
+        let mut fallback_due = None;
+        let ended = self
+            .follow_watch(client, rev, &mut mirror, &mut fallback_due)
+            .await;
+        if fallback_due.is_some() {
+            self.write_fallback(&mirror, self.status.revision());
+        }
+        ended
+    }
+
+    async fn follow_watch(
+        &self,
+        mut client: Client,
+        rev: i64,
+        mirror: &mut Mirror,
+        fallback_due: &mut Option<Instant>,
+    ) -> Ended {
         let prefix = self.cfg.prefix.clone();
         let opts = WatchOptions::new()
             .with_prefix()
@@ -283,6 +335,11 @@ impl Follower {
         loop {
             let msg = tokio::select! {
                 () = self.stop.cancelled() => return Ended::Stopped,
+                () = sleep_until_opt(*fallback_due) => {
+                    *fallback_due = None;
+                    self.write_fallback(mirror, self.status.revision());
+                    continue;
+                }
                 _ = heartbeat.tick() => {
                     if let Some(at) = asked {
                         if at.elapsed() > self.cfg.request_timeout {
@@ -297,44 +354,84 @@ impl Follower {
                 }
                 m = stream.message() => m,
             };
-            let resp = match msg {
-                Ok(Some(r)) => r,
-                Ok(None) => return Ended::Lost("watch", "stream closed".into()),
-                Err(e) => return Ended::Lost("watch", e.to_string()),
+            let mut got = match self.take(msg, mirror, &mut asked, rev) {
+                Ok(g) => g,
+                Err(ended) => return ended,
             };
-            if resp.canceled() {
-                if resp.compact_revision() > 0 {
-                    return Ended::Lost(
-                        "compacted",
-                        format!("revision {} was compacted", resp.compact_revision()),
-                    );
+            // Take what is already buffered too, so a burst of writes costs
+            // one apply rather than one per response.
+            for _ in 0..DRAIN_MAX {
+                let Ok(msg) = tokio::time::timeout(Duration::ZERO, stream.message()).await else {
+                    break;
+                };
+                match self.take(msg, mirror, &mut asked, rev) {
+                    Ok(g) => got = got.and(g),
+                    Err(ended) => return ended,
                 }
-                return Ended::Lost("watch", format!("cancelled: {}", resp.cancel_reason()));
             }
-            if resp.created() {
-                self.status.set_connected(true);
-                self.status.set_on_fallback(false);
-                self.shared.metrics.etcd_connected.set(1);
-                tracing::info!(from = rev + 1, "etcd: watching");
-                continue;
-            }
-            if resp.events().is_empty() {
-                // A progress notification: the stream has caught up.
-                if let Some(at) = asked.take() {
-                    let lag = at.elapsed();
-                    self.status.set_watch_lag(lag);
-                    self.shared.metrics.etcd_watch_lag.set(lag.as_secs_f64());
+            match got {
+                Got::Changed(now) => {
+                    if self.hand_over(mirror, now, Origin::Etcd).await {
+                        // The fallback copy trails by at most FALLBACK_EVERY:
+                        // rewriting a large set on every event would cost
+                        // more than applying it.
+                        fallback_due.get_or_insert(Instant::now() + FALLBACK_EVERY);
+                    }
                 }
-                continue;
-            }
-            let now = resp.header().map(|h| h.revision()).unwrap_or(rev);
-            if self.apply_events(&mut mirror, &resp) {
-                self.hand_over(&mirror, now, Origin::Etcd).await;
-            } else {
                 // Nothing to apply, but the table reflects this revision.
-                self.status.applied(now);
+                Got::Unchanged(now) => self.status.applied(now),
+                Got::Nothing => {}
             }
         }
+    }
+
+    /// Takes one watch message into the mirror.
+    fn take(
+        &self,
+        msg: Result<Option<WatchResponse>, etcd_client::Error>,
+        mirror: &mut Mirror,
+        asked: &mut Option<Instant>,
+        rev: i64,
+    ) -> Result<Got, Ended> {
+        let resp = match msg {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(Ended::Lost("watch", "stream closed".into())),
+            Err(e) => return Err(Ended::Lost("watch", e.to_string())),
+        };
+        if resp.canceled() {
+            if resp.compact_revision() > 0 {
+                return Err(Ended::Lost(
+                    "compacted",
+                    format!("revision {} was compacted", resp.compact_revision()),
+                ));
+            }
+            return Err(Ended::Lost(
+                "watch",
+                format!("cancelled: {}", resp.cancel_reason()),
+            ));
+        }
+        if resp.created() {
+            self.status.set_connected(true);
+            self.status.set_on_fallback(false);
+            self.shared.metrics.etcd_connected.set(1);
+            tracing::info!(from = rev + 1, "etcd: watching");
+            return Ok(Got::Nothing);
+        }
+        if resp.events().is_empty() {
+            // A progress notification: the stream has caught up.
+            if let Some(at) = asked.take() {
+                let lag = at.elapsed();
+                self.status.set_watch_lag(lag);
+                self.shared.metrics.etcd_watch_lag.set(lag.as_secs_f64());
+            }
+            return Ok(Got::Nothing);
+        }
+        let now = resp.header().map(|h| h.revision()).unwrap_or(rev);
+        Ok(if self.apply_events(mirror, &resp) {
+            Got::Changed(now)
+        } else {
+            Got::Unchanged(now)
+        })
     }
 
     /// Applies a watch response's events; whether any touched routes or
@@ -389,7 +486,6 @@ impl Follower {
     /// Rewrites the fallback file with the set just applied (write then
     /// rename, so a crash leaves the old copy or the new one).
     fn write_fallback(&self, mirror: &Mirror, rev: i64) {
-        self.shared.metrics.etcd_on_fallback.set(0);
         let Some(path) = &self.cfg.fallback_file else {
             return;
         };
@@ -423,6 +519,13 @@ fn read_fallback(path: &Path) -> Result<(BTreeMap<String, Route>, Vec<AppPut>), 
     ))
 }
 
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Exponential back-off from 100 ms to a ceiling.
 struct Backoff {
     next: Duration,
@@ -451,6 +554,15 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_anywhere_in_a_burst_makes_the_burst_a_change() {
+        use Got::*;
+        assert_eq!(Nothing.and(Unchanged(5)), Unchanged(5));
+        assert_eq!(Changed(3).and(Unchanged(5)), Changed(5));
+        assert_eq!(Unchanged(7).and(Changed(5)), Changed(7));
+        assert_eq!(Changed(7).and(Nothing), Changed(7));
+    }
 
     #[test]
     fn backoff_doubles_to_its_ceiling_and_resets() {
