@@ -24,6 +24,8 @@
 //! `apps` turns the platform's app records into derived routes under its
 //! rules (expiry, trust scenario, status, custom-domain CNAMEs), a third
 //! route source of the same reconciler, written through `admin_apps`;
+//! `routing::sources::etcd` makes etcd the store several instances share
+//! (a follower feeding the same reconciler, transactional writes);
 //! `server` wires signals (SIGHUP reload, SIGTERM graceful stop) around a
 //! running `proxy::ProxyHandle`.
 
