@@ -127,22 +127,57 @@ async fn a_host_claimed_through_one_instance_is_refused_through_the_other() {
         body["error"].as_str().unwrap().contains("route `one`"),
         "{body}"
     );
+    // The transaction refuses too when the instance's own table cannot
+    // know: a claim whose owner is in etcd but not servable (invalid).
+    let mut kv = etcd.client().await;
+    kv.put(format!("{PREFIX}routes/ghost"), "not json", None)
+        .await
+        .unwrap();
+    kv.put(
+        format!("{PREFIX}hosts/ghost.example.test"),
+        "routes/ghost",
+        None,
+    )
+    .await
+    .unwrap();
+    let four = spec("four", &["ghost.example.test"], &["127.0.0.1:9".into()]);
+    let r = b.put_route("four", &four).await;
+    assert_eq!(r.status(), 409);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("claimed by `routes/ghost` (etcd)"), "{text}");
     // Moving the host to another name works once the first lets it go.
     let mut moved = one.clone();
     moved.hosts = vec!["other.example.test".into()];
     assert_eq!(a.put_route("one", &moved).await.status(), 200);
     assert_eq!(b.put_route("two", &two).await.status(), 200);
-    let mut kv = etcd.client().await;
     let claim = kv
         .get(format!("{PREFIX}hosts/claimed.example.test"), None)
         .await
         .unwrap();
-    assert_eq!(claim.kvs()[0].value(), b"two");
+    assert_eq!(claim.kvs()[0].value(), b"routes/two");
     let old = kv
         .get(format!("{PREFIX}hosts/other.example.test"), None)
         .await
         .unwrap();
-    assert_eq!(old.kvs()[0].value(), b"one");
+    assert_eq!(old.kvs()[0].value(), b"routes/one");
+
+    // A claim left behind by a tool that deleted its owner's key alone is
+    // taken over; one whose owner exists is not.
+    kv.delete(format!("{PREFIX}routes/one"), None)
+        .await
+        .unwrap();
+    let gone = eventually_async(Duration::from_secs(2), || async {
+        reqwest::get(b.admin("/routes/one")).await.unwrap().status() == 404
+    })
+    .await;
+    assert!(gone, "B still serves the deleted route");
+    let three = spec("three", &["other.example.test"], &["127.0.0.1:9".into()]);
+    assert_eq!(b.put_route("three", &three).await.status(), 200);
+    let taken = kv
+        .get(format!("{PREFIX}hosts/other.example.test"), None)
+        .await
+        .unwrap();
+    assert_eq!(taken.kvs()[0].value(), b"routes/three");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,8 +70,6 @@ pub struct Admitted {
     pub cname: crate::apps::cname::CnameStates,
     /// Every hostname of the app (claimed in etcd for it).
     pub hosts: Vec<String>,
-    /// The name its host claims carry: its derived route's name.
-    pub owner: String,
     pub expires_at: chrono::DateTime<Utc>,
 }
 
@@ -882,7 +880,6 @@ impl Reconciler {
             record: e.app.record.clone(),
             cname: e.cname.clone(),
             hosts: e.app.hosts().map(|(_, h)| h.to_string()).collect(),
-            owner: crate::apps::derive::route_name(&key),
             expires_at: e.app.expiry.at,
         })
     }

@@ -2,7 +2,9 @@
 //!
 //! Layout under the configured prefix `P`:
 //! - `P/routes/{name}`: the route, as the JSON body of `PUT /routes/{name}`;
-//! - `P/hosts/{host}`: the name of the route that claims that host pattern.
+//! - `P/apps/{project}/{name}`: an app record (see [`stored_app`]);
+//! - `P/hosts/{host}`: the key (under `P/`) of the route or app that claims
+//!   that host pattern, e.g. `routes/shop`.
 //!   Only writers read these: a transaction that puts a route also claims its
 //!   hosts, and fails if another route holds one, so two instances cannot
 //!   both give the same host away.
@@ -137,7 +139,10 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client, String> {
                 std::env::var(v).map_err(|_| format!("etcd.password_env: {v} is not set"))?
             }
         };
-        opts = opts.with_user(user.clone(), pw.trim_end_matches(['\r', '\n']));
+        opts = opts
+            .with_user(user.clone(), pw.trim_end_matches(['\r', '\n']))
+            // Simple tokens expire (5 minutes by default): renew, not fail.
+            .with_auto_token_refresh(true);
     }
     if let Some(t) = &cfg.tls {
         let mut tls = TlsOptions::new();

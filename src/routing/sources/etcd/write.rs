@@ -50,6 +50,11 @@ impl std::fmt::Debug for EtcdWriter {
     }
 }
 
+/// A key relative to the prefix: what host claims hold.
+fn owner_of(cfg: &EtcdConfig, key: &str) -> String {
+    key.strip_prefix(&cfg.prefix).unwrap_or(key).to_string()
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ControlError {
     ControlError::Unavailable(format!("etcd: {e}"))
 }
@@ -57,7 +62,9 @@ fn unavailable(e: impl std::fmt::Display) -> ControlError {
 /// A value and the hosts it claims.
 struct Claim {
     key: String,
-    /// The name written in each `P/hosts/{host}`.
+    /// What each `P/hosts/{host}` holds: the owner's key under the prefix
+    /// (`routes/{name}`, `apps/{project}/{name}`), so a claim whose owner
+    /// is gone can be told from a live one.
     owner: String,
     hosts: Vec<String>,
     /// The hosts a previous value under `key` claims.
@@ -154,7 +161,7 @@ impl EtcdWriter {
         let hosts: Vec<String> = route.hosts.iter().map(ToString::to_string).collect();
         let claim = Claim {
             key: route_key(&self.cfg, &route.name),
-            owner: route.name.clone(),
+            owner: owner_of(&self.cfg, &route_key(&self.cfg, &route.name)),
             hosts,
             old_hosts: Self::route_hosts,
             until: route.expires_at,
@@ -177,7 +184,7 @@ impl EtcdWriter {
         let value = serde_json::to_vec(&stored).map_err(unavailable)?;
         let claim = Claim {
             key: app_key(&self.cfg, &key),
-            owner: admitted.owner,
+            owner: owner_of(&self.cfg, &app_key(&self.cfg, &key)),
             hosts: admitted.hosts,
             old_hosts: Self::app_hosts,
             until: Some(admitted.expires_at),
@@ -215,10 +222,17 @@ impl EtcdWriter {
                 let hk = host_key(&self.cfg, h);
                 let held = self.read(&mut client, &hk).await?;
                 if let Some(by) = held.value.as_deref().filter(|v| *v != owner.as_bytes()) {
-                    return Err(ControlError::Conflict(format!(
-                        "host `{h}` of `{owner}` is already claimed by route `{}` (etcd)",
-                        String::from_utf8_lossy(by)
-                    )));
+                    let by = String::from_utf8_lossy(by).into_owned();
+                    // A claim outlives its owner only if something deleted
+                    // the owner without its claims (not this code): such a
+                    // claim is taken over, provided the owner stays gone.
+                    let owner_key = format!("{}{by}", self.cfg.prefix);
+                    if self.read(&mut client, &owner_key).await?.value.is_some() {
+                        return Err(ControlError::Conflict(format!(
+                            "host `{h}` of `{owner}` is already claimed by `{by}` (etcd)"
+                        )));
+                    }
+                    when.push(Compare::create_revision(owner_key, CompareOp::Equal, 0));
                 }
                 when.push(Compare::mod_revision(
                     hk.as_str(),
@@ -288,15 +302,16 @@ impl EtcdWriter {
     /// `DELETE /routes/{name}`.
     pub async fn delete(&self, name: &str) -> Result<Written, ControlError> {
         let key = route_key(&self.cfg, name);
+        let owner = owner_of(&self.cfg, &key);
         let gone = || self.not_in_etcd(name);
-        self.delete_releasing(&key, name, Self::route_hosts, gone)
+        self.delete_releasing(&key, &owner, Self::route_hosts, gone)
             .await
     }
 
     /// `DELETE /apps/{project}/{name}`.
     pub async fn delete_app(&self, app: &AppKey) -> Result<Written, ControlError> {
         let key = app_key(&self.cfg, app);
-        let owner = crate::apps::derive::route_name(app);
+        let owner = owner_of(&self.cfg, &key);
         let gone = || ControlError::NotFound(format!("no app `{app}` in etcd"));
         self.delete_releasing(&key, &owner, Self::app_hosts, gone)
             .await
