@@ -519,3 +519,47 @@ async fn an_app_registered_through_one_instance_is_routed_by_the_other() {
         "the claim went with the app"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_and_a_password() {
+    let ca = Ca::new("etcd CA").unwrap();
+    let tls = common::etcd::EtcdTls {
+        ca_pem: ca.cert_pem(),
+        server: ca.issue(&["127.0.0.1"]).unwrap(),
+        client: ca.issue(&["mse-proxy"]).unwrap(),
+    };
+    let (client_pem, client_key) = (tls.client.cert_pem.clone(), tls.client.key_pem.clone());
+    let etcd = Etcd::start_tls(tls).await;
+    // Password authentication on top of the client certificate.
+    let mut admin = etcd.client().await;
+    admin.user_add("root", "s3cret", None).await.unwrap();
+    let _ = admin.role_add("root").await;
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let files = format!(
+        "username = \"root\"\npassword_file = {:?}\n[etcd.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        etcd.file("password", "s3cret\n"),
+        etcd.file("ca-copy.pem", &ca.cert_pem()),
+        etcd.file("client.pem", &client_pem),
+        etcd.file("client.key", &client_key),
+    );
+    let a = instance(&etcd.endpoint(), &files);
+    assert!(
+        eventually_async(Duration::from_secs(10), || connected(&a)).await,
+        "no connection over TLS with a password"
+    );
+    let s = spec("t", &["t.example.test"], &["127.0.0.1:9".into()]);
+    let r = a.put_route("t", &s).await;
+    assert_eq!(r.status(), 200);
+
+    // A wrong password never connects, and the instance stays not ready.
+    let wrong = files.replace(
+        &format!("{:?}", etcd.dir_path().join("password")),
+        &format!("{:?}", etcd.file("wrong", "nope\n")),
+    );
+    let b = instance(&etcd.endpoint(), &wrong);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!connected(&b).await);
+    assert_eq!(ready(&b).await, 503);
+}

@@ -25,6 +25,16 @@ pub struct Etcd {
     peer_port: u16,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// With TLS: the server's flags, and a client set up to pass them.
+    tls: Option<EtcdTls>,
+}
+
+/// TLS for a test etcd: server certificate and key, and the CA it requires
+/// client certificates from (`--client-cert-auth`).
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub server: mse_proxy::standin::Leaf,
+    pub client: mse_proxy::standin::Leaf,
 }
 
 impl Etcd {
@@ -34,21 +44,71 @@ impl Etcd {
 
     /// On a chosen client port (a proxy may already be trying it).
     pub async fn start_on(port: u16) -> Etcd {
+        Self::start_with(port, None).await
+    }
+
+    /// Serving TLS only, and asking clients for a certificate.
+    pub async fn start_tls(tls: EtcdTls) -> Etcd {
+        Self::start_with(free_port(), Some(tls)).await
+    }
+
+    async fn start_with(port: u16, tls: Option<EtcdTls>) -> Etcd {
         let mut e = Etcd {
             client_addr: SocketAddr::from(([127, 0, 0, 1], port)),
             peer_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls,
         };
         e.spawn().await;
         e
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
+    }
+
+    pub fn dir_path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// A file in etcd's temporary directory.
+    pub fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn connect_options(&self) -> Option<etcd_client::ConnectOptions> {
+        let t = self.tls.as_ref()?;
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(t.ca_pem.clone()))
+            .identity(etcd_client::Identity::from_pem(
+                t.client.cert_pem.clone(),
+                t.client.key_pem.clone(),
+            ));
+        Some(etcd_client::ConnectOptions::new().with_tls(tls))
     }
 
     async fn spawn(&mut self) {
+        let mut tls_args = Vec::new();
+        if let Some(t) = &self.tls {
+            let (ca, cert, key) = (
+                self.file("ca.pem", &t.ca_pem),
+                self.file("server.pem", &t.server.cert_pem),
+                self.file("server.key", &t.server.key_pem),
+            );
+            tls_args = vec![
+                "--cert-file".to_string(),
+                cert.display().to_string(),
+                "--key-file".into(),
+                key.display().to_string(),
+                "--trusted-ca-file".into(),
+                ca.display().to_string(),
+                "--client-cert-auth".into(),
+            ];
+        }
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = std::process::Command::new("etcd")
@@ -70,6 +130,7 @@ impl Etcd {
                 "--log-level",
                 "error",
             ])
+            .args(&tls_args)
             .env("ETCD_UNSUPPORTED_ARCH", "")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -77,12 +138,13 @@ impl Etcd {
             .expect("etcd must be installed (Debian package etcd-server; .ci/run installs it)");
         self.child = Some(child);
         let ep = self.endpoint();
+        let opts = self.connect_options();
         let ready = eventually_async(Duration::from_secs(20), || {
-            let ep = ep.clone();
+            let (ep, opts) = (ep.clone(), opts.clone());
             async move {
                 let Ok(Ok(mut c)) = tokio::time::timeout(
                     Duration::from_secs(1),
-                    etcd_client::Client::connect([ep], None),
+                    etcd_client::Client::connect([ep], opts),
                 )
                 .await
                 else {
@@ -113,7 +175,7 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None)
+        etcd_client::Client::connect([self.endpoint()], self.connect_options())
             .await
             .unwrap()
     }
