@@ -124,7 +124,10 @@ async fn a_host_claimed_through_one_instance_is_refused_through_the_other() {
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.unwrap();
     assert!(
-        body["error"].as_str().unwrap().contains("route `one`"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("claimed by `routes/one` (etcd)"),
         "{body}"
     );
     // The transaction refuses too when the instance's own table cannot
@@ -149,6 +152,7 @@ async fn a_host_claimed_through_one_instance_is_refused_through_the_other() {
     let mut moved = one.clone();
     moved.hosts = vec!["other.example.test".into()];
     assert_eq!(a.put_route("one", &moved).await.status(), 200);
+    // B's own table may not have the move yet: the store decides.
     assert_eq!(b.put_route("two", &two).await.status(), 200);
     let claim = kv
         .get(format!("{PREFIX}hosts/claimed.example.test"), None)
@@ -502,7 +506,7 @@ async fn an_app_registered_through_one_instance_is_routed_by_the_other() {
     let r = b.put_route("thief", &thief).await;
     assert_eq!(r.status(), 409);
     let text = r.text().await.unwrap();
-    assert!(text.contains("app.proj.web"), "{text}");
+    assert!(text.contains("claimed by `apps/proj/web` (etcd)"), "{text}");
 
     let mut conn = EchoConn::open(a.addr(), "web.apps.example.test", &ca).await;
     let r = reqwest::Client::new()

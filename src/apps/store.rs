@@ -173,6 +173,18 @@ impl Apps {
         Ok(next)
     }
 
+    /// A set of `key` alone (empty if it is not registered).
+    pub fn only(&self, key: &AppKey) -> Apps {
+        Apps {
+            entries: self
+                .entries
+                .get_key_value(key)
+                .map(|(k, e)| (k.clone(), Arc::clone(e)))
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// The set without `key`.
     pub fn without(&self, key: &AppKey) -> Result<Apps, ControlError> {
         let mut next = self.clone();

@@ -484,9 +484,15 @@ impl Reconciler {
                 .into(),
             ));
         }
-        let mut api = self.api_routes.clone();
+        // With etcd, other etcd routes and apps are not checked here: this
+        // instance's view of them may trail the store, whose transaction is
+        // the authority on host claims. Only its own file routes are.
+        let (mut api, apps) = match self.etcd {
+            Some(_) => (BTreeMap::new(), Apps::default()),
+            None => (self.api_routes.clone(), self.apps.clone()),
+        };
         api.insert(route.name.clone(), route.clone());
-        let merged = self.merged(&self.file_routes, &api, &self.apps)?;
+        let merged = self.merged(&self.file_routes, &api, &apps)?;
         let certs = Arc::clone(self.shared.router.load().termination().certs());
         self.check_certs(&merged, &certs)?;
         Ok((route, merged))
@@ -873,7 +879,9 @@ impl Reconciler {
         let apps = self
             .apps
             .admit(put, &self.shared.config.apps, &certs, Utc::now())?;
-        let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
+        // Only this instance's file routes are checked for collisions: the
+        // etcd transaction is the authority on the others (see check_put).
+        let merged = self.merged(&self.file_routes, &BTreeMap::new(), &apps.only(&key))?;
         self.check_certs(&merged, &certs)?;
         let e = apps.get(&key).expect("just admitted");
         Ok(Admitted {
