@@ -54,6 +54,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/readyz/writes", get(readyz_writes))
         .route("/metrics", get(metrics))
         .route("/routes", get(list_routes))
         .route(
@@ -165,6 +166,18 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Whether route and app writes are taken now: always without `[etcd]`;
+/// with it, while the etcd watch is live (routes keep serving either way).
+async fn readyz_writes(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    match &s.etcd {
+        Some(w) if !w.connected() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready for writes: etcd is unreachable\n",
+        ),
+        _ => (StatusCode::OK, "ready for writes\n"),
     }
 }
 

@@ -261,6 +261,12 @@ async fn etcd_killed_and_restarted_while_both_instances_keep_serving() {
         assert_eq!(ready(l).await, 200, "routes are still served: ready");
     }
     assert!(held.ping("still here").await);
+    let writes = reqwest::get(a.admin("/readyz/writes")).await.unwrap();
+    assert_eq!(
+        writes.status(),
+        503,
+        "not ready for writes while etcd is away"
+    );
     let s2 = spec("k2", &["k2.example.test"], &[e.addr.to_string()]);
     assert_eq!(
         a.put_route("k2", &s2).await.status(),
@@ -276,6 +282,8 @@ async fn etcd_killed_and_restarted_while_both_instances_keep_serving() {
         );
     }
     assert!(metric(&a, "mse_proxy_etcd_reconnects_total").await >= 1.0);
+    let writes = reqwest::get(a.admin("/readyz/writes")).await.unwrap();
+    assert_eq!(writes.status(), 200);
     assert_eq!(b.put_route("k2", &s2).await.status(), 200);
     assert!(
         eventually_async(Duration::from_secs(1), || serves(

@@ -95,6 +95,11 @@ impl EtcdWriter {
         }
     }
 
+    /// Writes are taken (the watch is live).
+    pub fn connected(&self) -> bool {
+        self.status.connected()
+    }
+
     async fn client(&self) -> Result<Client, ControlError> {
         if !self.status.connected() {
             return Err(ControlError::Unavailable(
