@@ -141,7 +141,7 @@ async fn serve(
     let _ = client.set_nodelay(true);
     let deadline = start + shared.config.timeouts.client_hello;
     let initial = match &listener.trusted_proxies {
-        Some(trusted) => match proxy_header(&mut client, trusted, deadline, log).await {
+        Some(trusted) => match Box::pin(proxy_header(&mut client, trusted, deadline, log)).await {
             Ok(rest) => rest,
             Err(outcome) => return outcome,
         },
@@ -152,12 +152,16 @@ async fn serve(
     let Some(slot) = shared.unrouted.try_acquire(log.client.ip()) else {
         return Outcome::ClientLimit;
     };
-    let detected = match read_client_hello_after(
+    // Each phase's future is boxed and freed when the phase ends, so what a
+    // connection holds while it relays (the task's own state) is only the
+    // relay's, not the largest phase's (the TLS handshake's, a DNS
+    // lookup's): idle connections cost less.
+    let detected = match Box::pin(read_client_hello_after(
         &mut client,
         shared.config.max_client_hello_bytes,
         deadline,
         initial,
-    )
+    ))
     .await
     {
         Ok(d) => {
@@ -191,7 +195,7 @@ async fn serve(
                 log.sni = detected.hello.sni;
                 span.record("sni", log.sni.as_deref());
                 drop(snapshot);
-                refuse(shared, client).await;
+                Box::pin(refuse(shared, client)).await;
                 return outcome;
             }
         }
@@ -202,15 +206,20 @@ async fn serve(
     span.record("route", entry.route.name.as_str());
 
     if entry.route.expired_at(chrono::Utc::now()) {
-        refuse(shared, client).await;
+        Box::pin(refuse(shared, client)).await;
         return Outcome::Expired;
     }
 
     match entry.route.mode {
-        Mode::Passthrough => passthrough::run(shared, client, detected.bytes, entry, log).await,
+        Mode::Passthrough => {
+            Box::pin(passthrough::run(shared, client, detected.bytes, entry, log)).await
+        }
         Mode::Terminate => {
             let hello = detected.bytes;
-            terminate::run(shared, client, hello, deadline, entry, server_tls, log).await
+            Box::pin(terminate::run(
+                shared, client, hello, deadline, entry, server_tls, log,
+            ))
+            .await
         }
     }
 }

@@ -22,7 +22,8 @@ pub async fn run(
 ) -> Outcome {
     let _open = entry.track();
     let route = &entry.route;
-    let upstream = match upstream::connect_route(shared, &entry, log).await {
+    // Boxed: a DNS lookup's state is large and over once connected.
+    let upstream = match Box::pin(upstream::connect_route(shared, &entry, log)).await {
         Ok(s) => s,
         Err(outcome) => return outcome,
     };
@@ -36,15 +37,15 @@ pub async fn run(
 
     let counters = Counters::default();
     let stop = shared.stop_signal(&entry);
-    let end = relay::relay(
+    let relay = relay::relay(
         &client,
         &upstream,
         shared.config.timeouts.idle,
         stop,
         &counters,
         shared.config.splice,
-    )
-    .await;
+    );
+    let end = relay.await;
     log.bytes_up = hello_len + counters.up.load(std::sync::atomic::Ordering::Relaxed);
     log.bytes_down = counters.down.load(std::sync::atomic::Ordering::Relaxed);
     shared.after_relay(&end, route)
