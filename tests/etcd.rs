@@ -575,3 +575,37 @@ async fn tls_with_a_client_certificate_and_a_password() {
     assert!(!connected(&b).await);
     assert_eq!(ready(&b).await, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_rebuilt_from_nothing_is_followed_though_its_revisions_went_back() {
+    let mut etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["old.example.test", "new.example.test"], "r").await;
+    let a = instance(&etcd.endpoint(), "");
+    assert!(eventually_async(Duration::from_secs(10), || connected(&a)).await);
+    // Push the old store's revision well past what the new one will have.
+    let mut kv = etcd.client().await;
+    for i in 0..30 {
+        kv.put(format!("{PREFIX}noise"), format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let old = spec("old", &["old.example.test"], &[e.addr.to_string()]);
+    assert_eq!(a.put_route("old", &old).await.status(), 200);
+
+    etcd.replace_with_empty().await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            !serves(&a, "old.example.test", &ca).await
+        })
+        .await,
+        "a route of the old store is still served"
+    );
+    assert!(eventually_async(Duration::from_secs(10), || connected(&a)).await);
+    let new = spec("new", &["new.example.test"], &[e.addr.to_string()]);
+    let r = a.put_route("new", &new).await;
+    assert_eq!(r.status(), 200, "writes work against the new store");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["live_here"], true, "{body}");
+    assert!(serves(&a, "new.example.test", &ca).await);
+}

@@ -24,6 +24,7 @@ PROXY_PORT=${PROXY_PORT:-18444}
 SERVER_CPU=${SERVER_CPU:-0}    # proxy and nginx
 CLIENT_CPU=${CLIENT_CPU:-1}    # load generators
 ACCESS_LOG=${ACCESS_LOG:-false}
+SPLICE=${SPLICE:-true}         # passthrough: splice bulk runs (true) or always copy (false)
 NICE=${NICE:--10}              # priority over other work on a shared machine (0: off); see README
 OUT=${OUT:-$ROOT/target/load-bench.md}
 # MSE_PROXY_BIN=path: use this binary instead of building target/release/mse-proxy.
@@ -172,6 +173,8 @@ max_connections = 100000
 [log]
 level = "warn"
 access_log = $ACCESS_LOG
+[relay]
+splice = $SPLICE
 EOF
 cat >"$TMP/routes.toml" <<EOF
 [[route]]
@@ -412,7 +415,7 @@ f() { calc "$1" "$2"; }
 {
     echo "## mse-proxy load benchmark ($(date -u +%FT%TZ))"
     echo
-    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN, workers = 1, access log $ACCESS_LOG; $KEY certificates; proxy and nginx on CPU $SERVER_CPU, load generators on CPU $CLIENT_CPU."
+    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN, workers = 1, access log $ACCESS_LOG, splice $SPLICE; $KEY certificates; proxy and nginx on CPU $SERVER_CPU, load generators on CPU $CLIENT_CPU."
     echo "Medians of $ROUNDS interleaved rounds (1 GiB: $BIG_ROUNDS), ${SECS} s each; a ratio is proxied / direct within a round. New connections: $CONC client threads, full TLS 1.3 handshake (X25519, no resumption), one GET each. Keep-alive: wrk, 1 thread, $WRK_CONNS connections. Load average before: $LOAD_BEFORE; after: $LOAD_AFTER; $((T_END - T_START)) s."
     echo
     echo "| per proxy, one worker | new TLS conn/s (full handshake, 1 request) × direct | keep-alive req/s × direct | 1 GiB transfer × direct | proxy CPU µs / new conn | proxy CPU µs / keep-alive req | proxy CPU ms / GB | RSS KiB per idle TLS conn |"

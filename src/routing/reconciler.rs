@@ -759,7 +759,7 @@ impl Reconciler {
                 "etcd has been read already; the fallback file is stale".into(),
             ));
         }
-        if set.origin == Origin::Etcd && set.revision < status.revision() {
+        if set.origin == Origin::Watch && set.revision < status.revision() {
             return Err(ControlError::Conflict(format!(
                 "revision {} is older than the live {}",
                 set.revision,
@@ -776,14 +776,21 @@ impl Reconciler {
             .set(left_out.len() as i64);
         let merged = self.merged(&self.file_routes, &kept, &apps)?;
         let why = match set.origin {
-            Origin::Etcd => "etcd",
+            Origin::Read | Origin::Watch => "etcd",
             Origin::Fallback => "fallback",
         };
         let applied = self.apply(merged, why)?;
         self.api_routes = kept;
         self.apps = apps;
         self.publish_apps();
-        if set.origin == Origin::Etcd {
+        if set.origin == Origin::Read && set.revision < status.revision() {
+            tracing::warn!(
+                revision = set.revision,
+                before = status.revision(),
+                "etcd revision went back: the store was replaced; following the new one"
+            );
+            status.reset(set.revision);
+        } else if set.origin != Origin::Fallback {
             status.applied(set.revision);
         }
         self.stats.ready.store(true, Ordering::Relaxed);

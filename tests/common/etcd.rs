@@ -168,6 +168,14 @@ impl Etcd {
         }
     }
 
+    /// Starts a new, empty store on the same ports (disaster recovery from
+    /// nothing): its revisions start again from 1.
+    pub async fn replace_with_empty(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.path().join("data")).unwrap();
+        self.spawn().await;
+    }
+
     /// Starts it again on the same ports and data.
     pub async fn restart(&mut self) {
         self.kill();

@@ -35,7 +35,12 @@ use crate::routing::route::Route;
 /// Where a route set handed to the reconciler came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    Etcd,
+    /// A full read of the prefix: the whole truth at its revision, even one
+    /// lower than the last seen (a store rebuilt from scratch restarts its
+    /// revisions).
+    Read,
+    /// Watch events after a full read.
+    Watch,
     /// The local fallback file, read because etcd was unreachable at start.
     Fallback,
 }
@@ -267,7 +272,7 @@ impl Follower {
             reason,
             "etcd: read the route set"
         );
-        if self.hand_over(&mirror, rev, Origin::Etcd).await {
+        if self.hand_over(&mirror, rev, Origin::Read).await {
             self.write_fallback(&mirror, rev);
         }
         Ok((rev, mirror))
@@ -287,7 +292,7 @@ impl Follower {
             .await
         {
             Ok(_) => {
-                if origin == Origin::Etcd {
+                if origin != Origin::Fallback {
                     self.shared.metrics.etcd_revision.set(rev);
                     self.shared.metrics.etcd_on_fallback.set(0);
                 }
@@ -371,7 +376,7 @@ impl Follower {
             }
             match got {
                 Got::Changed(now) => {
-                    if self.hand_over(mirror, now, Origin::Etcd).await {
+                    if self.hand_over(mirror, now, Origin::Watch).await {
                         // The fallback copy trails by at most FALLBACK_EVERY:
                         // rewriting a large set on every event would cost
                         // more than applying it.

@@ -87,6 +87,11 @@ impl EtcdStatus {
         });
     }
 
+    /// After a full read of a store whose revisions restarted.
+    pub(crate) fn reset(&self, revision: i64) {
+        self.applied.send_replace(revision);
+    }
+
     /// Waits until the live table reflects `revision`, or `limit` passes;
     /// true if it does.
     pub async fn wait_for(&self, revision: i64, limit: Duration) -> bool {
