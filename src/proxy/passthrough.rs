@@ -15,7 +15,7 @@ use crate::routing::RouteEntry;
 
 pub async fn run(
     shared: &Shared,
-    client: TcpStream,
+    mut client: TcpStream,
     hello_bytes: Vec<u8>,
     entry: Arc<RouteEntry>,
     log: &mut ConnLog,
@@ -23,7 +23,7 @@ pub async fn run(
     let _open = entry.track();
     let route = &entry.route;
     // Boxed: a DNS lookup's state is large and over once connected.
-    let upstream = match Box::pin(upstream::connect_route(shared, &entry, log)).await {
+    let mut upstream = match Box::pin(upstream::connect_route(shared, &entry, log)).await {
         Ok(s) => s,
         Err(outcome) => return outcome,
     };
@@ -38,8 +38,8 @@ pub async fn run(
     let counters = Counters::default();
     let stop = shared.stop_signal(&entry);
     let relay = relay::relay(
-        &client,
-        &upstream,
+        &mut client,
+        &mut upstream,
         shared.config.timeouts.idle,
         stop,
         &counters,

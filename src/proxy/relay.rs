@@ -16,6 +16,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -97,8 +98,8 @@ impl Activity {
 /// they would keep their first slot too, and every idle connection would
 /// pay for them twice.
 pub fn relay<'a, F>(
-    client: &'a TcpStream,
-    upstream: &'a TcpStream,
+    client: &'a mut TcpStream,
+    upstream: &'a mut TcpStream,
     idle: Duration,
     stop: F,
     counters: &'a Counters,
@@ -108,8 +109,10 @@ where
     F: Future<Output = ()> + 'a,
 {
     let activity = &counters.activity;
-    let up = copy_half(client, upstream, &counters.up, activity, splice);
-    let down = copy_half(upstream, client, &counters.down, activity, splice);
+    let (client_rd, client_wr) = client.split();
+    let (upstream_rd, upstream_wr) = upstream.split();
+    let up = copy_half(client_rd, upstream_wr, &counters.up, activity, splice);
+    let down = copy_half(upstream_rd, client_wr, &counters.down, activity, splice);
     drive(up, down, activity, idle, stop)
 }
 
@@ -241,19 +244,25 @@ where
 /// splice moves less than [`BULK`]. Measured in `benches/relay.rs`: a
 /// request and its answer cost fewer cycles copied, a large transfer fewer
 /// spliced.
+///
+/// Reads go through the read half's `poll_read`, not `readable()` then
+/// `try_read`: a short read there tells tokio the socket is drained, so the
+/// next wait parks at once instead of costing one more read that would
+/// only say "would block", a syscall saved per message each way.
 async fn copy_half(
-    from: &TcpStream,
-    to: &TcpStream,
+    mut from: ReadHalf<'_>,
+    to: WriteHalf<'_>,
     bytes: &AtomicU64,
     activity: &Activity,
     splice: bool,
 ) -> Result<(), HalfError> {
+    let to = to.as_ref();
     let mut bulk = false;
     loop {
         #[cfg(target_os = "linux")]
         if splice && bulk {
             use super::splice::{chunk, Chunk, SpliceError};
-            match chunk(from, to).await {
+            match chunk(from.as_ref(), to).await {
                 Ok(Chunk::Moved(n)) => {
                     activity.touch();
                     bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -270,23 +279,35 @@ async fn copy_half(
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (splice, bulk);
-        from.readable().await.map_err(HalfError::Read)?;
-        let mut buf = PooledBuf::take();
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
-                // Pass the EOF on; the peer may still be sending the other way.
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(HalfError::Read(e)),
-        };
+        let (buf, n) = read_pooled(&mut from).await.map_err(HalfError::Read)?;
+        if n == 0 {
+            // Pass the EOF on; the peer may still be sending the other way.
+            let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+            return Ok(());
+        }
         activity.touch();
         write_all(to, &buf[..n]).await.map_err(HalfError::Write)?;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
         bulk = n == buf.len();
     }
+}
+
+/// One read into a buffer lent from the pool for the attempt only: back to
+/// the pool if the read would block (a pending read has taken no bytes).
+async fn read_pooled<R: AsyncRead + Unpin>(from: &mut R) -> io::Result<(PooledBuf, usize)> {
+    poll_fn(|cx| {
+        let mut buf = PooledBuf::take();
+        let mut rb = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                Poll::Ready(Ok((buf, n)))
+            }
+        }
+    })
+    .await
 }
 
 /// A splice that moves at least this much keeps a direction splicing.
@@ -307,21 +328,7 @@ where
     W: AsyncWrite + Unpin,
 {
     loop {
-        let read = poll_fn(|cx| {
-            // Lent for this attempt only; back to the pool if it would block
-            // (a `Pending` read has taken no bytes).
-            let mut buf = PooledBuf::take();
-            let mut rb = ReadBuf::new(&mut buf);
-            match Pin::new(&mut *from).poll_read(cx, &mut rb) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    Poll::Ready(Ok((buf, n)))
-                }
-            }
-        })
-        .await;
+        let read = read_pooled(from).await;
         let (buf, n) = match read {
             Ok((_, 0)) => (None, 0),
             Ok((buf, n)) => (Some(buf), n),
@@ -365,12 +372,12 @@ mod tests {
     #[tokio::test]
     async fn the_socket_relay_future_stays_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, _) = l.accept().await.unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut b, _) = l.accept().await.unwrap();
         let counters = Counters::default();
         let f = relay(
-            &a,
-            &b,
+            &mut a,
+            &mut b,
             Duration::from_secs(1),
             std::future::pending(),
             &counters,
