@@ -1,10 +1,12 @@
-//! Passthrough relay: splice(2) against a user-space buffer copy, in one run.
+//! Passthrough relay: the default (`[relay] splice = true`: small reads
+//! copied, bulk runs spliced) against always copying, in one run.
 //!
-//! Decision it informs: which relay the proxy uses by default (`[relay]
-//! splice`). Bulk transfer favours splice (no copy through user space);
-//! small request/response round trips pay two syscalls per chunk either way,
-//! so there the two should be close. Both run through the real proxy on
-//! loopback, with a plain TCP backend so no TLS cost hides the difference.
+//! Decision it informs: whether bulk runs should use splice(2) (no copy
+//! through user space). Small request/response round trips take the copy
+//! path in both, so there the two should agree within the noise; a gap
+//! there would mean the switch itself costs. Both run through the real
+//! proxy on loopback, with a plain TCP backend so no TLS cost hides the
+//! difference.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -48,7 +48,8 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRelay {
-    /// Passthrough relays with splice(2) on Linux (zero copy); false: copy
+    /// Passthrough relays bulk runs with splice(2) on Linux (zero copy;
+    /// small reads are copied either way); false: always copy
     /// through a user-space buffer.
     pub splice: bool,
 }
