@@ -609,3 +609,36 @@ async fn a_store_rebuilt_from_nothing_is_followed_though_its_revisions_went_back
     assert_eq!(body["live_here"], true, "{body}");
     assert!(serves(&a, "new.example.test", &ca).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_larger_than_one_grpc_message_is_read_whole() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    // 2,000 routes of 40 long host names each: about 6 MB of values, past
+    // gRPC's 4 MiB limit for one answer, so the full read must page.
+    let long = "x".repeat(40);
+    for chunk in (0..2000).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<etcd_client::TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                let hosts: Vec<String> = (0..40)
+                    .map(|j| format!("h{j}-{long}.r{i}.example.test"))
+                    .collect();
+                let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+                let s = spec(&format!("r{i}"), &hosts, &["127.0.0.1:9".into()]);
+                etcd_client::TxnOp::put(
+                    format!("{PREFIX}routes/r{i}"),
+                    serde_json::to_vec(&s).unwrap(),
+                    None,
+                )
+            })
+            .collect();
+        kv.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+    }
+    let a = instance(&etcd.endpoint(), "");
+    assert!(
+        eventually_async(Duration::from_secs(20), || async { ready(&a).await == 200 }).await,
+        "the full read did not complete"
+    );
+    assert_eq!(a.server.shared.router.load().len(), 2000);
+}

@@ -75,14 +75,6 @@ fn kind(cfg: &EtcdConfig, key: &str) -> Kind {
 }
 
 impl Mirror {
-    fn from_kvs(cfg: &EtcdConfig, kvs: &[KeyValue]) -> Self {
-        let mut m = Mirror::default();
-        for kv in kvs {
-            m.put(cfg, kv);
-        }
-        m
-    }
-
     fn put(&mut self, cfg: &EtcdConfig, kv: &KeyValue) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         self.remove(cfg, &key);
@@ -151,6 +143,26 @@ fn parse(key: &str, name: &str, value: &[u8]) -> Result<Route, String> {
         .to_string());
     }
     routes::validate_one(file, "route", &spec).map_err(|e| e.to_string())
+}
+
+/// Largest watch answer accepted.
+const WATCH_MESSAGE_MAX: usize = 64 * 1024 * 1024;
+
+/// Keys per page of a full read.
+const PAGE: i64 = 1000;
+
+/// The end of the key range holding every key that starts with `prefix`
+/// (etcd's convention: the prefix with its last byte incremented).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): every key from the prefix on.
+    vec![0]
 }
 
 /// How long the fallback file may trail the live set.
@@ -251,14 +263,7 @@ impl Follower {
         client: &mut Client,
         reason: &'static str,
     ) -> Result<(i64, Mirror), String> {
-        let prefix = self.cfg.prefix.clone();
-        let resp = timed(
-            &self.cfg,
-            client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let mirror = Mirror::from_kvs(&self.cfg, resp.kvs());
+        let (rev, mirror) = self.read_all(client).await?;
         self.shared
             .metrics
             .etcd_resyncs
@@ -276,6 +281,37 @@ impl Follower {
             self.write_fallback(&mirror, rev);
         }
         Ok((rev, mirror))
+    }
+
+    /// Reads the whole prefix at one revision, in pages: one answer holding
+    /// a large table would pass gRPC's 4 MiB message limit.
+    async fn read_all(&self, client: &mut Client) -> Result<(i64, Mirror), String> {
+        let prefix = self.cfg.prefix.as_bytes();
+        let end = range_end(prefix);
+        let mut mirror = Mirror::default();
+        let mut from = prefix.to_vec();
+        let mut rev = 0;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if rev > 0 {
+                // Later pages at the first page's revision: one snapshot.
+                opts = opts.with_revision(rev);
+            }
+            let resp = timed(&self.cfg, client.get(from.clone(), Some(opts))).await?;
+            if rev == 0 {
+                rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in resp.kvs() {
+                mirror.put(&self.cfg, kv);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((rev, mirror)),
+            }
+        }
     }
 
     /// Gives the set to the reconciler. A set it refuses (a conflict with
@@ -319,7 +355,7 @@ impl Follower {
 
     async fn follow_watch(
         &self,
-        mut client: Client,
+        client: Client,
         rev: i64,
         mirror: &mut Mirror,
         fallback_due: &mut Option<Instant>,
@@ -329,7 +365,12 @@ impl Follower {
             .with_prefix()
             .with_start_revision(rev + 1)
             .with_progress_notify();
-        let mut stream = match timed(&self.cfg, client.watch(prefix.as_str(), Some(opts))).await {
+        // etcd may batch many revisions' events into one answer: allow more
+        // than gRPC's default 4 MiB for it.
+        let mut watcher = client
+            .watch_client()
+            .max_decoding_message_size(WATCH_MESSAGE_MAX);
+        let mut stream = match timed(&self.cfg, watcher.watch(prefix.as_str(), Some(opts))).await {
             Ok(s) => s,
             Err(e) => return Ended::Lost("watch", e),
         };
@@ -567,6 +608,13 @@ mod tests {
         assert_eq!(Changed(3).and(Unchanged(5)), Changed(5));
         assert_eq!(Unchanged(7).and(Changed(5)), Changed(7));
         assert_eq!(Changed(7).and(Nothing), Changed(7));
+    }
+
+    #[test]
+    fn range_end_is_the_prefix_incremented() {
+        assert_eq!(range_end(b"/mse-proxy/"), b"/mse-proxy0");
+        assert_eq!(range_end(b"a\xff"), b"b");
+        assert_eq!(range_end(b"\xff\xff"), vec![0]);
     }
 
     #[test]
