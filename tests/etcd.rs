@@ -642,3 +642,53 @@ async fn a_table_larger_than_one_grpc_message_is_read_whole() {
     );
     assert_eq!(a.server.shared.router.load().len(), 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_route_left_out_for_want_of_a_certificate_is_served_once_one_is_reloaded() {
+    let etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let platform = PlatformCert::new(&ca.issue(&["other.example.test"]).unwrap());
+    let extra = format!("{}{}", platform.toml(), etcd_section(&etcd.endpoint(), ""));
+    let a = Live::start(&[], &extra);
+    assert!(eventually_async(Duration::from_secs(10), || connected(&a)).await);
+    let (backend, leaf) = HttpBackend::tls(&ca, "tt.example.test").await;
+    // Written by an instance that has the certificate; this one has not.
+    let s = terminate_spec("tt", &["tt.example.test"], &[backend.addr], pinned(&leaf));
+    let mut kv = etcd.client().await;
+    kv.put(
+        format!("{PREFIX}routes/tt"),
+        serde_json::to_vec(&s).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually_async(Duration::from_secs(2), || async {
+            metric(&a, "mse_proxy_etcd_routes_left_out").await == 1.0
+        })
+        .await,
+        "the route without a certificate here must be left out, and counted"
+    );
+    assert!(!serves(&a, "tt.example.test", &ca).await);
+
+    platform.replace(
+        &ca.issue(&["tt.example.test", "other.example.test"])
+            .unwrap(),
+    );
+    let r = reqwest::Client::new()
+        .post(a.admin("/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(2), || async {
+            metric(&a, "mse_proxy_etcd_routes_left_out").await == 0.0
+        })
+        .await,
+        "the reload did not re-fit the etcd routes"
+    );
+    let (body, _) = get(a.addr(), "tt.example.test", &ca).await.unwrap();
+    assert!(body.contains("hello from tt.example.test"), "{body}");
+}

@@ -421,6 +421,11 @@ impl Reconciler {
             .and_then(|(file_routes, merged, certs)| {
                 let applied = self.apply_with(merged, why, Some(certs))?;
                 self.file_routes = file_routes;
+                // New certificates or file routes may let etcd entries that
+                // were left out fit now (or push some out).
+                if let Some(status) = &self.etcd {
+                    status.ask_refit();
+                }
                 Ok(applied)
             });
         if let Err(ControlError::Unsettled) = &result {

@@ -381,6 +381,10 @@ impl Follower {
         loop {
             let msg = tokio::select! {
                 () = self.stop.cancelled() => return Ended::Stopped,
+                () = self.status.refit_asked() => {
+                    self.hand_over(mirror, self.status.revision(), Origin::Watch).await;
+                    continue;
+                }
                 () = sleep_until_opt(*fallback_due) => {
                     *fallback_due = None;
                     self.write_fallback(mirror, self.status.revision());

@@ -41,6 +41,9 @@ pub struct EtcdStatus {
     applied: watch::Sender<i64>,
     /// Seconds the watch trailed the store at the last progress check.
     lag_ms: AtomicI64,
+    /// Asks the follower to hand its set over again: a reload changed what
+    /// this instance can serve (certificates, its own file routes).
+    refit: tokio::sync::Notify,
 }
 
 impl Default for EtcdStatus {
@@ -50,6 +53,7 @@ impl Default for EtcdStatus {
             on_fallback: AtomicBool::new(false),
             applied: watch::Sender::new(0),
             lag_ms: AtomicI64::new(0),
+            refit: tokio::sync::Notify::new(),
         }
     }
 }
@@ -85,6 +89,16 @@ impl EtcdStatus {
             }
             newer
         });
+    }
+
+    /// From the reconciler after a file reload; kept until the follower
+    /// takes it.
+    pub(crate) fn ask_refit(&self) {
+        self.refit.notify_one();
+    }
+
+    pub(crate) async fn refit_asked(&self) {
+        self.refit.notified().await;
     }
 
     /// After a full read of a store whose revisions restarted.
