@@ -247,18 +247,9 @@ impl EtcdWriter {
                 ops.push(TxnOp::put(hk.as_str(), owner.as_bytes(), opts.clone()));
             }
             let old = current.value.as_deref().map(old_hosts).unwrap_or_default();
-            for h in old.iter().filter(|h| !hosts.contains(h)) {
-                let hk = host_key(&self.cfg, h);
-                let held = self.read(&mut client, &hk).await?;
-                if held.value.as_deref() == Some(owner.as_bytes()) {
-                    when.push(Compare::mod_revision(
-                        hk.as_str(),
-                        CompareOp::Equal,
-                        held.rev,
-                    ));
-                    ops.push(TxnOp::delete(hk, None));
-                }
-            }
+            let gone = old.into_iter().filter(|h| !hosts.contains(h));
+            self.release(&mut client, gone, &owner, &mut when, &mut ops)
+                .await?;
             if let Some(rev) = self.commit(&mut client, when, ops).await? {
                 return Ok(self.written(rev).await);
             }
@@ -268,6 +259,32 @@ impl EtcdWriter {
         Err(ControlError::Conflict(format!(
             "`{owner}` kept changing in etcd while it was written; try again"
         )))
+    }
+
+    /// Adds to a transaction the release of the claims `owner` holds on
+    /// `hosts`, each guarded by the revision read (claims held by others
+    /// are left alone).
+    async fn release(
+        &self,
+        client: &mut Client,
+        hosts: impl IntoIterator<Item = String>,
+        owner: &str,
+        when: &mut Vec<Compare>,
+        ops: &mut Vec<TxnOp>,
+    ) -> Result<(), ControlError> {
+        for h in hosts {
+            let hk = host_key(&self.cfg, &h);
+            let held = self.read(client, &hk).await?;
+            if held.value.as_deref() == Some(owner.as_bytes()) {
+                when.push(Compare::mod_revision(
+                    hk.as_str(),
+                    CompareOp::Equal,
+                    held.rev,
+                ));
+                ops.push(TxnOp::delete(hk, None));
+            }
+        }
+        Ok(())
     }
 
     /// Runs a transaction; the revision if it succeeded, `None` if a
@@ -338,18 +355,8 @@ impl EtcdWriter {
             };
             let mut when = vec![Compare::mod_revision(key, CompareOp::Equal, current.rev)];
             let mut ops = vec![TxnOp::delete(key, None)];
-            for h in old_hosts(&value) {
-                let hk = host_key(&self.cfg, &h);
-                let held = self.read(&mut client, &hk).await?;
-                if held.value.as_deref() == Some(owner.as_bytes()) {
-                    when.push(Compare::mod_revision(
-                        hk.as_str(),
-                        CompareOp::Equal,
-                        held.rev,
-                    ));
-                    ops.push(TxnOp::delete(hk, None));
-                }
-            }
+            self.release(&mut client, old_hosts(&value), owner, &mut when, &mut ops)
+                .await?;
             if let Some(rev) = self.commit(&mut client, when, ops).await? {
                 return Ok(self.written(rev).await);
             }
