@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# Load benchmark: mse-proxy (passthrough and terminate) against a direct
-# client-to-nginx connection, in the same run, interleaved. See
-# benches/load/README.md for what it measures and the knobs.
+# Load benchmark: mse-proxy (passthrough and terminate) and the competing
+# proxies (HAProxy, nginx stream, sniproxy) against a direct client-to-nginx
+# connection, in the same run, interleaved. See benches/load/README.md for
+# what it measures and the knobs.
 #
 #   bash benches/load/run.sh
 #
 # Needs root (apt-get for missing tools, /etc/hosts for wrk's SNI, raising the
-# fd limit) and 2 CPUs: the proxy and nginx on CPU 0, the load on CPU 1.
+# fd limit) and 2 CPUs: the proxies and nginx on CPU 0, the load on CPU 1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 # ---- knobs (environment) ---------------------------------------------------
-ROUNDS=${ROUNDS:-3}            # rounds of the short workloads (direct, passthrough, terminate each)
+ROUNDS=${ROUNDS:-3}            # rounds of the short workloads (every path once each)
 BIG_ROUNDS=${BIG_ROUNDS:-2}    # rounds of the 1 GiB transfer
-SECS=${SECS:-4}                # seconds per new-connection / keep-alive run
+SECS=${SECS:-2}                # seconds per new-connection / keep-alive run
+COMPARE=${COMPARE-haproxy nginx sniproxy} # competing proxies to run too ("": mse-proxy only)
 CONC=${CONC:-16}               # new-connection client threads (connections in flight)
 WRK_CONNS=${WRK_CONNS:-8}      # keep-alive connections (wrk -c, one wrk thread)
 IDLE_CONNS=${IDLE_CONNS:-5000} # idle TLS connections held through the proxy
 KEY=${KEY:-rsa}                # certificates of nginx and the proxy: rsa (2048) or ec (P-256)
 NGINX_PORT=${NGINX_PORT:-18443}
 PROXY_PORT=${PROXY_PORT:-18444}
-SERVER_CPU=${SERVER_CPU:-0}    # proxy and nginx
+HAP_PT_PORT=${HAP_PT_PORT:-18445}  # HAProxy passthrough frontend
+HAP_TT_PORT=${HAP_TT_PORT:-18446}  # HAProxy terminate frontend
+NGX_PT_PORT=${NGX_PT_PORT:-18447}  # nginx stream passthrough server
+NGX_TT_PORT=${NGX_TT_PORT:-18448}  # nginx stream terminate server
+SNI_PT_PORT=${SNI_PT_PORT:-18449}  # sniproxy listener
+NGX_STREAM_MODULE=${NGX_STREAM_MODULE:-/usr/lib/nginx/modules/ngx_stream_module.so}
+SERVER_CPU=${SERVER_CPU:-0}    # proxies and nginx
 CLIENT_CPU=${CLIENT_CPU:-1}    # load generators
 ACCESS_LOG=${ACCESS_LOG:-false}
 SPLICE=${SPLICE:-true}         # passthrough: splice bulk runs (true) or always copy (false)
@@ -55,9 +63,58 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ "$(nproc --all)" -ge 2 ] || die "needs 2 CPUs (proxy+nginx on one, load on the other)"
 CLK_TCK=$(getconf CLK_TCK)
 
-# fds: the proxy holds 2 per idle passthrough connection, the holder 1.
+# Competitors: each one whose package is missing is installed, or left out
+# with a log line if that fails.
+comp_ok() {
+    case $1 in
+        haproxy) command -v haproxy >/dev/null ;;
+        nginx) [ -f "$NGX_STREAM_MODULE" ] ;;
+        sniproxy) command -v sniproxy >/dev/null ;;
+    esac
+}
+comp_pkg() { case $1 in haproxy) echo haproxy ;; nginx) echo libnginx-mod-stream ;; sniproxy) echo sniproxy ;; esac; }
+APT_UPDATED=0
+comps=()
+for c in $COMPARE; do
+    case $c in haproxy | nginx | sniproxy) ;; *) die "COMPARE: unknown proxy '$c' (haproxy, nginx, sniproxy)" ;; esac
+    if ! comp_ok "$c"; then
+        log "installing $(comp_pkg "$c") for COMPARE=$c"
+        if [ "$(id -u)" = 0 ] &&
+            { [ $APT_UPDATED = 1 ] || { apt-get update -qq >/dev/null && APT_UPDATED=1; }; } &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$(comp_pkg "$c")" >/dev/null &&
+            comp_ok "$c"; then
+            :
+        else
+            log "could not install $(comp_pkg "$c"): skipping $c"
+            continue
+        fi
+    fi
+    comps+=("$c")
+done
+COMPARE="${comps[*]:-}"
+has() { [[ " $COMPARE " == *" $1 "* ]]; }
+HAPROXY="" SNIPROXY="" HAP_FULL="" HAP_VER="" SNI_FULL="" SNI_VER=""
+NGX_FULL=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+NGX_VER=$(cut -d. -f1-2 <<<"$NGX_FULL")
+if has haproxy; then
+    HAPROXY=$(command -v haproxy)
+    HAP_FULL=$("$HAPROXY" -v | awk 'NR == 1 {print $3}')
+    HAP_VER=$(cut -d. -f1-2 <<<"$HAP_FULL")
+fi
+if has sniproxy; then
+    SNIPROXY=$(command -v sniproxy)
+    SNI_FULL=$("$SNIPROXY" -V | awk '{print $2}')
+    SNI_VER=$(cut -d. -f1-2 <<<"$SNI_FULL")
+fi
+
+# fds: a proxy holds 2 per idle connection, the holder 1.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-[ "$(ulimit -n)" -ge $((2 * IDLE_CONNS + 256)) ] || die "fd limit $(ulimit -n) too low for IDLE_CONNS=$IDLE_CONNS"
+FD_LIMIT=$(ulimit -n)
+[ "$FD_LIMIT" -ge $((2 * IDLE_CONNS + 256)) ] || die "fd limit $FD_LIMIT too low for IDLE_CONNS=$IDLE_CONNS"
+# HAProxy refuses to start when it cannot raise its fd limit to what maxconn
+# needs (2 per connection), so maxconn is 100000 only where the limit allows.
+HAP_MAXCONN=$(( (FD_LIMIT - 100) / 2 < 100000 ? (FD_LIMIT - 100) / 2 : 100000 ))
+NGX_CONNS=$(( FD_LIMIT < 32768 ? FD_LIMIT : 32768 )) # nginx worker_connections (a proxied one counts 2)
 
 # ---- build -----------------------------------------------------------------
 if [ -n "${MSE_PROXY_BIN:-}" ]; then
@@ -75,7 +132,11 @@ LOADGEN=$ROOT/target/load-bench/release/mse-proxy-loadgen
 # ---- scratch, cleanup ------------------------------------------------------
 TMP=$(mktemp -d /tmp/mse-load.XXXXXX)
 chmod 755 "$TMP"
-NGINX_PID="" PROXY_PID="" HOLDER_PID="" HOSTS_ADDED=0 AUTOGROUP_SAVED=""
+NGINX_PID="" HOLDER_PID="" HOSTS_ADDED=0 AUTOGROUP_SAVED=""
+# Proxies by name (mse, haproxy, nginx, sniproxy): PID = what was started (for
+# nginx the master), MPID = the process measured (for nginx the worker), EXTRA
+# = other processes of it (sniproxy's binder helper).
+declare -A PID=() MPID=() EXTRA=()
 stop_pid() { # pid: TERM, wait up to 5 s, then KILL
     local pid=$1
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
@@ -88,7 +149,7 @@ cleanup() {
     local rc=$?
     set +e
     stop_pid "$HOLDER_PID"
-    stop_pid "$PROXY_PID"
+    for n in "${!PID[@]}"; do stop_proxy "$n"; done
     stop_pid "$NGINX_PID"
     [ -n "$AUTOGROUP_SAVED" ] && echo "$AUTOGROUP_SAVED" >"/proc/$$/autogroup" 2>/dev/null
     if [ "$HOSTS_ADDED" = 1 ]; then
@@ -134,8 +195,8 @@ worker_processes 1;
 daemon off;
 pid $TMP/nginx.pid;
 error_log $TMP/nginx-error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 32768; }
+worker_rlimit_nofile $FD_LIMIT;
+events { worker_connections $NGX_CONNS; }
 http {
     access_log off;
     keepalive_requests 100000000;
@@ -193,6 +254,101 @@ backends = ["127.0.0.1:$NGINX_PORT"]
 pin_sha256 = "$PIN"
 EOF
 "$PROXY_BIN" check --config "$TMP/proxy.toml" >&2 || die "mse-proxy check refused the generated config"
+"$NGINX" -q -t -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" || die "nginx -t refused the backend config"
+
+# ---- competitors' configs --------------------------------------------------
+# The same two services as the proxy's routes, each on its own port: the
+# passthrough one routes on the SNI to nginx untouched; the terminate one
+# ends TLS with the tt certificate (ALPN http/1.1) and opens TLS to nginx
+# (SNI pt host, certificate not checked, sessions resumed), relaying bytes (L4).
+if has haproxy; then
+    cat "$TMP/$TT_HOST.crt" "$TMP/$TT_HOST.key" >"$TMP/$TT_HOST.pem"
+    cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $HAP_MAXCONN
+defaults
+    mode tcp
+    maxconn $HAP_MAXCONN
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend hap_pt
+    bind 127.0.0.1:$HAP_PT_PORT
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req_ssl_hello_type 1 }
+    use_backend nginx_passthrough if { req_ssl_sni -i $PT_HOST }
+backend nginx_passthrough
+    server nginx 127.0.0.1:$NGINX_PORT
+frontend hap_tt
+    bind 127.0.0.1:$HAP_TT_PORT ssl crt $TMP/$TT_HOST.pem alpn http/1.1
+    default_backend nginx_tls
+backend nginx_tls
+    server nginx 127.0.0.1:$NGINX_PORT ssl verify none sni str($PT_HOST)
+EOF
+    "$HAPROXY" -c -f "$TMP/haproxy.cfg" >/dev/null || die "haproxy -c refused the generated config"
+fi
+if has nginx; then
+    # A second nginx, not the backend: its own master and one worker.
+    cat >"$TMP/nginx-stream.conf" <<EOF
+load_module $NGX_STREAM_MODULE;
+worker_processes 1;
+daemon off;
+pid $TMP/nginx-stream.pid;
+error_log $TMP/nginx-stream-error.log warn;
+worker_rlimit_nofile $FD_LIMIT;
+events { worker_connections $NGX_CONNS; }
+stream {
+    map \$ssl_preread_server_name \$pt_backend {
+        $PT_HOST 127.0.0.1:$NGINX_PORT;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PT_PORT backlog=4096;
+        ssl_preread on;
+        proxy_pass \$pt_backend;
+    }
+    server {
+        listen 127.0.0.1:$NGX_TT_PORT ssl backlog=4096;
+        ssl_certificate $TMP/$TT_HOST.crt;
+        ssl_certificate_key $TMP/$TT_HOST.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_alpn http/1.1;
+        proxy_pass 127.0.0.1:$NGINX_PORT;
+        proxy_ssl on;
+        proxy_ssl_protocols TLSv1.2 TLSv1.3;
+        proxy_ssl_session_reuse on;
+        proxy_ssl_server_name on;
+        proxy_ssl_name $PT_HOST;
+    }
+}
+EOF
+    "$NGINX" -q -t -e "$TMP/nginx-stream-error.log" -c "$TMP/nginx-stream.conf" || die "nginx -t refused the stream config"
+fi
+if has sniproxy; then
+    # Started as root it always drops to a user (default daemon): name it, and
+    # keep what it reads or writes after that readable / writable for it. The
+    # table target is an IP:port, so no resolver (DNS) is involved.
+    # Dots escaped in the regex; the config parser takes \\ for one backslash.
+    sni_re=${PT_HOST//./\\\\.}
+    touch "$TMP/sniproxy-error.log"
+    chown daemon "$TMP/sniproxy-error.log"
+    cat >"$TMP/sniproxy.conf" <<EOF
+user daemon
+pidfile $TMP/sniproxy.pid
+error_log {
+    filename $TMP/sniproxy-error.log
+    priority notice
+}
+listener 127.0.0.1:$SNI_PT_PORT {
+    protocol tls
+    table load_pt
+}
+table load_pt {
+    ^$sni_re\$ 127.0.0.1:$NGINX_PORT
+}
+EOF
+    chmod 644 "$TMP/sniproxy.conf"
+fi
 
 # ---- names for wrk's SNI ---------------------------------------------------
 for h in $PT_HOST $TT_HOST; do
@@ -207,6 +363,15 @@ done
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port_free "$NGINX_PORT" || die "port $NGINX_PORT busy (set NGINX_PORT)"
 port_free "$PROXY_PORT" || die "port $PROXY_PORT busy (set PROXY_PORT)"
+if has haproxy; then
+    port_free "$HAP_PT_PORT" || die "port $HAP_PT_PORT busy (set HAP_PT_PORT)"
+    port_free "$HAP_TT_PORT" || die "port $HAP_TT_PORT busy (set HAP_TT_PORT)"
+fi
+if has nginx; then
+    port_free "$NGX_PT_PORT" || die "port $NGX_PT_PORT busy (set NGX_PT_PORT)"
+    port_free "$NGX_TT_PORT" || die "port $NGX_TT_PORT busy (set NGX_TT_PORT)"
+fi
+if has sniproxy; then port_free "$SNI_PT_PORT" || die "port $SNI_PT_PORT busy (set SNI_PT_PORT)"; fi
 
 ticks() { # utime+stime of a process (all its threads, live and dead), in clock ticks
     sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
@@ -242,37 +407,111 @@ start_nginx() {
     NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
     [ -n "$NGINX_WORKER" ] && [ "$(cat "/proc/$NGINX_WORKER/comm")" = nginx ] || die "no nginx worker"
 }
+# Proxies: start_proxy / stop_proxy NAME (mse, haproxy, nginx, sniproxy). Each
+# runs on the server CPU at $NICE, in the foreground, as one process with one
+# worker thread (nginx: master + one worker).
 start_proxy() {
-    nice -n "$NICE" taskset -c "$SERVER_CPU" "$PROXY_BIN" --config "$TMP/proxy.toml" 2>>"$TMP/proxy.log" &
-    PROXY_PID=$!
-    wait_https "$TT_HOST" "$PROXY_PORT" || die "mse-proxy did not come up: $(tail -5 "$TMP/proxy.log")"
-    wait_https "$PT_HOST" "$PROXY_PORT" || die "passthrough route does not answer: $(tail -5 "$TMP/proxy.log")"
-    [ "$(cat "/proc/$PROXY_PID/comm")" = mse-proxy ] || die "pid $PROXY_PID is not mse-proxy"
+    local n=$1 log=$TMP/$1.log
+    case $n in
+        mse)
+            nice -n "$NICE" taskset -c "$SERVER_CPU" "$PROXY_BIN" --config "$TMP/proxy.toml" 2>>"$log" &
+            PID[$n]=$!
+            ;;
+        haproxy)
+            nice -n "$NICE" taskset -c "$SERVER_CPU" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >>"$log" 2>&1 </dev/null &
+            PID[$n]=$!
+            ;;
+        nginx)
+            nice -n "$NICE" taskset -c "$SERVER_CPU" "$NGINX" -e "$TMP/nginx-stream-error.log" -c "$TMP/nginx-stream.conf" >>"$log" 2>&1 &
+            PID[$n]=$!
+            log=$TMP/nginx-stream-error.log
+            ;;
+        sniproxy)
+            nice -n "$NICE" taskset -c "$SERVER_CPU" "$SNIPROXY" -f -n "$FD_LIMIT" -c "$TMP/sniproxy.conf" >>"$log" 2>&1 </dev/null &
+            PID[$n]=$!
+            log=$TMP/sniproxy-error.log
+            ;;
+    esac
+    MPID[$n]=${PID[$n]}
+    EXTRA[$n]=""
+    local p a s
+    for p in $(paths_of "$n"); do
+        read -r a s <<<"$(addr_of "$p")"
+        wait_https "$s" "${a##*:}" || die "$n does not answer for $p: $(tail -5 "$TMP/$n.log" "$log" 2>/dev/null)"
+    done
+    case $n in
+        nginx)
+            MPID[$n]=$(pgrep -P "${PID[$n]}" | head -1)
+            [ -n "${MPID[$n]}" ] && [ "$(cat "/proc/${MPID[$n]}/comm")" = nginx ] || die "no nginx stream worker"
+            ;;
+        sniproxy) EXTRA[$n]=$(pgrep -P "${PID[$n]}" | tr '\n' ' ') ;; # the binder (binds for it as root)
+    esac
+    local comm; comm=$(cat "/proc/${MPID[$n]}/comm")
+    case $n in mse) [ "$comm" = mse-proxy ] ;; *) [ "$comm" = "$n" ] ;; esac || die "pid ${MPID[$n]} is $comm, not $n"
 }
-stop_proxy() { stop_pid "$PROXY_PID"; PROXY_PID=""; }
+stop_proxy() {
+    local n=$1 p
+    stop_pid "${PID[$n]:-}"
+    for p in ${EXTRA[$n]:-}; do stop_pid "$p"; done
+    unset "PID[$n]" "MPID[$n]" "EXTRA[$n]"
+}
+restart_proxy() { stop_proxy "$1"; start_proxy "$1"; }
 
+# Paths: direct, then the passthrough ones, then the terminate ones.
+PATHS=(direct pt)
+has haproxy && PATHS+=(hap-pt)
+has nginx && PATHS+=(ngx-pt)
+has sniproxy && PATHS+=(sni-pt)
+PATHS+=(tt)
+has haproxy && PATHS+=(hap-tt)
+has nginx && PATHS+=(ngx-tt)
+PROXY_PATHS=("${PATHS[@]:1}")
+read -ra PROXIES <<<"mse $COMPARE"
+
+proxy_of() { # path → the proxy it goes through ("" for direct)
+    case $1 in pt | tt) echo mse ;; hap-*) echo haproxy ;; ngx-*) echo nginx ;; sni-*) echo sniproxy ;; *) echo "" ;; esac
+}
+paths_of() { # proxy → its paths
+    local p
+    for p in "${PROXY_PATHS[@]}"; do [ "$(proxy_of "$p")" = "$1" ] && echo "$p"; done
+    return 0
+}
 addr_of() { # path → client address and SNI
     case $1 in
         direct) echo "127.0.0.1:$NGINX_PORT $PT_HOST" ;;
         pt) echo "127.0.0.1:$PROXY_PORT $PT_HOST" ;;
         tt) echo "127.0.0.1:$PROXY_PORT $TT_HOST" ;;
+        hap-pt) echo "127.0.0.1:$HAP_PT_PORT $PT_HOST" ;;
+        hap-tt) echo "127.0.0.1:$HAP_TT_PORT $TT_HOST" ;;
+        ngx-pt) echo "127.0.0.1:$NGX_PT_PORT $PT_HOST" ;;
+        ngx-tt) echo "127.0.0.1:$NGX_TT_PORT $TT_HOST" ;;
+        sni-pt) echo "127.0.0.1:$SNI_PT_PORT $PT_HOST" ;;
     esac
+}
+mpid_of() { # path → pid of the process measured for it ("" for direct)
+    local n; n=$(proxy_of "$1")
+    [ -z "$n" ] || echo "${MPID[$n]}"
 }
 
 # Raw results, one line per run: workload path round key=value...
 RAW=$TMP/raw.txt
 : >"$RAW"
 
-# Runs "$@" on the client CPU and prints its output, then on the last line the
-# CPU time around it: proxy and nginx worker (ticks), the client (ms), and
-# CPU 0 and CPU 1 from /proc/stat (jiffies: busy, total, irq).
+# measured path command...: runs the command on the client CPU and prints its
+# output, then on the last line the CPU time around it: the path's proxy
+# process (0 for direct) and nginx worker (ticks), the client (ms), and CPU 0
+# and CPU 1 from /proc/stat (jiffies: busy, total, irq).
 measured() {
-    local p0 n0 k0 a0 b0 p1 n1 k1 a1 b1 out
-    p0=$(ticks "$PROXY_PID"); n0=$(ticks "$NGINX_WORKER")
+    local pid p0=0 n0 k0 a0 b0 p1=0 n1 k1 a1 b1 out
+    pid=$(mpid_of "$1")
+    shift
+    [ -z "$pid" ] || p0=$(ticks "$pid")
+    n0=$(ticks "$NGINX_WORKER")
     a0=$(cpu_line "$SERVER_CPU"); b0=$(cpu_line "$CLIENT_CPU"); child_ms; k0=$CHILD_MS
     out=$(run_on "$CLIENT_CPU" "$@")
     child_ms; k1=$CHILD_MS; a1=$(cpu_line "$SERVER_CPU"); b1=$(cpu_line "$CLIENT_CPU")
-    p1=$(ticks "$PROXY_PID"); n1=$(ticks "$NGINX_WORKER")
+    [ -z "$pid" ] || p1=$(ticks "$pid")
+    n1=$(ticks "$NGINX_WORKER")
     set -- $a0 $a1 $b0 $b1
     echo "$out proxy_ticks=$((p1 - p0)) nginx_ticks=$((n1 - n0)) client_ms=$((k1 - k0))" \
         "cpu0_busy=$(($4 - $1)) cpu0_total=$(($5 - $2)) cpu0_irq=$(($6 - $3))" \
@@ -289,7 +528,7 @@ to_ms() { # wrk latency "123.45us" / "1.2ms" / "1.01s" → ms
 run_newconn() { # path round
     local a s line
     read -r a s <<<"$(addr_of "$1")"
-    line=$(measured "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc "$CONC")
+    line=$(measured "$1" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc "$CONC")
     echo "newconn $1 $2 $line" >>"$RAW"
     log "newconn $1 #$2: $line"
 }
@@ -297,7 +536,7 @@ run_wrk() { # path round
     local a s port out reqs rps p50 p99 errs line
     read -r a s <<<"$(addr_of "$1")"
     port=${a##*:}
-    out=$(measured wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --latency --timeout 5s "https://$s:$port/")
+    out=$(measured "$1" wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --latency --timeout 5s "https://$s:$port/")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
@@ -312,7 +551,7 @@ run_big() { # path round
     local a s port line
     read -r a s <<<"$(addr_of "$1")"
     port=${a##*:}
-    line=$(measured curl -sS -k -o /dev/null --max-time 120 --resolve "$s:$port:127.0.0.1" \
+    line=$(measured "$1" curl -sS -k -o /dev/null --max-time 120 --resolve "$s:$port:127.0.0.1" \
         -w 'bytes=%{size_download} secs=%{time_total} rate=%{speed_download}' "https://$s:$port/big")
     echo "big $1 $2 $line" >>"$RAW"
     log "1 GiB $1 #$2: $line"
@@ -328,14 +567,15 @@ proc_status() { # pid → "rss_kib=.. fds=.. pipes=.."
 tcp_mem_pages() { awk '$1 == "TCP:" {for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
 
 run_idle() { # path
-    local a s before after tcp0 tcp1 out
+    local a s n pid before after tcp0 tcp1 out
     read -r a s <<<"$(addr_of "$1")"
-    stop_proxy
-    start_proxy
+    n=$(proxy_of "$1")
+    restart_proxy "$n"
+    pid=${MPID[$n]}
     # Warm the proxy (first-use allocations, thread-locals) before the baseline.
     run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs 1 --conc 4 >/dev/null
     sleep 1
-    before=$(proc_status "$PROXY_PID"); tcp0=$(tcp_mem_pages)
+    before=$(proc_status "$pid"); tcp0=$(tcp_mem_pages)
     nice -n "$NICE" taskset -c "$CLIENT_CPU" "$LOADGEN" idle --addr "$a" --sni "$s" --count "$IDLE_CONNS" --threads 4 --hold 180 \
         >"$TMP/holder.out" 2>"$TMP/holder.err" </dev/null &
     HOLDER_PID=$!
@@ -346,7 +586,7 @@ run_idle() { # path
     done
     grep -q '^ready' "$TMP/holder.out" || die "idle holder did not get ready: $(cat "$TMP/holder.err")"
     sleep 2 # let the last handshakes settle in the proxy
-    after=$(proc_status "$PROXY_PID"); tcp1=$(tcp_mem_pages)
+    after=$(proc_status "$pid"); tcp1=$(tcp_mem_pages)
     out=$(cat "$TMP/holder.out")
     stop_pid "$HOLDER_PID"; HOLDER_PID=""
     local line="$out before_${before// / before_} after_${after// / after_} tcp_mem_pages_delta=$((tcp1 - tcp0))"
@@ -359,22 +599,22 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 log "load average before: $LOAD_BEFORE"
 start_nginx
-start_proxy
-log "nginx worker $NGINX_WORKER, mse-proxy $PROXY_PID ($PROXY_BIN), both on CPU $SERVER_CPU; load on CPU $CLIENT_CPU"
+for n in "${PROXIES[@]}"; do start_proxy "$n"; done
+log "nginx worker $NGINX_WORKER; proxies (measured pids): $(for n in "${PROXIES[@]}"; do printf '%s %s, ' "$n" "${MPID[$n]}"; done)all on CPU $SERVER_CPU; load on CPU $CLIENT_CPU"
+log "paths: ${PATHS[*]}"
 
 # Warm-up (not recorded): sessions caches, upstream resumption, page cache of /big.
-for p in direct pt tt; do
+for p in "${PATHS[@]}"; do
     read -r a s <<<"$(addr_of "$p")"
     run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs 1 --conc 4 >/dev/null
 done
 cat "$TMP/www/big" >/dev/null
 
-for r in $(seq "$ROUNDS"); do for p in direct pt tt; do run_newconn "$p" "$r"; done; done
-for r in $(seq "$ROUNDS"); do for p in direct pt tt; do run_wrk "$p" "$r"; done; done
-for r in $(seq "$BIG_ROUNDS"); do for p in direct pt tt; do run_big "$p" "$r"; done; done
-run_idle pt
-run_idle tt
-stop_proxy
+for r in $(seq "$ROUNDS"); do for p in "${PATHS[@]}"; do run_newconn "$p" "$r"; done; done
+for r in $(seq "$ROUNDS"); do for p in "${PATHS[@]}"; do run_wrk "$p" "$r"; done; done
+for r in $(seq "$BIG_ROUNDS"); do for p in "${PATHS[@]}"; do run_big "$p" "$r"; done; done
+for p in "${PROXY_PATHS[@]}"; do run_idle "$p"; done
+for n in "${PROXIES[@]}"; do stop_proxy "$n"; done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 T_END=$(date +%s)
@@ -409,42 +649,61 @@ ratio() {
 US=$us_per_tick               # µs per tick
 MSGB="$((1000 / CLK_TCK)) * 1000000000"   # ticks × this / bytes = ms per GB
 rss_per() { calc '%.2f' "($(get idle "$1" 1 after_rss_kib) - $(get idle "$1" 1 before_rss_kib)) / $(get idle "$1" 1 opened)"; }
-label() { case $1 in direct) echo direct ;; pt) echo passthrough ;; tt) echo terminate ;; esac; }
+label() {
+    case $1 in
+        direct) echo direct ;;
+        pt) echo "mse-proxy passthrough" ;;
+        tt) echo "mse-proxy terminate" ;;
+        hap-pt) echo "HAProxy $HAP_VER passthrough" ;;
+        hap-tt) echo "HAProxy $HAP_VER terminate (L4)" ;;
+        ngx-pt) echo "nginx $NGX_VER stream passthrough" ;;
+        ngx-tt) echo "nginx $NGX_VER stream terminate (L4)" ;;
+        sni-pt) echo "sniproxy $SNI_VER passthrough" ;;
+    esac
+}
 f() { calc "$1" "$2"; }
+errors_of() { # path → errors of all its new-connection and keep-alive runs
+    awk -v p="$1" '($1 == "newconn" || $1 == "keepalive") && $2 == p {
+        for (i = 4; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "errors") e += kv[2] } } END { print e + 0 }' "$RAW"
+}
+competitors=""
+has haproxy && competitors+="; HAProxy $HAP_FULL (nbthread 1, mode tcp, maxconn $HAP_MAXCONN)"
+has nginx && competitors+="; nginx $NGX_FULL stream (a second instance, 1 worker; the measured process is its worker)"
+has sniproxy && competitors+="; sniproxy $SNI_FULL"
 
 {
     echo "## mse-proxy load benchmark ($(date -u +%FT%TZ))"
     echo
-    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN, workers = 1, access log $ACCESS_LOG, splice $SPLICE; $KEY certificates; proxy and nginx on CPU $SERVER_CPU, load generators on CPU $CLIENT_CPU."
+    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN, workers = 1, access log $ACCESS_LOG, splice $SPLICE${competitors}; $KEY certificates; proxies and nginx on CPU $SERVER_CPU (nice $NICE), load generators on CPU $CLIENT_CPU."
     echo "Medians of $ROUNDS interleaved rounds (1 GiB: $BIG_ROUNDS), ${SECS} s each; a ratio is proxied / direct within a round. New connections: $CONC client threads, full TLS 1.3 handshake (X25519, no resumption), one GET each. Keep-alive: wrk, 1 thread, $WRK_CONNS connections. Load average before: $LOAD_BEFORE; after: $LOAD_AFTER; $((T_END - T_START)) s."
     echo
     echo "| per proxy, one worker | new TLS conn/s (full handshake, 1 request) × direct | keep-alive req/s × direct | 1 GiB transfer × direct | proxy CPU µs / new conn | proxy CPU µs / keep-alive req | proxy CPU ms / GB | RSS KiB per idle TLS conn |"
     echo "|---|--:|--:|--:|--:|--:|--:|--:|"
-    for p in pt tt; do
-        echo "| mse-proxy $(label $p) | $(f %.2f "$(ratio newconn $p rate)") | $(f %.2f "$(ratio keepalive $p rate)") | $(f %.2f "$(ratio big $p rate)") |" \
+    for p in "${PROXY_PATHS[@]}"; do
+        echo "| $(label $p) | $(f %.2f "$(ratio newconn $p rate)") | $(f %.2f "$(ratio keepalive $p rate)") | $(f %.2f "$(ratio big $p rate)") |" \
             "$(f %.0f "$(med newconn $p "{proxy_ticks} * $US / {conns}")") | $(f %.1f "$(med keepalive $p "{proxy_ticks} * $US / {requests}")") |" \
             "$(f %.0f "$(med big $p "{proxy_ticks} * $MSGB / {bytes}")") | $(rss_per $p) |"
     done
     echo
     echo "### Raw figures (medians)"
     echo
-    echo "| path | new conn/s | new conn p50 / p99 ms | keep-alive req/s | keep-alive p50 / p99 ms | 1 GiB MB/s | nginx CPU µs / new conn | nginx CPU µs / ka req | nginx CPU ms / GB | client CPU µs / new conn | client CPU µs / ka req |"
-    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
-    for p in direct pt tt; do
+    echo "| path | new conn/s | new conn p50 / p99 ms | keep-alive req/s | keep-alive p50 / p99 ms | 1 GiB MB/s | nginx CPU µs / new conn | nginx CPU µs / ka req | nginx CPU ms / GB | client CPU µs / new conn | client CPU µs / ka req | errors (all rounds) |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    for p in "${PATHS[@]}"; do
         echo "| $(label $p) | $(f %.0f "$(med newconn $p "{rate}")") | $(f %.1f "$(med newconn $p "{p50_ms}")") / $(f %.1f "$(med newconn $p "{p99_ms}")") |" \
             "$(f %.0f "$(med keepalive $p "{rate}")") | $(f %.3f "$(med keepalive $p "{p50_ms}")") / $(f %.3f "$(med keepalive $p "{p99_ms}")") |" \
             "$(f %.0f "$(med big $p "{rate} / 1000000")") |" \
             "$(f %.0f "$(med newconn $p "{nginx_ticks} * $US / {conns}")") | $(f %.1f "$(med keepalive $p "{nginx_ticks} * $US / {requests}")") |" \
             "$(f %.0f "$(med big $p "{nginx_ticks} * $MSGB / {bytes}")") |" \
-            "$(f %.0f "$(med newconn $p "{client_ms} * 1000 / {conns}")") | $(f %.1f "$(med keepalive $p "{client_ms} * 1000 / {requests}")") |"
+            "$(f %.0f "$(med newconn $p "{client_ms} * 1000 / {conns}")") | $(f %.1f "$(med keepalive $p "{client_ms} * 1000 / {requests}")") | $(errors_of $p) |"
     done
     echo
-    echo "CPU use during each workload (medians, % of one CPU; CPU $SERVER_CPU: proxy + nginx + irq/softirq + other processes = busy):"
+    echo "CPU use during each workload (medians, % of one CPU; CPU $SERVER_CPU: proxy + nginx + irq/softirq + other processes = busy; proxy: the process of that path's proxy, none for direct; the idle proxies count in other):"
     echo
     echo "| workload | path | CPU $SERVER_CPU busy | proxy | nginx | irq+softirq | other | CPU $CLIENT_CPU busy | client |"
     echo "|---|---|--:|--:|--:|--:|--:|--:|--:|"
     for w in newconn keepalive big; do
-        for p in direct pt tt; do
+        for p in "${PATHS[@]}"; do
             echo "| $w | $(label $p) | $(f %.0f "$(med $w $p "100 * {cpu0_busy} / {cpu0_total}")") | $(f %.0f "$(med $w $p "100 * {proxy_ticks} / {cpu0_total}")") |" \
                 "$(f %.0f "$(med $w $p "100 * {nginx_ticks} / {cpu0_total}")") | $(f %.0f "$(med $w $p "100 * {cpu0_irq} / {cpu0_total}")") |" \
                 "$(f %.0f "$(med $w $p "100 * ({cpu0_busy} - {proxy_ticks} - {nginx_ticks} - {cpu0_irq}) / {cpu0_total}")") |" \
@@ -452,11 +711,11 @@ f() { calc "$1" "$2"; }
         done
     done
     echo
-    echo "Idle: $IDLE_CONNS TLS connections through the proxy, handshakes completed, held open; a fresh proxy each, measured after a warm-up, then 2 s after the last handshake."
+    echo "Idle: $IDLE_CONNS TLS connections through the proxy, handshakes completed, held open; a fresh proxy process each (all of a proxy's paths share its process), measured after a warm-up, then 2 s after the last handshake; the measured process is the one in the CPU columns."
     echo
-    echo "| route | opened | RSS KiB before → after | KiB / conn | fds before → after | pipe fds after | kernel TCP memory Δ, all sockets (KiB) |"
+    echo "| path | opened | RSS KiB before → after | KiB / conn | fds before → after | pipe fds after | kernel TCP memory Δ, all sockets (KiB) |"
     echo "|---|--:|--:|--:|--:|--:|--:|"
-    for p in pt tt; do
+    for p in "${PROXY_PATHS[@]}"; do
         echo "| $(label $p) | $(get idle $p 1 opened) | $(get idle $p 1 before_rss_kib) → $(get idle $p 1 after_rss_kib) | $(rss_per $p) |" \
             "$(get idle $p 1 before_fds) → $(get idle $p 1 after_fds) | $(get idle $p 1 after_pipes) |" \
             "$(f %.0f "$(get idle $p 1 tcp_mem_pages_delta) * $(getconf PAGESIZE) / 1024") |"
