@@ -455,12 +455,18 @@ pub struct Dnsmasq {
 
 impl Dnsmasq {
     pub async fn start(args: &[&str]) -> Dnsmasq {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port, args).await
+        // dnsmasq binds the port for UDP and TCP; a port free for one may be
+        // a live connection's ephemeral port for the other (other tests open
+        // thousands), and then dnsmasq exits. Take a port free for both, and
+        // try another if dnsmasq still fails to bind it.
+        let mut why = String::new();
+        for _ in 0..5 {
+            match Self::try_start_on(free_udp_and_tcp_port(), args).await {
+                Ok(d) => return d,
+                Err(e) => why = e,
+            }
+        }
+        panic!("dnsmasq did not start: {why}");
     }
 
     /// Stops this one and starts another on the same port with `args`: the
@@ -472,6 +478,18 @@ impl Dnsmasq {
     }
 
     pub async fn start_on(port: u16, args: &[&str]) -> Dnsmasq {
+        let mut why = String::new();
+        for _ in 0..5 {
+            match Self::try_start_on(port, args).await {
+                Ok(d) => return d,
+                Err(e) => why = e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("dnsmasq did not start on port {port}: {why}");
+    }
+
+    async fn try_start_on(port: u16, args: &[&str]) -> Result<Dnsmasq, String> {
         let child = std::process::Command::new("dnsmasq")
             .args([
                 "--no-daemon",
@@ -489,13 +507,30 @@ impl Dnsmasq {
             .spawn()
             .expect("dnsmasq must be installed (Debian package dnsmasq-base; .ci/run installs it)");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        // dnsmasq serves TCP too: ready once it accepts.
-        let ready = eventually_async(Duration::from_secs(10), || async {
-            TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        assert!(ready, "dnsmasq did not start on {addr}");
-        Dnsmasq { addr, child }
+        let mut d = Dnsmasq { addr, child };
+        // dnsmasq serves TCP too: ready once it accepts; gone if it exited.
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < end {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                return Err(format!("dnsmasq on port {port} exited: {status}"));
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return Ok(d);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!("dnsmasq on port {port} did not accept within 10 s"))
+    }
+}
+
+/// A loopback port nothing uses for UDP or TCP right now.
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
