@@ -1,6 +1,6 @@
 //! A pure parser for the TLS ClientHello a new connection starts with.
 //!
-//! The ingress routes on the SNI (and looks at the ALPN list) *before* it decides what to do
+//! The ingress routes on the SNI *before* it decides what to do
 //! with a connection, so it must read the ClientHello itself from the raw bytes the client
 //! sent. This module does only that: it takes the bytes read so far and says whether they hold
 //! a whole hello, need more bytes, are not TLS at all, are broken, or are too large. It does no
@@ -58,8 +58,6 @@ pub enum Parse {
 pub struct ClientHello {
     /// server_name host_name, ASCII-lowercased, one trailing dot stripped; None if no SNI extension.
     pub sni: Option<String>,
-    /// ALPN protocol names in client order (empty if no ALPN extension).
-    pub alpn: Vec<Vec<u8>>,
     /// Number of input bytes (whole TLS records) that carried the ClientHello, i.e. the index
     /// just past the record that completed it. Bytes after it (if any) belong to later records.
     pub len: usize,
@@ -76,6 +74,25 @@ pub struct ClientHello {
 /// are only validated once all of it has arrived, so a broken hello may first give `NeedMore`
 /// and then [`Parse::Malformed`].
 pub fn parse(buf: &[u8], max_len: usize) -> Parse {
+    parse_into(buf, max_len, None)
+}
+
+/// The ALPN protocol names of the whole ClientHello at the start of `buf`, in client order
+/// (empty without an ALPN extension); `None` unless [`parse`] gives `Complete`.
+///
+/// Separate from [`parse`] because nothing on a connection's path needs the list (a
+/// terminate route's TLS library reads ALPN itself), and collecting it there would cost every
+/// connection one allocation per protocol name. [`parse`] still validates the extension.
+pub fn alpn(buf: &[u8], max_len: usize) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    match parse_into(buf, max_len, Some(&mut out)) {
+        Parse::Complete(_) => Some(out),
+        _ => None,
+    }
+}
+
+/// [`parse`], also collecting the ALPN names into `alpn` when asked.
+fn parse_into(buf: &[u8], max_len: usize, alpn: Option<&mut Vec<Vec<u8>>>) -> Parse {
     // Classify the very first bytes: anything but a handshake record with a TLS/SSLv3 record
     // version is "not TLS" (plain HTTP, SSLv2-style hellos whose first byte has the top bit
     // set, PROXY protocol headers, ...) so the caller can answer or drop it differently from
@@ -89,10 +106,10 @@ pub fn parse(buf: &[u8], max_len: usize) -> Parse {
         return Parse::NotTls;
     }
     match locate(buf, max_len) {
-        Located::Done(Framing::SingleRecord { msg, len }) => parse_message(msg, len),
+        Located::Done(Framing::SingleRecord { msg, len }) => parse_message(msg, len, alpn),
         Located::Done(Framing::MultiRecord { msg_len, len }) => {
             let msg = reassemble(buf.get(..len).unwrap_or_default(), msg_len);
-            parse_message(&msg, len)
+            parse_message(&msg, len, alpn)
         }
         Located::Stop(outcome) => outcome,
     }
@@ -236,19 +253,21 @@ fn reassemble(records: &[u8], msg_len: usize) -> Vec<u8> {
 }
 
 /// Parses a whole ClientHello handshake message (header included).
-fn parse_message(msg: &[u8], len: usize) -> Parse {
+fn parse_message(msg: &[u8], len: usize, alpn: Option<&mut Vec<Vec<u8>>>) -> Parse {
     // The header was checked by `locate`; only the body remains.
     let body = msg.get(HANDSHAKE_HEADER_LEN..).unwrap_or_default();
-    match parse_body(body) {
-        Ok((sni, alpn)) => Parse::Complete(ClientHello { sni, alpn, len }),
+    match parse_body(body, alpn) {
+        Ok(sni) => Parse::Complete(ClientHello { sni, len }),
         Err(what) => Parse::Malformed(what),
     }
 }
 
-type Body = (Option<String>, Vec<Vec<u8>>);
-
-/// Parses the ClientHello body (RFC 8446 §4.1.2, compatible with TLS 1.0–1.2 hellos).
-fn parse_body(body: &[u8]) -> Result<Body, &'static str> {
+/// Parses the ClientHello body (RFC 8446 §4.1.2, compatible with TLS 1.0–1.2 hellos) and
+/// returns its SNI.
+fn parse_body(
+    body: &[u8],
+    alpn: Option<&mut Vec<Vec<u8>>>,
+) -> Result<Option<String>, &'static str> {
     let mut r = Reader::new(body);
     let version = r.u16().ok_or("truncated legacy_version")?;
     if version >> 8 != 3 {
@@ -269,18 +288,20 @@ fn parse_body(body: &[u8]) -> Result<Body, &'static str> {
     }
     if r.is_empty() {
         // A hello without extensions (TLS 1.0-era clients): no SNI, no ALPN.
-        return Ok((None, Vec::new()));
+        return Ok(None);
     }
     let extensions = r.u16_vec().ok_or("truncated extensions")?;
     if !r.is_empty() {
         return Err("extensions length does not match message length");
     }
-    parse_extensions(extensions)
+    parse_extensions(extensions, alpn)
 }
 
-fn parse_extensions(block: &[u8]) -> Result<Body, &'static str> {
+fn parse_extensions(
+    block: &[u8],
+    mut alpn: Option<&mut Vec<Vec<u8>>>,
+) -> Result<Option<String>, &'static str> {
     let mut sni = None;
-    let mut alpn = Vec::new();
     let mut seen = SeenTypes::default();
     let mut r = Reader::new(block);
     while !r.is_empty() {
@@ -291,14 +312,14 @@ fn parse_extensions(block: &[u8]) -> Result<Body, &'static str> {
         }
         match ext_type {
             EXT_SERVER_NAME => sni = parse_server_name(data)?,
-            EXT_ALPN => alpn = parse_alpn(data)?,
+            EXT_ALPN => parse_alpn(data, alpn.as_deref_mut())?,
             _ => {}
         }
     }
     if seen.has_duplicates() {
         return Err("duplicate extension");
     }
-    Ok((sni, alpn))
+    Ok(sni)
 }
 
 /// server_name extension (RFC 6066 §3): the host_name entry, validated and normalised.
@@ -357,8 +378,9 @@ fn normalise_host_name(name: &[u8]) -> Result<String, &'static str> {
     String::from_utf8(name.to_ascii_lowercase()).map_err(|_| "invalid character in SNI host_name")
 }
 
-/// ALPN extension (RFC 7301 §3.1): a nonempty list of nonempty protocol names.
-fn parse_alpn(data: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
+/// ALPN extension (RFC 7301 §3.1): a nonempty list of nonempty protocol names, validated,
+/// and copied into `out` only if asked.
+fn parse_alpn(data: &[u8], mut out: Option<&mut Vec<Vec<u8>>>) -> Result<(), &'static str> {
     let mut outer = Reader::new(data);
     let list = outer.u16_vec().ok_or("truncated ALPN list")?;
     if !outer.is_empty() {
@@ -367,16 +389,17 @@ fn parse_alpn(data: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
     if list.is_empty() {
         return Err("empty ALPN list");
     }
-    let mut protocols = Vec::new();
     let mut r = Reader::new(list);
     while !r.is_empty() {
         let name = r.u8_vec().ok_or("truncated ALPN protocol name")?;
         if name.is_empty() {
             return Err("empty ALPN protocol name");
         }
-        protocols.push(name.to_vec());
+        if let Some(out) = out.as_deref_mut() {
+            out.push(name.to_vec());
+        }
     }
-    Ok(protocols)
+    Ok(())
 }
 
 /// Duplicate-extension detector that does not allocate for ordinary hellos.

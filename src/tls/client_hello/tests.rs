@@ -45,12 +45,19 @@ const CAPTURES: &[Capture] = &[
     },
 ];
 
-fn expected(c: &Capture, len: usize) -> Parse {
+fn expected(len: usize) -> Parse {
     Parse::Complete(ClientHello {
         sni: Some("app.example.test".to_owned()),
-        alpn: c.alpn.iter().map(|p| p.to_vec()).collect(),
         len,
     })
+}
+
+/// Parses `input` as capture `c` re-framed: the hello `len` bytes long, with the capture's
+/// ALPN list.
+fn assert_parses_as(c: &Capture, input: &[u8], len: usize, name: &str) {
+    assert_eq!(parse(input, MAX), expected(len), "{name}");
+    let want: Vec<Vec<u8>> = c.alpn.iter().map(|p| p.to_vec()).collect();
+    assert_eq!(alpn(input, MAX), Some(want), "{name}: ALPN");
 }
 
 /// The handshake message carried by a single-record capture.
@@ -162,12 +169,7 @@ fn captures_are_single_records_of_the_documented_sizes() {
 #[test]
 fn captures_parse_and_every_prefix_needs_more() {
     for c in CAPTURES {
-        assert_eq!(
-            parse(c.bytes, MAX),
-            expected(c, c.bytes.len()),
-            "{}",
-            c.name
-        );
+        assert_parses_as(c, c.bytes, c.bytes.len(), c.name);
         assert_every_prefix_needs_more(c.name, c.bytes);
     }
 }
@@ -191,7 +193,7 @@ fn captures_reframed_into_many_records_parse_the_same() {
         for sizes in framings {
             let input = frame(msg, sizes);
             let name = format!("{} framed {sizes:?}", c.name);
-            assert_eq!(parse(&input, MAX), expected(c, input.len()), "{name}");
+            assert_parses_as(c, &input, input.len(), &name);
             assert_every_prefix_needs_more(&name, &input);
         }
     }
@@ -203,7 +205,7 @@ fn chromium_pq_hello_split_in_four_records() {
     let msg = message(c.bytes);
     let input = frame(msg, &[msg.len().div_ceil(4)]);
     assert_eq!(input.len(), c.bytes.len() + 3 * RECORD_HEADER_LEN);
-    assert_eq!(parse(&input, MAX), expected(c, input.len()));
+    assert_parses_as(c, &input, input.len(), c.name);
 }
 
 #[test]
@@ -213,13 +215,13 @@ fn trailing_bytes_after_the_hello_records_are_not_counted() {
         let mut input = c.bytes.to_vec();
         input.extend_from_slice(&[20, 3, 3, 0, 1, 1]);
         input.extend_from_slice(b"GET / HTTP/1.1\r\n");
-        assert_eq!(parse(&input, MAX), expected(c, c.bytes.len()), "{}", c.name);
+        assert_parses_as(c, &input, c.bytes.len(), c.name);
 
         let msg = message(c.bytes);
         let mut framed = frame(msg, &[37]);
         let len = framed.len();
         framed.extend_from_slice(&[23, 3, 3, 0, 5, 1, 2, 3]);
-        assert_eq!(parse(&framed, MAX), expected(c, len), "{} framed", c.name);
+        assert_parses_as(c, &framed, len, &format!("{} framed", c.name));
     }
 }
 
@@ -253,10 +255,10 @@ fn no_sni_no_alpn() {
         sni_of(&input),
         Parse::Complete(ClientHello {
             sni: None,
-            alpn: vec![],
             len: input.len()
         })
     );
+    assert_eq!(alpn(&input, MAX), Some(vec![]));
     // No extensions block at all.
     let msg = hello_msg(None);
     let input = frame(&msg, &[msg.len()]);
@@ -264,10 +266,10 @@ fn no_sni_no_alpn() {
         sni_of(&input),
         Parse::Complete(ClientHello {
             sni: None,
-            alpn: vec![],
             len: input.len()
         })
     );
+    assert_eq!(alpn(&input, MAX), Some(vec![]));
 }
 
 #[test]
@@ -280,9 +282,12 @@ fn sni_normalised_and_alpn_order_kept() {
         sni_of(&input),
         Parse::Complete(ClientHello {
             sni: Some("app.example.test".into()),
-            alpn: vec![b"http/1.1".to_vec(), b"h2".to_vec(), b"x".to_vec()],
             len: input.len()
         })
+    );
+    assert_eq!(
+        alpn(&input, MAX),
+        Some(vec![b"http/1.1".to_vec(), b"h2".to_vec(), b"x".to_vec()])
     );
     let input = hello(&[sni_ext(b"my_svc-1.Internal")]);
     assert!(
@@ -564,7 +569,7 @@ fn malformed_framing() {
 fn too_large() {
     let c = &CAPTURES[0]; // 1,956 bytes: a 1,951-byte message in one record
     let msg = message(c.bytes);
-    assert_eq!(parse(c.bytes, c.bytes.len()), expected(c, c.bytes.len()));
+    assert_eq!(parse(c.bytes, c.bytes.len()), expected(c.bytes.len()));
     assert_eq!(parse(c.bytes, c.bytes.len() - 1), Parse::TooLarge);
     // Known from the record header alone, before the payload arrives.
     assert_eq!(parse(&c.bytes[..5], 1000), Parse::TooLarge);
@@ -575,7 +580,7 @@ fn too_large() {
     assert_eq!(parse(&framed[..6 * 3], 1950), Parse::NeedMore);
     assert_eq!(parse(&framed[..6 * 4], 1950), Parse::TooLarge);
     // ...and the record headers count too: 1,951 one-byte records need 11,706 bytes.
-    assert_eq!(parse(&framed, framed.len()), expected(c, framed.len()));
+    assert_eq!(parse(&framed, framed.len()), expected(framed.len()));
     assert_eq!(parse(&framed, framed.len() - 1), Parse::TooLarge);
     assert_eq!(
         parse(&framed[..framed.len() - 1], framed.len() - 1),
