@@ -205,6 +205,33 @@ async fn unchanged_route_connection_survives_20_reloads_and_removed_route_closes
     assert!(conn_a.ping("a alive").await);
 }
 
+/// When the shutdown grace runs out, every relayed connection closes: one
+/// on a route in the table, and one on a route already removed from it but
+/// still inside its own close grace (its entry is no longer in the table,
+/// so only the kill signal can reach it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_closes_every_connection_even_on_a_removed_route() {
+    let ca = Ca::new("test CA").unwrap();
+    let (a, _) = enclave(&ca, &["a.example.test"], "a").await;
+    let (b, _) = enclave(&ca, &["b.example.test"], "b").await;
+    let sa = spec("a", &["a.example.test"], &[a.addr.to_string()]);
+    let mut sb = spec("b", &["b.example.test"], &[b.addr.to_string()]);
+    sb.close_grace = Some("10m".into());
+    let live = Live::start(&[sa.clone(), sb], "");
+    let mut conn_a = EchoConn::open(live.addr(), "a.example.test", &ca).await;
+    let mut conn_b = EchoConn::open(live.addr(), "b.example.test", &ca).await;
+    write_routes(&live.routes_path, std::slice::from_ref(&sa));
+    let applied = live.server.control.reload_file().await.unwrap();
+    assert_eq!(applied.removed, 1);
+    assert!(conn_b.ping("inside its close grace").await);
+    assert!(conn_a.ping("a alive").await);
+
+    let cut = live.server.shutdown(Duration::from_millis(200)).await;
+    assert_eq!(cut, 2, "both connections were open when the grace ran out");
+    assert!(conn_a.closed_within(Duration::from_secs(5)).await);
+    assert!(conn_b.closed_within(Duration::from_secs(5)).await);
+}
+
 #[tokio::test]
 async fn api_writes_need_the_token_and_validate() {
     let ca = Ca::new("test CA").unwrap();

@@ -43,17 +43,19 @@ pub struct Shared {
     /// One permit per open connection, moved into the connection's task.
     pub limit: Arc<Semaphore>,
     /// Cancelled when the shutdown grace runs out: live connections close.
+    /// The router's [`Router::closers`], so each route's closer is its child.
     pub kill: CancellationToken,
 }
 
 impl Shared {
     /// Resolves when a relayed connection on `entry` must stop: the route
-    /// left the table (removed, expired, redeployed) or shutdown's grace ran out.
-    pub async fn stop_signal(&self, entry: &crate::routing::RouteEntry) {
-        tokio::select! {
-            () = entry.closer().cancelled() => {}
-            () = self.kill.cancelled() => {}
-        }
+    /// left the table (removed, expired, redeployed) or shutdown's grace ran
+    /// out. One wait covers both: the route's closer is a child of `kill`.
+    pub fn stop_signal<'a>(
+        &self,
+        entry: &'a crate::routing::RouteEntry,
+    ) -> tokio_util::sync::WaitForCancellationFuture<'a> {
+        entry.closer().cancelled()
     }
 
     /// The outcome of a relay that ran on `route`, logging relay errors.
@@ -97,6 +99,7 @@ impl ProxyHandle {
             .collect::<std::io::Result<Vec<_>>>()?;
         let metrics = Metrics::new(config.metrics_per_route);
         let dns = Dns::new(&config.dns, metrics.dns_lookups.clone());
+        let kill = router.closers().clone();
         let shared = Arc::new(Shared {
             metrics,
             health: health::Health::new(config.failure_cooldown),
@@ -105,7 +108,7 @@ impl ProxyHandle {
             config,
             router,
             dns,
-            kill: CancellationToken::new(),
+            kill,
         });
         let stop_accept = CancellationToken::new();
         let tracker = TaskTracker::new();

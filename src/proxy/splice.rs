@@ -8,6 +8,7 @@
 //! data; an empty pooled pipe costs two fds and its inode.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -87,7 +88,11 @@ fn nix_io(e: nix::Error) -> io::Error {
 pub async fn chunk(from: &TcpStream, to: &TcpStream) -> Result<Chunk, SpliceError> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
-        from.readable().await.map_err(SpliceError::Read)?;
+        // The sockets' own waker slots, not `readable()`/`writable()`
+        // futures: see `relay::write_all`.
+        poll_fn(|cx| from.poll_read_ready(cx))
+            .await
+            .map_err(SpliceError::Read)?;
         let mut loan = Loan::take().map_err(SpliceError::Read)?;
         let Some(Pipe(r, w)) = loan.pipe.as_ref() else {
             return Err(SpliceError::Read(io::ErrorKind::Other.into()));
@@ -111,7 +116,9 @@ pub async fn chunk(from: &TcpStream, to: &TcpStream) -> Result<Chunk, SpliceErro
                 Ok(0) => return Err(SpliceError::Write(io::ErrorKind::WriteZero.into())),
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    to.writable().await.map_err(SpliceError::Write)?;
+                    poll_fn(|cx| to.poll_write_ready(cx))
+                        .await
+                        .map_err(SpliceError::Write)?;
                 }
                 Err(e) => return Err(SpliceError::Write(e)),
             }

@@ -76,23 +76,33 @@ pub fn apply(
                 // Same definition, moved between sources: hand the
                 // connections over untouched.
                 applied.unchanged += 1;
-                entries.push(RouteEntry::with_inherited(r, source, e.all_closers()));
+                entries.push(RouteEntry::with_inherited(
+                    r,
+                    source,
+                    router.closers(),
+                    e.all_closers(),
+                ));
             }
             Some(e) => {
                 applied.changed += 1;
                 match opts.on_change {
                     OnChange::Close => {
-                        entries.push(RouteEntry::new(r, source));
+                        entries.push(RouteEntry::new(r, source, router.closers()));
                         changed_old.push(Arc::clone(e));
                     }
                     OnChange::Keep => {
-                        entries.push(RouteEntry::with_inherited(r, source, e.all_closers()));
+                        entries.push(RouteEntry::with_inherited(
+                            r,
+                            source,
+                            router.closers(),
+                            e.all_closers(),
+                        ));
                     }
                 }
             }
             None => {
                 applied.added += 1;
-                entries.push(RouteEntry::new(r, source));
+                entries.push(RouteEntry::new(r, source, router.closers()));
             }
         }
     }

@@ -50,19 +50,22 @@ pub struct RouteEntry {
 }
 
 impl RouteEntry {
-    pub fn new(route: Route, source: Source) -> Arc<Self> {
-        Self::with_inherited(route, source, Vec::new())
+    /// `parent`: the router's [`Router::closers`]; the entry's closer is its
+    /// child, so cancelling the root closes every route's connections.
+    pub fn new(route: Route, source: Source, parent: &CancellationToken) -> Arc<Self> {
+        Self::with_inherited(route, source, parent, Vec::new())
     }
 
     pub fn with_inherited(
         route: Route,
         source: Source,
+        parent: &CancellationToken,
         inherited: Vec<CancellationToken>,
     ) -> Arc<Self> {
         Arc::new(Self {
             route,
             source,
-            closer: CancellationToken::new(),
+            closer: parent.child_token(),
             inherited,
             open: AtomicUsize::new(0),
             metrics: OnceLock::new(),
@@ -226,6 +229,11 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Router {
     current: ArcSwap<Snapshot>,
+    /// Parent of every entry's closer. A connection then waits on one
+    /// token, its route's, for both reasons to close (its route went away,
+    /// or the shutdown grace ran out), which keeps an idle connection one
+    /// waiter smaller than waiting on two.
+    closers: CancellationToken,
     /// TLS resumption state shared by every snapshot's server configs, so
     /// sessions survive reloads.
     sessions: Sessions,
@@ -235,8 +243,15 @@ impl Router {
     pub fn new(snapshot: Snapshot) -> Self {
         Self {
             current: ArcSwap::from_pointee(snapshot),
+            closers: CancellationToken::new(),
             sessions: Sessions::new(),
         }
+    }
+
+    /// Cancelling this closes every connection on every route, including
+    /// routes that have left the table but still have connections.
+    pub fn closers(&self) -> &CancellationToken {
+        &self.closers
     }
 
     pub fn sessions(&self) -> &Sessions {
@@ -274,7 +289,7 @@ mod tests {
         Snapshot::build(
             routes
                 .into_iter()
-                .map(|r| RouteEntry::new(r, Source::File))
+                .map(|r| RouteEntry::new(r, Source::File, &CancellationToken::new()))
                 .collect(),
             None,
         )
@@ -364,7 +379,7 @@ mod properties {
         Snapshot::build(
             routes
                 .into_iter()
-                .map(|r| RouteEntry::new(r, Source::File))
+                .map(|r| RouteEntry::new(r, Source::File, &CancellationToken::new()))
                 .collect(),
             None,
         )
