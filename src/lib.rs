@@ -13,7 +13,7 @@
 //!                   (tls::terminate, the hello replayed through tls::rewind,
 //!                   the certificate picked by SNI from tls::certs), connect a
 //!                   backend, plain or TLS (tls::upstream, tls::verify for
-//!                   pins), relay the plaintext (proxy::relay::relay_streams)
+//!                   pins), relay the plaintext (proxy::stream_relay)
 //!   └ access log    one line per connection with its Outcome
 //! ```
 //!

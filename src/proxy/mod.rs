@@ -11,6 +11,7 @@ pub mod proxy_protocol;
 pub mod relay;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod stream_relay;
 pub mod terminate;
 pub mod upstream;
 

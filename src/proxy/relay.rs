@@ -1,11 +1,11 @@
 //! Both-way relay with half-close, an idle timeout and an external stop
-//! signal: [`relay`] between two TCP sockets (passthrough), [`relay_streams`]
-//! between any two byte streams (terminate, where one or both sides are TLS).
+//! signal: [`relay`] between two TCP sockets (passthrough);
+//! [`super::stream_relay`] between any two byte streams (terminate) shares
+//! its pieces ([`Counters`], [`RelayEnd`], [`StopOrIdle`]).
 //!
-//! Each direction borrows a pooled buffer only while bytes are there: the
-//! socket relay waits for readiness first; the stream relay lends a buffer to
-//! each read attempt and takes it back when the read would block. So an idle
-//! connection costs its sockets and small futures, no relay buffers.
+//! Each direction borrows a pooled buffer for one read attempt and gives it
+//! back when the read would block, so an idle connection costs its sockets
+//! and small futures, no relay buffers.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -32,6 +32,13 @@ pub struct Counters {
     /// Upstream to client.
     pub down: AtomicU64,
     activity: Activity,
+}
+
+impl Counters {
+    /// Bytes moved just now: the idle timeout starts over.
+    pub(super) fn touch(&self) {
+        self.activity.touch();
+    }
 }
 
 impl Default for Counters {
@@ -59,7 +66,7 @@ pub enum RelayEnd {
     UpstreamError(io::Error),
 }
 
-enum HalfError {
+pub(super) enum HalfError {
     Read(io::Error),
     Write(io::Error),
 }
@@ -113,75 +120,32 @@ where
     let (upstream_rd, upstream_wr) = upstream.split();
     let up = copy_half(client_rd, upstream_wr, &counters.up, activity, splice);
     let down = copy_half(upstream_rd, client_wr, &counters.down, activity, splice);
-    drive(up, down, activity, idle, stop)
-}
-
-/// [`relay`] for any two byte streams, with the same semantics: an EOF read
-/// from one side shuts down the other side's write half (for TLS: a
-/// close_notify, then FIN) while the opposite direction keeps flowing.
-pub async fn relay_streams<C, U, F>(
-    client: C,
-    upstream: U,
-    idle: Duration,
-    stop: F,
-    counters: &Counters,
-) -> RelayEnd
-where
-    C: AsyncRead + AsyncWrite,
-    U: AsyncRead + AsyncWrite,
-    F: Future<Output = ()>,
-{
-    let activity = &counters.activity;
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
-    let up = copy_stream(&mut client_rd, &mut upstream_wr, &counters.up, activity);
-    let down = copy_stream(&mut upstream_rd, &mut client_wr, &counters.down, activity);
-    drive(up, down, activity, idle, stop).await
+    Drive {
+        up,
+        down,
+        end: StopOrIdle::new(stop, idle),
+        up_done: false,
+        down_done: false,
+        counters,
+    }
 }
 
 pin_project_lite::pin_project! {
     /// Runs both directions until both are done, one fails, nothing moves
     /// for `idle`, or `stop` resolves. A hand-written future rather than an
-    /// `async fn` with `select!`: that would move the three futures it is
-    /// given into pinned locals and keep their argument slots as well,
-    /// doubling what every idle connection holds.
+    /// `async fn` with `select!`: that would move the futures it is given
+    /// into pinned locals and keep their argument slots as well, doubling
+    /// what every idle connection holds.
     struct Drive<'a, A, B, F> {
         #[pin]
         up: A,
         #[pin]
         down: B,
         #[pin]
-        stop: F,
-        #[pin]
-        idle_timer: tokio::time::Sleep,
+        end: StopOrIdle<F>,
         up_done: bool,
         down_done: bool,
-        activity: &'a Activity,
-        idle: Duration,
-    }
-}
-
-fn drive<A, B, F>(
-    up: A,
-    down: B,
-    activity: &Activity,
-    idle: Duration,
-    stop: F,
-) -> Drive<'_, A, B, F>
-where
-    A: Future<Output = Result<(), HalfError>>,
-    B: Future<Output = Result<(), HalfError>>,
-    F: Future<Output = ()>,
-{
-    Drive {
-        up,
-        down,
-        stop,
-        idle_timer: tokio::time::sleep(idle),
-        up_done: false,
-        down_done: false,
-        activity,
-        idle,
+        counters: &'a Counters,
     }
 }
 
@@ -194,7 +158,7 @@ where
     type Output = RelayEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<RelayEnd> {
-        let mut this = self.project();
+        let this = self.project();
         if !*this.up_done {
             match this.up.poll(cx) {
                 Poll::Ready(Ok(())) => *this.up_done = true,
@@ -222,13 +186,45 @@ where
         if *this.up_done && *this.down_done {
             return Poll::Ready(RelayEnd::Closed);
         }
+        this.end.poll_end(cx, this.counters)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The two ways a relay ends while bytes could still move: the stop
+    /// signal, and no byte either way for the idle timeout.
+    pub(super) struct StopOrIdle<F> {
+        #[pin]
+        stop: F,
+        #[pin]
+        idle_timer: tokio::time::Sleep,
+        idle: Duration,
+    }
+}
+
+impl<F: Future<Output = ()>> StopOrIdle<F> {
+    pub(super) fn new(stop: F, idle: Duration) -> Self {
+        Self {
+            stop,
+            idle_timer: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+
+    /// `Ready` with why the relay ends, or `Pending` with both waits armed.
+    pub(super) fn poll_end(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        counters: &Counters,
+    ) -> Poll<RelayEnd> {
+        let mut this = self.project();
         if this.stop.poll(cx).is_ready() {
             return Poll::Ready(RelayEnd::Stopped);
         }
         // The timer is set to the last known deadline; when it fires, the
         // real deadline (bytes may have moved since) decides.
         while this.idle_timer.as_mut().poll(cx).is_ready() {
-            let deadline = this.activity.idle_deadline(*this.idle);
+            let deadline = counters.activity.idle_deadline(*this.idle);
             if Instant::now() >= deadline {
                 return Poll::Ready(RelayEnd::Idle);
             }
@@ -314,39 +310,6 @@ async fn read_pooled<R: AsyncRead + Unpin>(from: &mut R) -> io::Result<(PooledBu
 #[cfg(target_os = "linux")]
 const BULK: usize = 16 * 1024;
 
-/// One direction of [`relay_streams`]. A read that ends without the peer's
-/// TLS close_notify (`UnexpectedEof`, what most HTTP clients do) is taken as
-/// an EOF like any other: the peer is gone either way.
-async fn copy_stream<R, W>(
-    from: &mut R,
-    to: &mut W,
-    bytes: &AtomicU64,
-    activity: &Activity,
-) -> Result<(), HalfError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let read = read_pooled(from).await;
-        let (buf, n) = match read {
-            Ok((_, 0)) => (None, 0),
-            Ok((buf, n)) => (Some(buf), n),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => (None, 0),
-            Err(e) => return Err(HalfError::Read(e)),
-        };
-        let Some(buf) = buf else {
-            // Pass the EOF on; the peer may still be sending the other way.
-            let _ = to.shutdown().await;
-            return Ok(());
-        };
-        activity.touch();
-        to.write_all(&buf[..n]).await.map_err(HalfError::Write)?;
-        to.flush().await.map_err(HalfError::Write)?;
-        bytes.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
 /// Writes all of `data`, waiting for writability as needed.
 ///
 /// Waits through `poll_write_ready`, which parks the task in the socket's
@@ -376,14 +339,13 @@ pub fn write_all<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{duplex, AsyncReadExt};
 
-    /// What an idle passthrough connection holds is mostly this future.
+    /// What an idle passthrough connection holds is mostly this future:
     /// 2,536 bytes as an `async fn` over `select!` (which kept every
-    /// sub-future twice), 1,160 as a hand-written future, and
-    /// writes and splices wait in the sockets' own waker slots instead of
-    /// readiness futures: 560 with a zero-sized stop (rustc 1.95); the bound leaves room for compiler
-    /// changes but catches a regression.
+    /// sub-future twice), 1,160 as a hand-written future, 560 (with a
+    /// zero-sized stop; rustc 1.95) since writes and splices wait in the
+    /// sockets' own waker slots instead of readiness futures. The bound
+    /// leaves room for compiler changes but catches a regression.
     #[tokio::test]
     async fn the_socket_relay_future_stays_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -400,65 +362,5 @@ mod tests {
         );
         let size = std::mem::size_of_val(&f);
         assert!(size <= 700, "relay future is {size} bytes");
-    }
-
-    #[tokio::test]
-    async fn stream_relay_passes_eof_one_way_and_keeps_the_other() {
-        let (mut client, client_side) = duplex(1024);
-        let (upstream_side, mut upstream) = duplex(1024);
-        let counters = Counters::default();
-        let relay = relay_streams(
-            client_side,
-            upstream_side,
-            Duration::from_secs(60),
-            std::future::pending(),
-            &counters,
-        );
-        let peers = async {
-            client.write_all(b"request").await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut got = Vec::new();
-            upstream.read_to_end(&mut got).await.unwrap();
-            assert_eq!(got, b"request", "upstream sees the bytes, then EOF");
-            // After the client's EOF the answer still flows back.
-            upstream.write_all(b"answer").await.unwrap();
-            upstream.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            client.read_to_end(&mut back).await.unwrap();
-            assert_eq!(back, b"answer");
-        };
-        let (end, ()) = tokio::join!(relay, peers);
-        assert!(matches!(end, RelayEnd::Closed), "{end:?}");
-        assert_eq!(counters.up.load(Ordering::Relaxed), 7);
-        assert_eq!(counters.down.load(Ordering::Relaxed), 6);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn stream_relay_ends_when_idle_or_stopped() {
-        let (_client, client_side) = duplex(64);
-        let (upstream_side, _upstream) = duplex(64);
-        let started = Instant::now();
-        let end = relay_streams(
-            client_side,
-            upstream_side,
-            Duration::from_secs(30),
-            std::future::pending(),
-            &Counters::default(),
-        )
-        .await;
-        assert!(matches!(end, RelayEnd::Idle), "{end:?}");
-        assert_eq!(started.elapsed(), Duration::from_secs(30));
-
-        let (_client, client_side) = duplex(64);
-        let (upstream_side, _upstream) = duplex(64);
-        let end = relay_streams(
-            client_side,
-            upstream_side,
-            Duration::from_secs(30),
-            tokio::time::sleep(Duration::from_secs(1)),
-            &Counters::default(),
-        )
-        .await;
-        assert!(matches!(end, RelayEnd::Stopped), "{end:?}");
     }
 }

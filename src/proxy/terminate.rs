@@ -17,7 +17,8 @@ use tokio_rustls::TlsConnector;
 
 use super::conn::ConnLog;
 use super::outcome::Outcome;
-use super::relay::{self, Counters};
+use super::relay::Counters;
+use super::stream_relay::relay_streams;
 use super::upstream;
 use super::Shared;
 use crate::routing::RouteEntry;
@@ -26,6 +27,18 @@ use crate::tls::upstream::{Upstream, UpstreamTls};
 
 /// How long a client whose upstream failed is given to take our close_notify.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Both ends of a terminated connection, handshakes done, ready to relay.
+/// Short-lived (returned by `open`, then moved whole into the relay), so the
+/// variants' size difference costs nothing held; boxing would cost an
+/// allocation per connection.
+#[allow(clippy::large_enum_variant)]
+enum Ends {
+    Plain(ClientTls, TcpStream),
+    Tls(ClientTls, UpstreamTlsStream),
+}
+
+type UpstreamTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// Serves one connection on a terminate route. `server` is the TLS config
 /// from the same snapshot as `entry`; `deadline` is the one that began at
@@ -40,19 +53,59 @@ pub async fn run(
     log: &mut ConnLog,
 ) -> Outcome {
     let _open = entry.track();
+    // Boxed, and freed before the relay starts: the two handshakes' state
+    // is large, and an idle connection should hold only the relay's.
+    let ends = match Box::pin(open(
+        shared,
+        client,
+        hello_bytes,
+        deadline,
+        &entry,
+        server,
+        log,
+    ))
+    .await
+    {
+        Ok(ends) => ends,
+        Err(outcome) => return outcome,
+    };
+    let counters = Counters::default();
+    let stop = shared.stop_signal(&entry);
+    let idle = shared.config.timeouts.idle;
+    // The streams move straight into the relay, which holds them once.
+    let end = match ends {
+        Ends::Plain(c, u) => relay_streams(c, u, idle, stop, &counters).await,
+        Ends::Tls(c, u) => relay_streams(c, u, idle, stop, &counters).await,
+    };
+    log.bytes_up = counters.up.load(Ordering::Relaxed);
+    log.bytes_down = counters.down.load(Ordering::Relaxed);
+    shared.after_relay(&end, &entry.route)
+}
+
+/// The client's handshake, the upstream connection, and its handshake if
+/// the route wants TLS upstream.
+async fn open(
+    shared: &Shared,
+    client: TcpStream,
+    hello_bytes: Vec<u8>,
+    deadline: Instant,
+    entry: &Arc<RouteEntry>,
+    server: Option<Arc<ServerConfig>>,
+    log: &mut ConnLog,
+) -> Result<Ends, Outcome> {
     let route = &entry.route;
     let (Some(settings), Some(server)) = (&route.terminate, server) else {
         tracing::error!(route = %route.name, "terminate route without TLS settings in its snapshot");
-        return Outcome::ClientTlsError;
+        return Err(Outcome::ClientTlsError);
     };
 
     let handshake_start = Instant::now();
     let client_tls = match terminate::accept(server, client, hello_bytes, deadline).await {
         Ok(tls) => tls,
-        Err(HandshakeError::Timeout) => return Outcome::HelloTimeout,
+        Err(HandshakeError::Timeout) => return Err(Outcome::HelloTimeout),
         Err(HandshakeError::Tls(e)) => {
             tracing::debug!(error = %e, "client TLS handshake failed");
-            return Outcome::ClientTlsError;
+            return Err(Outcome::ClientTlsError);
         }
     };
     entry
@@ -61,49 +114,35 @@ pub async fn run(
         .observe(handshake_start.elapsed().as_secs_f64());
     let alpn = client_tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
 
-    let tcp = match upstream::connect_route(shared, &entry, log).await {
+    let tcp = match upstream::connect_route(shared, entry, log).await {
         Ok(s) => s,
         Err(outcome) => {
             close(client_tls).await;
-            return outcome;
+            return Err(outcome);
         }
     };
     let addr = log.upstream.unwrap_or(log.local);
-
-    let counters = Counters::default();
-    let stop = shared.stop_signal(&entry);
-    let idle = shared.config.timeouts.idle;
-    let end = match &settings.upstream {
-        Upstream::Plain => relay::relay_streams(client_tls, tcp, idle, stop, &counters).await,
-        Upstream::Tls(t) => {
-            let name = upstream_name(t, log.sni.as_deref(), addr);
-            let handshake = TlsConnector::from(Arc::clone(t.client_config()))
-                .with_alpn(alpn.into_iter().collect())
-                .connect(name, tcp);
-            let upstream_tls = match tokio::time::timeout(
-                shared.config.timeouts.upstream_connect,
-                handshake,
-            )
-            .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::warn!(route = %route.name, upstream = %addr, error = %e, "upstream TLS handshake failed");
-                    close(client_tls).await;
-                    return Outcome::UpstreamTlsError;
-                }
-                Err(_) => {
-                    tracing::warn!(route = %route.name, upstream = %addr, "upstream TLS handshake timed out");
-                    close(client_tls).await;
-                    return Outcome::UpstreamTlsError;
-                }
-            };
-            relay::relay_streams(client_tls, upstream_tls, idle, stop, &counters).await
-        }
+    let t = match &settings.upstream {
+        Upstream::Plain => return Ok(Ends::Plain(client_tls, tcp)),
+        Upstream::Tls(t) => t,
     };
-    log.bytes_up = counters.up.load(Ordering::Relaxed);
-    log.bytes_down = counters.down.load(Ordering::Relaxed);
-    shared.after_relay(&end, route)
+    let name = upstream_name(t, log.sni.as_deref(), addr);
+    let handshake = TlsConnector::from(Arc::clone(t.client_config()))
+        .with_alpn(alpn.into_iter().collect())
+        .connect(name, tcp);
+    match tokio::time::timeout(shared.config.timeouts.upstream_connect, handshake).await {
+        Ok(Ok(tls)) => Ok(Ends::Tls(client_tls, tls)),
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.name, upstream = %addr, error = %e, "upstream TLS handshake failed");
+            close(client_tls).await;
+            Err(Outcome::UpstreamTlsError)
+        }
+        Err(_) => {
+            tracing::warn!(route = %route.name, upstream = %addr, "upstream TLS handshake timed out");
+            close(client_tls).await;
+            Err(Outcome::UpstreamTlsError)
+        }
+    }
 }
 
 /// The name the backend is asked for: the route's `upstream.sni`, else the
