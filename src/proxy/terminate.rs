@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use super::conn::ConnLog;
 use super::outcome::Outcome;
@@ -28,17 +29,11 @@ use crate::tls::upstream::{Upstream, UpstreamTls};
 /// How long a client whose upstream failed is given to take our close_notify.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// Both ends of a terminated connection, handshakes done, ready to relay.
-/// Short-lived (returned by `open`, then moved whole into the relay), so the
-/// variants' size difference costs nothing held; boxing would cost an
-/// allocation per connection.
-#[allow(clippy::large_enum_variant)]
-enum Ends {
-    Plain(ClientTls, TcpStream),
-    Tls(ClientTls, UpstreamTlsStream),
-}
-
-type UpstreamTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// The upstream end: plain TCP or TLS, as the route says. One type, so
+/// that the relay is one type too and the streams move into it straight
+/// from `open`'s answer (matching an enum of two relays would keep the
+/// matched value's slot, both streams again, beside the relay).
+type UpstreamStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Serves one connection on a terminate route. `server` is the TLS config
 /// from the same snapshot as `entry`; `deadline` is the one that began at
@@ -55,7 +50,7 @@ pub async fn run(
     let _open = entry.track();
     // Boxed, and freed before the relay starts: the two handshakes' state
     // is large, and an idle connection should hold only the relay's.
-    let ends = match Box::pin(open(
+    let opened = Box::pin(open(
         shared,
         client,
         hello_bytes,
@@ -63,9 +58,8 @@ pub async fn run(
         &entry,
         server,
         log,
-    ))
-    .await
-    {
+    ));
+    let (client_tls, upstream) = match opened.await {
         Ok(ends) => ends,
         Err(outcome) => return outcome,
     };
@@ -73,10 +67,7 @@ pub async fn run(
     let stop = shared.stop_signal(&entry);
     let idle = shared.config.timeouts.idle;
     // The streams move straight into the relay, which holds them once.
-    let end = match ends {
-        Ends::Plain(c, u) => relay_streams(c, u, idle, stop, &counters).await,
-        Ends::Tls(c, u) => relay_streams(c, u, idle, stop, &counters).await,
-    };
+    let end = relay_streams(client_tls, upstream, idle, stop, &counters).await;
     log.bytes_up = counters.up.load(Ordering::Relaxed);
     log.bytes_down = counters.down.load(Ordering::Relaxed);
     shared.after_relay(&end, &entry.route)
@@ -92,7 +83,7 @@ async fn open(
     entry: &Arc<RouteEntry>,
     server: Option<Arc<ServerConfig>>,
     log: &mut ConnLog,
-) -> Result<Ends, Outcome> {
+) -> Result<(ClientTls, UpstreamStream), Outcome> {
     let route = &entry.route;
     let (Some(settings), Some(server)) = (&route.terminate, server) else {
         tracing::error!(route = %route.name, "terminate route without TLS settings in its snapshot");
@@ -123,7 +114,7 @@ async fn open(
     };
     let addr = log.upstream.unwrap_or(log.local);
     let t = match &settings.upstream {
-        Upstream::Plain => return Ok(Ends::Plain(client_tls, tcp)),
+        Upstream::Plain => return Ok((client_tls, Either::Left(tcp))),
         Upstream::Tls(t) => t,
     };
     let name = upstream_name(t, log.sni.as_deref(), addr);
@@ -131,7 +122,7 @@ async fn open(
         .with_alpn(alpn.into_iter().collect())
         .connect(name, tcp);
     match tokio::time::timeout(shared.config.timeouts.upstream_connect, handshake).await {
-        Ok(Ok(tls)) => Ok(Ends::Tls(client_tls, tls)),
+        Ok(Ok(tls)) => Ok((client_tls, Either::Right(tls))),
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, upstream = %addr, error = %e, "upstream TLS handshake failed");
             close(client_tls).await;
