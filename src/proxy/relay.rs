@@ -11,7 +11,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub struct Counters {
     /// Upstream to client.
     pub down: AtomicU64,
     activity: Activity,
+    /// One direction has passed its EOF on (see [`pass_eof`]).
+    eof_passed: AtomicBool,
 }
 
 impl Counters {
@@ -47,6 +49,7 @@ impl Default for Counters {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             activity: Activity::new(),
+            eof_passed: AtomicBool::new(false),
         }
     }
 }
@@ -115,11 +118,10 @@ pub fn relay<'a, F>(
 where
     F: Future<Output = ()> + 'a,
 {
-    let activity = &counters.activity;
     let (client_rd, client_wr) = client.split();
     let (upstream_rd, upstream_wr) = upstream.split();
-    let up = copy_half(client_rd, upstream_wr, &counters.up, activity, splice);
-    let down = copy_half(upstream_rd, client_wr, &counters.down, activity, splice);
+    let up = copy_half(client_rd, upstream_wr, &counters.up, counters, splice);
+    let down = copy_half(upstream_rd, client_wr, &counters.down, counters, splice);
     Drive {
         up,
         down,
@@ -249,10 +251,11 @@ async fn copy_half(
     mut from: ReadHalf<'_>,
     to: WriteHalf<'_>,
     bytes: &AtomicU64,
-    activity: &Activity,
+    counters: &Counters,
     splice: bool,
 ) -> Result<(), HalfError> {
     let to = to.as_ref();
+    let activity = &counters.activity;
     let mut bulk = false;
     loop {
         #[cfg(target_os = "linux")]
@@ -266,7 +269,7 @@ async fn copy_half(
                     continue;
                 }
                 Ok(Chunk::Eof) => {
-                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                    pass_eof(to, counters);
                     return Ok(());
                 }
                 Err(SpliceError::Read(e)) => return Err(HalfError::Read(e)),
@@ -277,14 +280,25 @@ async fn copy_half(
         let _ = (splice, bulk);
         let (buf, n) = read_pooled(&mut from).await.map_err(HalfError::Read)?;
         if n == 0 {
-            // Pass the EOF on; the peer may still be sending the other way.
-            let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+            pass_eof(to, counters);
             return Ok(());
         }
         activity.touch();
         write_all(to, &buf[..n]).await.map_err(HalfError::Write)?;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
         bulk = n == buf.len();
+    }
+}
+
+/// Passes an EOF on: shuts `to`'s write half, so its peer sees the end
+/// while it may still be sending the other way. Only for the first
+/// direction to end: when the second ends the relay is over, both sockets
+/// are closed at once, and closing a socket whose input is all read sends
+/// the same FIN, so a shutdown there would be one syscall per connection
+/// for nothing.
+fn pass_eof(to: &TcpStream, counters: &Counters) {
+    if !counters.eof_passed.swap(true, Ordering::Relaxed) {
+        let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
     }
 }
 
