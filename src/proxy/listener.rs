@@ -97,16 +97,22 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let span = tracing::info_span!(
+        // Debug level: every warning on a connection's path names its peer
+        // or route itself, and an enabled span costs each connection about
+        // 450 bytes while it lives (its registry slot and formatted fields)
+        // plus the formatting. Not even an empty span is held when off.
+        let span = tracing::debug_span!(
             "conn",
             peer = %peer,
             sni = tracing::field::Empty,
             route = tracing::field::Empty
         );
-        tracker.spawn(
-            conn::handle(Arc::clone(&shared), stream, peer, Arc::clone(&info), permit)
-                .instrument(span),
-        );
+        let task = conn::handle(Arc::clone(&shared), stream, peer, Arc::clone(&info), permit);
+        if span.is_disabled() {
+            tracker.spawn(task);
+        } else {
+            tracker.spawn(task.instrument(span));
+        }
     }
     tracing::info!(listener = ?local, "stopped accepting");
 }
