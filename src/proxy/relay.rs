@@ -74,6 +74,18 @@ pub(super) enum HalfError {
     Write(io::Error),
 }
 
+impl HalfError {
+    /// The relay's end for this error: in the client-to-upstream direction
+    /// (`up`) a read failed on the client and a write on the upstream; the
+    /// other way round otherwise.
+    pub(super) fn end(self, up: bool) -> RelayEnd {
+        match (self, up) {
+            (HalfError::Read(e), true) | (HalfError::Write(e), false) => RelayEnd::ClientError(e),
+            (HalfError::Write(e), true) | (HalfError::Read(e), false) => RelayEnd::UpstreamError(e),
+        }
+    }
+}
+
 /// Last activity, as milliseconds since the relay began.
 #[derive(Debug)]
 struct Activity {
@@ -164,24 +176,14 @@ where
         if !*this.up_done {
             match this.up.poll(cx) {
                 Poll::Ready(Ok(())) => *this.up_done = true,
-                Poll::Ready(Err(HalfError::Read(e))) => {
-                    return Poll::Ready(RelayEnd::ClientError(e))
-                }
-                Poll::Ready(Err(HalfError::Write(e))) => {
-                    return Poll::Ready(RelayEnd::UpstreamError(e))
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(e.end(true)),
                 Poll::Pending => {}
             }
         }
         if !*this.down_done {
             match this.down.poll(cx) {
                 Poll::Ready(Ok(())) => *this.down_done = true,
-                Poll::Ready(Err(HalfError::Read(e))) => {
-                    return Poll::Ready(RelayEnd::UpstreamError(e))
-                }
-                Poll::Ready(Err(HalfError::Write(e))) => {
-                    return Poll::Ready(RelayEnd::ClientError(e))
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(e.end(false)),
                 Poll::Pending => {}
             }
         }

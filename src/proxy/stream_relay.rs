@@ -166,19 +166,13 @@ where
             this.up
                 .poll_move(cx, this.client, this.upstream, counters, &counters.up)
         {
-            return Poll::Ready(match e {
-                HalfError::Read(e) => RelayEnd::ClientError(e),
-                HalfError::Write(e) => RelayEnd::UpstreamError(e),
-            });
+            return Poll::Ready(e.end(true));
         }
         if let Poll::Ready(Err(e)) =
             this.down
                 .poll_move(cx, this.upstream, this.client, counters, &counters.down)
         {
-            return Poll::Ready(match e {
-                HalfError::Read(e) => RelayEnd::UpstreamError(e),
-                HalfError::Write(e) => RelayEnd::ClientError(e),
-            });
+            return Poll::Ready(e.end(false));
         }
         if this.up.state == HalfState::Done && this.down.state == HalfState::Done {
             return Poll::Ready(RelayEnd::Closed);
