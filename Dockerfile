@@ -6,6 +6,14 @@
 
 # --- build -----------------------------------------------------------------
 FROM rust:1-bookworm AS build
+# What the build needs beyond Rust (scripts/build-deps; no protoc). The
+# image has most of it already: installing the list keeps the stage true
+# to it, and PROTOC=/bin/false proves no build script reaches for protoc.
+COPY scripts/build-deps /tmp/build-deps
+RUN apt-get update \
+    && sed 's/#.*//' /tmp/build-deps | xargs apt-get install -y --no-install-recommends \
+    && rm -rf /var/lib/apt/lists/*
+ENV PROTOC=/bin/false
 WORKDIR /src
 COPY . .
 # The cargo registry and target directory live in build caches, so a rebuild

@@ -10,9 +10,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Txn, TxnOp};
 use mse_proxy::config::routes::RouteSpec;
 use mse_proxy::config::Config;
+use mse_proxy::etcd::{put_op, Client, ConnectOptions, RequestOp};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -99,9 +99,9 @@ fn main() {
         .expect("etcd on PATH (Debian package etcd-server)");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut kv = loop {
-            if let Ok(mut c) = Client::connect([endpoint.as_str()], None).await {
-                if c.get("probe", None).await.is_ok() {
+        let kv = loop {
+            if let Ok(c) = Client::connect(ConnectOptions::new([endpoint.as_str()])).await {
+                if c.get("probe").await.is_ok() {
                     break c;
                 }
             }
@@ -117,12 +117,12 @@ fn main() {
         let t = Instant::now();
         let mut last = 0;
         for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-            let ops: Vec<TxnOp> = chunk
+            let ops: Vec<RequestOp> = chunk
                 .iter()
-                .map(|&i| TxnOp::put(format!("/sizing/routes/r{i}"), route(i), None))
+                .map(|&i| put_op(format!("/sizing/routes/r{i}"), route(i), 0))
                 .collect();
-            let r = kv.txn(Txn::new().and_then(ops)).await.unwrap();
-            last = r.header().unwrap().revision();
+            let r = kv.txn(Vec::new(), ops).await.unwrap();
+            last = r.header.unwrap().revision;
         }
         let written = t.elapsed();
         live_at(&a, last, Duration::from_secs(600)).await;
@@ -135,10 +135,10 @@ fn main() {
         for k in 0..20 {
             let t = Instant::now();
             let r = kv
-                .put(format!("/sizing/routes/r{k}"), route(k + n), None)
+                .put(format!("/sizing/routes/r{k}"), route(k + n), 0)
                 .await
                 .unwrap();
-            live_at(&a, r.header().unwrap().revision(), Duration::from_secs(60)).await;
+            live_at(&a, r.header.unwrap().revision, Duration::from_secs(60)).await;
             one.push(t.elapsed());
         }
         one.sort();

@@ -25,7 +25,8 @@
 //! rules (expiry, trust scenario, status, custom-domain CNAMEs), a third
 //! route source of the same reconciler, written through `admin_apps`;
 //! `routing::sources::etcd` makes etcd the store several instances share
-//! (a follower feeding the same reconciler, transactional writes);
+//! (a follower feeding the same reconciler, transactional writes), over
+//! the small gRPC client in `etcd`;
 //! `server` wires signals (SIGHUP reload, SIGTERM graceful stop) around a
 //! running `proxy::ProxyHandle`.
 
@@ -35,6 +36,7 @@ pub mod apps;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod etcd;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

@@ -1,6 +1,7 @@
 //! The `mse-proxy` binary: parse the CLI, set up tracing, load config, start
 //! the runtime, map errors to exit codes. Everything else is in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -129,6 +130,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether to colour a log going to a terminal or not (`is_terminal`),
+/// under the NO_COLOR convention (set and not empty: no colour).
+fn colour(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -138,6 +145,9 @@ fn init_tracing(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: escapes in a file, a pipe
+        // or journald make the log hard to read and grep. NO_COLOR too.
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .log_internal_errors(false);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

@@ -153,3 +153,109 @@ fn dockerfile_matches_the_docker_config() {
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
     assert!(ignore.lines().any(|l| l.trim() == ".git/"));
 }
+
+/// The Debian packages in `scripts/build-deps`, comments dropped.
+fn build_deps() -> Vec<String> {
+    read("scripts/build-deps")
+        .lines()
+        .filter_map(|l| l.split('#').next())
+        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Crates that run `protoc` in their build (or bundle one).
+const NEEDS_PROTOC: &[&str] = &[
+    "prost-build",
+    "tonic-build",
+    "tonic-prost-build",
+    "protobuf-src",
+    "protoc-bin-vendored",
+];
+
+#[test]
+fn the_build_stage_installs_what_the_dependency_graph_needs() {
+    // What building the binary compiles: normal and build dependencies on
+    // every target (dev-dependencies such as the stub generator are not
+    // part of a build).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(ROOT)
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "-e",
+            "normal,build",
+            "--target",
+            "all",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crates: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(crates.contains("tonic"), "the graph was read: {crates:?}");
+    for c in NEEDS_PROTOC {
+        assert!(
+            !crates.contains(*c),
+            "`{c}` is in the build graph: the build would need protoc"
+        );
+    }
+    let deps = build_deps();
+    if crates.contains("cc") {
+        for p in ["gcc", "libc6-dev"] {
+            assert!(deps.iter().any(|d| d == p), "the cc crate needs {p}");
+        }
+    }
+    if crates.contains("bindgen") {
+        assert!(
+            deps.iter().any(|d| d == "libclang-dev"),
+            "bindgen needs libclang"
+        );
+    }
+
+    // The build stage installs exactly that list, and fails if a build
+    // script still reaches for protoc.
+    let df = dockerfile();
+    let build_stage: Vec<&(String, String)> = df
+        .iter()
+        .take_while(|(w, a)| w != "FROM" || a.contains("AS build"))
+        .collect();
+    let stage = |word: &str| -> String {
+        build_stage
+            .iter()
+            .filter(|(w, _)| w == word)
+            .map(|(_, a)| a.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        stage("COPY").contains("scripts/build-deps /tmp/build-deps"),
+        "the build stage does not copy scripts/build-deps"
+    );
+    let run = stage("RUN");
+    assert!(
+        run.lines()
+            .any(|l| l.contains("/tmp/build-deps") && l.contains("apt-get install")),
+        "the build stage does not install scripts/build-deps: {run}"
+    );
+    assert!(
+        stage("ENV").contains("PROTOC=/bin/false"),
+        "the build stage lets a build script use protoc"
+    );
+    let ci = read(".ci/run");
+    assert!(
+        ci.contains("scripts/build-deps") && ci.contains("PROTOC=/bin/false"),
+        ".ci/run must install scripts/build-deps and build with PROTOC=/bin/false"
+    );
+}

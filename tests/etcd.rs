@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use common::etcd::{Etcd, Link};
 use common::*;
-use etcd_client::CompactionOptions;
 use serde_json::Value;
 
 const PREFIX: &str = "/t/";
@@ -132,14 +131,14 @@ async fn a_host_claimed_through_one_instance_is_refused_through_the_other() {
     );
     // The transaction refuses too when the instance's own table cannot
     // know: a claim whose owner is in etcd but not servable (invalid).
-    let mut kv = etcd.client().await;
-    kv.put(format!("{PREFIX}routes/ghost"), "not json", None)
+    let kv = etcd.client().await;
+    kv.put(format!("{PREFIX}routes/ghost"), "not json", 0)
         .await
         .unwrap();
     kv.put(
         format!("{PREFIX}hosts/ghost.example.test"),
         "routes/ghost",
-        None,
+        0,
     )
     .await
     .unwrap();
@@ -155,21 +154,19 @@ async fn a_host_claimed_through_one_instance_is_refused_through_the_other() {
     // B's own table may not have the move yet: the store decides.
     assert_eq!(b.put_route("two", &two).await.status(), 200);
     let claim = kv
-        .get(format!("{PREFIX}hosts/claimed.example.test"), None)
+        .get(format!("{PREFIX}hosts/claimed.example.test"))
         .await
         .unwrap();
-    assert_eq!(claim.kvs()[0].value(), b"routes/two");
+    assert_eq!(claim.kvs[0].value, b"routes/two");
     let old = kv
-        .get(format!("{PREFIX}hosts/other.example.test"), None)
+        .get(format!("{PREFIX}hosts/other.example.test"))
         .await
         .unwrap();
-    assert_eq!(old.kvs()[0].value(), b"routes/one");
+    assert_eq!(old.kvs[0].value, b"routes/one");
 
     // A claim left behind by a tool that deleted its owner's key alone is
     // taken over; one whose owner exists is not.
-    kv.delete(format!("{PREFIX}routes/one"), None)
-        .await
-        .unwrap();
+    kv.delete(format!("{PREFIX}routes/one")).await.unwrap();
     let gone = eventually_async(Duration::from_secs(2), || async {
         reqwest::get(b.admin("/routes/one")).await.unwrap().status() == 404
     })
@@ -178,10 +175,10 @@ async fn a_host_claimed_through_one_instance_is_refused_through_the_other() {
     let three = spec("three", &["other.example.test"], &["127.0.0.1:9".into()]);
     assert_eq!(b.put_route("three", &three).await.status(), 200);
     let taken = kv
-        .get(format!("{PREFIX}hosts/other.example.test"), None)
+        .get(format!("{PREFIX}hosts/other.example.test"))
         .await
         .unwrap();
-    assert_eq!(taken.kvs()[0].value(), b"routes/three");
+    assert_eq!(taken.kvs[0].value, b"routes/three");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,21 +216,25 @@ async fn an_expiry_closes_connections_on_both_instances_and_the_lease_cleans_etc
     assert!(!serves(&b, "exp.example.test", &ca).await);
     // The lease ends within about a second of the expiry: etcd forgets the
     // route and its host claim by itself.
-    let mut kv = etcd.client().await;
+    let kv = etcd.client().await;
     let gone = eventually_async(Duration::from_secs(5), || {
-        let mut kv = kv.clone();
+        let kv = kv.clone();
         async move {
-            let opts = etcd_client::GetOptions::new().with_prefix();
-            kv.get(PREFIX, Some(opts)).await.unwrap().kvs().is_empty()
+            let all = mse_proxy::etcd::RangeRequest {
+                key: PREFIX.into(),
+                range_end: mse_proxy::etcd::range_end(PREFIX.as_bytes()),
+                ..Default::default()
+            };
+            kv.range(all).await.unwrap().kvs.is_empty()
         }
     })
     .await;
     assert!(gone, "the lease did not remove the expired route from etcd");
     assert!(kv
-        .get(format!("{PREFIX}routes/exp"), None)
+        .get(format!("{PREFIX}routes/exp"))
         .await
         .unwrap()
-        .kvs()
+        .kvs
         .is_empty());
 }
 
@@ -327,22 +328,14 @@ async fn a_compaction_while_an_instance_is_cut_off_leaves_no_deleted_route_behin
     );
     assert_eq!(delete(&a, "gone").await.status(), 200);
     // More history, then compact it all away: B cannot replay the delete.
-    let mut kv = etcd.client().await;
+    let kv = etcd.client().await;
     for i in 0..20 {
-        kv.put(format!("{PREFIX}noise"), format!("{i}"), None)
+        kv.put(format!("{PREFIX}noise"), format!("{i}"), 0)
             .await
             .unwrap();
     }
-    let rev = kv
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    kv.compact(rev, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    let rev = kv.get("x").await.unwrap().header.unwrap().revision;
+    kv.compact(rev, true).await.unwrap();
     assert!(
         serves(&b, "gone.example.test", &ca).await,
         "B serves its last table meanwhile"
@@ -379,12 +372,12 @@ async fn readyz_flips_once_etcd_is_first_reached() {
     let etcd = Etcd::start_on(port).await;
     let ca = Ca::new("test CA").unwrap();
     let (e, _) = enclave(&ca, &["r.example.test"], "r").await;
-    let mut kv = etcd.client().await;
+    let kv = etcd.client().await;
     let s = spec("r", &["r.example.test"], &[e.addr.to_string()]);
     kv.put(
         format!("{PREFIX}routes/r"),
         serde_json::to_vec(&s).unwrap(),
-        None,
+        0,
     )
     .await
     .unwrap();
@@ -445,11 +438,11 @@ async fn a_bad_key_in_etcd_is_counted_and_does_not_hold_back_the_others() {
     let (e, _) = enclave(&ca, &["good.example.test"], "good").await;
     let a = instance(&etcd.endpoint(), "");
     assert!(eventually_async(Duration::from_secs(10), || connected(&a)).await);
-    let mut kv = etcd.client().await;
+    let kv = etcd.client().await;
     kv.put(
         format!("{PREFIX}routes/bad"),
         "{\"name\":\"bad\",\"hosts\":[]}",
-        None,
+        0,
     )
     .await
     .unwrap();
@@ -457,7 +450,7 @@ async fn a_bad_key_in_etcd_is_counted_and_does_not_hold_back_the_others() {
     kv.put(
         format!("{PREFIX}routes/good"),
         serde_json::to_vec(&s).unwrap(),
-        None,
+        0,
     )
     .await
     .unwrap();
@@ -470,9 +463,7 @@ async fn a_bad_key_in_etcd_is_counted_and_does_not_hold_back_the_others() {
         .await
     );
     assert_eq!(metric(&a, "mse_proxy_etcd_invalid_keys").await, 1.0);
-    kv.delete(format!("{PREFIX}routes/bad"), None)
-        .await
-        .unwrap();
+    kv.delete(format!("{PREFIX}routes/bad")).await.unwrap();
     assert!(
         eventually_async(Duration::from_secs(2), || async {
             metric(&a, "mse_proxy_etcd_invalid_keys").await == 0.0
@@ -543,11 +534,28 @@ async fn tls_with_a_client_certificate_and_a_password() {
     let (client_pem, client_key) = (tls.client.cert_pem.clone(), tls.client.key_pem.clone());
     let etcd = Etcd::start_tls(tls).await;
     // Password authentication on top of the client certificate.
-    let mut admin = etcd.client().await;
-    admin.user_add("root", "s3cret", None).await.unwrap();
-    let _ = admin.role_add("root").await;
-    admin.user_grant_role("root", "root").await.unwrap();
-    admin.auth_enable().await.unwrap();
+    let admin = etcd.client().await;
+    use mse_proxy::etcd::proto::etcdserverpb as pb;
+    let mut auth = admin.auth();
+    auth.user_add(pb::AuthUserAddRequest {
+        name: "root".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _ = auth
+        .role_add(pb::AuthRoleAddRequest {
+            name: "root".into(),
+        })
+        .await;
+    auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .unwrap();
+    auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
 
     let files = format!(
         "username = \"root\"\npassword_file = {:?}\n[etcd.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
@@ -584,9 +592,9 @@ async fn a_store_rebuilt_from_nothing_is_followed_though_its_revisions_went_back
     let a = instance(&etcd.endpoint(), "");
     assert!(eventually_async(Duration::from_secs(10), || connected(&a)).await);
     // Push the old store's revision well past what the new one will have.
-    let mut kv = etcd.client().await;
+    let kv = etcd.client().await;
     for i in 0..30 {
-        kv.put(format!("{PREFIX}noise"), format!("{i}"), None)
+        kv.put(format!("{PREFIX}noise"), format!("{i}"), 0)
             .await
             .unwrap();
     }
@@ -613,12 +621,12 @@ async fn a_store_rebuilt_from_nothing_is_followed_though_its_revisions_went_back
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_larger_than_one_grpc_message_is_read_whole() {
     let etcd = Etcd::start().await;
-    let mut kv = etcd.client().await;
+    let kv = etcd.client().await;
     // 2,000 routes of 40 long host names each: about 6 MB of values, past
     // gRPC's 4 MiB limit for one answer, so the full read must page.
     let long = "x".repeat(40);
     for chunk in (0..2000).collect::<Vec<_>>().chunks(100) {
-        let ops: Vec<etcd_client::TxnOp> = chunk
+        let ops: Vec<mse_proxy::etcd::RequestOp> = chunk
             .iter()
             .map(|i| {
                 let hosts: Vec<String> = (0..40)
@@ -626,14 +634,14 @@ async fn a_table_larger_than_one_grpc_message_is_read_whole() {
                     .collect();
                 let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
                 let s = spec(&format!("r{i}"), &hosts, &["127.0.0.1:9".into()]);
-                etcd_client::TxnOp::put(
+                mse_proxy::etcd::put_op(
                     format!("{PREFIX}routes/r{i}"),
                     serde_json::to_vec(&s).unwrap(),
-                    None,
+                    0,
                 )
             })
             .collect();
-        kv.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+        kv.txn(Vec::new(), ops).await.unwrap();
     }
     let a = instance(&etcd.endpoint(), "");
     assert!(
@@ -654,11 +662,11 @@ async fn an_etcd_route_left_out_for_want_of_a_certificate_is_served_once_one_is_
     let (backend, leaf) = HttpBackend::tls(&ca, "tt.example.test").await;
     // Written by an instance that has the certificate; this one has not.
     let s = terminate_spec("tt", &["tt.example.test"], &[backend.addr], pinned(&leaf));
-    let mut kv = etcd.client().await;
+    let kv = etcd.client().await;
     kv.put(
         format!("{PREFIX}routes/tt"),
         serde_json::to_vec(&s).unwrap(),
-        None,
+        0,
     )
     .await
     .unwrap();

@@ -493,3 +493,41 @@ async fn two_routes_on_one_host_are_rejected_by_check() {
         "{err}"
     );
 }
+
+#[test]
+fn a_log_that_is_not_a_terminal_has_no_colour_escapes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("proxy.toml");
+    std::fs::write(&cfg_path, "[[listener]]\naddress = \"127.0.0.1:0\"\n").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The first info line the proxy writes at start, through a pipe.
+    let line = rx.recv_timeout(Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("the proxy logged a line at start");
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour escapes in a piped log: {line:?}"
+    );
+}

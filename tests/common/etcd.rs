@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mse_proxy::etcd::{Client, ConnectOptions, Tls};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -80,15 +81,17 @@ impl Etcd {
         p
     }
 
-    fn connect_options(&self) -> Option<etcd_client::ConnectOptions> {
-        let t = self.tls.as_ref()?;
-        let tls = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(t.ca_pem.clone()))
-            .identity(etcd_client::Identity::from_pem(
-                t.client.cert_pem.clone(),
-                t.client.key_pem.clone(),
-            ));
-        Some(etcd_client::ConnectOptions::new().with_tls(tls))
+    fn connect_options(&self) -> ConnectOptions {
+        let mut opts = ConnectOptions::new([self.endpoint()]);
+        opts.tls = self.tls.as_ref().map(|t| Tls {
+            ca_pem: Some(t.ca_pem.clone().into_bytes()),
+            identity_pem: Some((
+                t.client.cert_pem.clone().into_bytes(),
+                t.client.key_pem.clone().into_bytes(),
+            )),
+            server_name: None,
+        });
+        opts
     }
 
     async fn spawn(&mut self) {
@@ -137,21 +140,17 @@ impl Etcd {
             .spawn()
             .expect("etcd must be installed (Debian package etcd-server; .ci/run installs it)");
         self.child = Some(child);
-        let ep = self.endpoint();
         let opts = self.connect_options();
         let ready = eventually_async(Duration::from_secs(20), || {
-            let (ep, opts) = (ep.clone(), opts.clone());
+            let opts = opts.clone();
             async move {
-                let Ok(Ok(mut c)) = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    etcd_client::Client::connect([ep], opts),
-                )
-                .await
+                let Ok(Ok(c)) =
+                    tokio::time::timeout(Duration::from_secs(1), Client::connect(opts)).await
                 else {
                     return false;
                 };
                 matches!(
-                    tokio::time::timeout(Duration::from_secs(1), c.get("probe", None)).await,
+                    tokio::time::timeout(Duration::from_secs(1), c.get("probe")).await,
                     Ok(Ok(_))
                 )
             }
@@ -182,10 +181,8 @@ impl Etcd {
         self.spawn().await;
     }
 
-    pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], self.connect_options())
-            .await
-            .unwrap()
+    pub async fn client(&self) -> Client {
+        Client::connect(self.connect_options()).await.unwrap()
     }
 }
 

@@ -16,7 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use crate::etcd::{
+    range_end, Client, EventType, KeyValue, RangeRequest, WatchCreateRequest, WatchResponse,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -76,13 +78,13 @@ fn kind(cfg: &EtcdConfig, key: &str) -> Kind {
 
 impl Mirror {
     fn put(&mut self, cfg: &EtcdConfig, kv: &KeyValue) {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
         self.remove(cfg, &key);
         let parsed = match kind(cfg, &key) {
-            Kind::Route(name) => parse(&key, &name, kv.value()).map(|r| {
+            Kind::Route(name) => parse(&key, &name, &kv.value).map(|r| {
                 self.routes.insert(name, r);
             }),
-            Kind::App => serde_json::from_slice::<StoredApp>(kv.value())
+            Kind::App => serde_json::from_slice::<StoredApp>(&kv.value)
                 .map(|a| {
                     self.apps.insert(key.clone(), a);
                 })
@@ -150,20 +152,6 @@ const WATCH_MESSAGE_MAX: usize = 64 * 1024 * 1024;
 
 /// Keys per page of a full read.
 const PAGE: i64 = 1000;
-
-/// The end of the key range holding every key that starts with `prefix`
-/// (etcd's convention: the prefix with its last byte incremented).
-fn range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff (or empty): every key from the prefix on.
-    vec![0]
-}
 
 /// How long the fallback file may trail the live set.
 const FALLBACK_EVERY: Duration = Duration::from_secs(1);
@@ -292,21 +280,25 @@ impl Follower {
         let mut from = prefix.to_vec();
         let mut rev = 0;
         loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if rev > 0 {
-                // Later pages at the first page's revision: one snapshot.
-                opts = opts.with_revision(rev);
-            }
-            let resp = timed(&self.cfg, client.get(from.clone(), Some(opts))).await?;
+            let req = RangeRequest {
+                key: from.clone(),
+                range_end: end.clone(),
+                limit: PAGE,
+                // Later pages at the first page's revision: one snapshot
+                // (0, the first time: the current one).
+                revision: rev,
+                ..Default::default()
+            };
+            let resp = timed(&self.cfg, client.range(req)).await?;
             if rev == 0 {
-                rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                rev = resp.header.as_ref().map_or(0, |h| h.revision);
             }
-            for kv in resp.kvs() {
+            for kv in &resp.kvs {
                 mirror.put(&self.cfg, kv);
             }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    from = last.key().to_vec();
+            match resp.kvs.last() {
+                Some(last) if resp.more => {
+                    from = last.key.clone();
                     from.push(0);
                 }
                 _ => return Ok((rev, mirror)),
@@ -360,17 +352,17 @@ impl Follower {
         mirror: &mut Mirror,
         fallback_due: &mut Option<Instant>,
     ) -> Ended {
-        let prefix = self.cfg.prefix.clone();
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(rev + 1)
-            .with_progress_notify();
+        let prefix = self.cfg.prefix.as_bytes();
+        let create = WatchCreateRequest {
+            key: prefix.to_vec(),
+            range_end: range_end(prefix),
+            start_revision: rev + 1,
+            progress_notify: true,
+            ..Default::default()
+        };
         // etcd may batch many revisions' events into one answer: allow more
         // than gRPC's default 4 MiB for it.
-        let mut watcher = client
-            .watch_client()
-            .max_decoding_message_size(WATCH_MESSAGE_MAX);
-        let mut stream = match timed(&self.cfg, watcher.watch(prefix.as_str(), Some(opts))).await {
+        let mut stream = match timed(&self.cfg, client.watch(create, WATCH_MESSAGE_MAX)).await {
             Ok(s) => s,
             Err(e) => return Ended::Lost("watch", e),
         };
@@ -438,7 +430,7 @@ impl Follower {
     /// Takes one watch message into the mirror.
     fn take(
         &self,
-        msg: Result<Option<WatchResponse>, etcd_client::Error>,
+        msg: Result<Option<WatchResponse>, crate::etcd::Error>,
         mirror: &mut Mirror,
         asked: &mut Option<Instant>,
         rev: i64,
@@ -448,26 +440,26 @@ impl Follower {
             Ok(None) => return Err(Ended::Lost("watch", "stream closed".into())),
             Err(e) => return Err(Ended::Lost("watch", e.to_string())),
         };
-        if resp.canceled() {
-            if resp.compact_revision() > 0 {
+        if resp.canceled {
+            if resp.compact_revision > 0 {
                 return Err(Ended::Lost(
                     "compacted",
-                    format!("revision {} was compacted", resp.compact_revision()),
+                    format!("revision {} was compacted", resp.compact_revision),
                 ));
             }
             return Err(Ended::Lost(
                 "watch",
-                format!("cancelled: {}", resp.cancel_reason()),
+                format!("cancelled: {}", resp.cancel_reason),
             ));
         }
-        if resp.created() {
+        if resp.created {
             self.status.set_connected(true);
             self.status.set_on_fallback(false);
             self.shared.metrics.etcd_connected.set(1);
             tracing::info!(from = rev + 1, "etcd: watching");
             return Ok(Got::Nothing);
         }
-        if resp.events().is_empty() {
+        if resp.events.is_empty() {
             // A progress notification: the stream has caught up.
             if let Some(at) = asked.take() {
                 let lag = at.elapsed();
@@ -476,7 +468,7 @@ impl Follower {
             }
             return Ok(Got::Nothing);
         }
-        let now = resp.header().map(|h| h.revision()).unwrap_or(rev);
+        let now = resp.header.as_ref().map_or(rev, |h| h.revision);
         Ok(if self.apply_events(mirror, &resp) {
             Got::Changed(now)
         } else {
@@ -488,14 +480,14 @@ impl Follower {
     /// apps (host claims alone change nothing here).
     fn apply_events(&self, m: &mut Mirror, resp: &WatchResponse) -> bool {
         let mut relevant = false;
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
+        for ev in &resp.events {
+            let Some(kv) = &ev.kv else { continue };
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
             if matches!(kind(&self.cfg, &key), Kind::Other) {
                 continue;
             }
             relevant = true;
-            match ev.event_type() {
+            match ev.r#type() {
                 EventType::Put => m.put(&self.cfg, kv),
                 EventType::Delete => m.remove(&self.cfg, &key),
             }
@@ -612,13 +604,6 @@ mod tests {
         assert_eq!(Changed(3).and(Unchanged(5)), Changed(5));
         assert_eq!(Unchanged(7).and(Changed(5)), Changed(7));
         assert_eq!(Changed(7).and(Nothing), Changed(7));
-    }
-
-    #[test]
-    fn range_end_is_the_prefix_incremented() {
-        assert_eq!(range_end(b"/mse-proxy/"), b"/mse-proxy0");
-        assert_eq!(range_end(b"a\xff"), b"b");
-        assert_eq!(range_end(b"\xff\xff"), vec![0]);
     }
 
     #[test]

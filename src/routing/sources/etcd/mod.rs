@@ -25,7 +25,7 @@ pub mod write;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use crate::etcd::{Client, ConnectOptions, Tls};
 use tokio::sync::watch;
 
 use crate::config::etcd::{EtcdConfig, PasswordSource};
@@ -143,58 +143,85 @@ pub fn host_key(cfg: &EtcdConfig, host: &str) -> String {
 }
 
 /// Opens a client on the configured endpoints. It authenticates at once if
-/// a user is configured, so bad credentials show up here.
+/// a user is configured, so bad credentials show up here. Files are read
+/// here, on a blocking thread: a slow disk never stalls an async worker.
 pub async fn connect(cfg: &EtcdConfig) -> Result<Client, String> {
-    let mut opts = ConnectOptions::new()
-        .with_connect_timeout(cfg.dial_timeout)
-        // HTTP/2 pings find a dead peer under a quiet watch.
-        .with_keep_alive(cfg.heartbeat, cfg.request_timeout)
-        .with_keep_alive_while_idle(true);
-    if let Some((user, password)) = &cfg.user {
-        let pw = match password {
-            PasswordSource::File(p) => std::fs::read_to_string(p)
-                .map_err(|e| format!("etcd.password_file {}: {e}", p.display()))?,
-            PasswordSource::Env(v) => {
-                std::env::var(v).map_err(|_| format!("etcd.password_env: {v} is not set"))?
-            }
-        };
-        opts = opts
-            .with_user(user.clone(), pw.trim_end_matches(['\r', '\n']))
-            // Simple tokens expire (5 minutes by default): renew, not fail.
-            .with_auto_token_refresh(true);
-    }
-    if let Some(t) = &cfg.tls {
-        let mut tls = TlsOptions::new();
-        if let Some(ca) = &t.ca {
-            let pem =
-                std::fs::read(ca).map_err(|e| format!("etcd.tls.ca {}: {e}", ca.display()))?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        if let Some((cert, key)) = &t.identity {
-            let c = std::fs::read(cert)
-                .map_err(|e| format!("etcd.tls.cert {}: {e}", cert.display()))?;
-            let k =
-                std::fs::read(key).map_err(|e| format!("etcd.tls.key {}: {e}", key.display()))?;
-            tls = tls.identity(Identity::from_pem(c, k));
-        }
-        if let Some(name) = &t.server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        opts = opts.with_tls(tls);
-    }
+    let c = cfg.clone();
+    let opts = tokio::task::spawn_blocking(move || connect_options(&c))
+        .await
+        .map_err(|e| format!("reading the etcd credentials: {e}"))??;
     tokio::time::timeout(
         cfg.dial_timeout + cfg.request_timeout,
-        Client::connect(&cfg.endpoints, Some(opts)),
+        Client::connect(opts),
     )
     .await
     .map_err(|_| "timed out connecting".to_string())?
     .map_err(|e| e.to_string())
 }
 
+/// Longest password or PEM file read for the etcd client.
+const CREDENTIAL_MAX: u64 = 1 << 20;
+
+fn read_capped(field: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("{field} {}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("{field} {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{field} {}: not a regular file", path.display()));
+    }
+    let mut buf = Vec::new();
+    f.take(CREDENTIAL_MAX + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{field} {}: {e}", path.display()))?;
+    if buf.len() as u64 > CREDENTIAL_MAX {
+        return Err(format!(
+            "{field} {}: larger than {CREDENTIAL_MAX} bytes",
+            path.display()
+        ));
+    }
+    Ok(buf)
+}
+
+fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions, String> {
+    let mut opts = ConnectOptions::new(cfg.endpoints.iter().cloned());
+    opts.connect_timeout = cfg.dial_timeout;
+    opts.keep_alive = cfg.heartbeat;
+    opts.keep_alive_timeout = cfg.request_timeout;
+    if let Some((user, password)) = &cfg.user {
+        let pw = match password {
+            PasswordSource::File(p) => String::from_utf8(read_capped("etcd.password_file", p)?)
+                .map_err(|_| format!("etcd.password_file {}: not UTF-8", p.display()))?,
+            PasswordSource::Env(v) => {
+                std::env::var(v).map_err(|_| format!("etcd.password_env: {v} is not set"))?
+            }
+        };
+        opts.user = Some((user.clone(), pw.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    if let Some(t) = &cfg.tls {
+        let mut tls = Tls {
+            server_name: t.server_name.clone(),
+            ..Tls::default()
+        };
+        if let Some(ca) = &t.ca {
+            tls.ca_pem = Some(read_capped("etcd.tls.ca", ca)?);
+        }
+        if let Some((cert, key)) = &t.identity {
+            tls.identity_pem = Some((
+                read_capped("etcd.tls.cert", cert)?,
+                read_capped("etcd.tls.key", key)?,
+            ));
+        }
+        opts.tls = Some(tls);
+    }
+    Ok(opts)
+}
+
 /// Runs one etcd request under the configured request timeout.
 pub async fn timed<T>(
     cfg: &EtcdConfig,
-    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    f: impl std::future::Future<Output = Result<T, crate::etcd::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(cfg.request_timeout, f).await {
         Ok(r) => r.map_err(|e| e.to_string()),

@@ -8,8 +8,10 @@
 
 use std::sync::Arc;
 
+use crate::etcd::{
+    create_revision_is, delete_op, mod_revision_is, put_op, Client, Compare, RequestOp,
+};
 use chrono::{DateTime, Utc};
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -123,11 +125,11 @@ impl EtcdWriter {
     }
 
     async fn read(&self, client: &mut Client, key: &str) -> Result<Read, ControlError> {
-        match timed(&self.cfg, client.get(key, None)).await {
-            Ok(r) => Ok(match r.kvs().first() {
+        match timed(&self.cfg, client.get(key)).await {
+            Ok(r) => Ok(match r.kvs.into_iter().next() {
                 Some(kv) => Read {
-                    value: Some(kv.value().to_vec()),
-                    rev: kv.mod_revision(),
+                    rev: kv.mod_revision,
+                    value: Some(kv.value),
                 },
                 None => Read {
                     value: None,
@@ -211,18 +213,11 @@ impl EtcdWriter {
             until,
         } = claim;
         // One lease for the value and its claims, whatever the attempt.
-        let opts = self
-            .lease_until(&mut client, until)
-            .await?
-            .map(|id| PutOptions::new().with_lease(id));
+        let lease = self.lease_until(&mut client, until).await?.unwrap_or(0);
         for _ in 0..ATTEMPTS {
             let current = self.read(&mut client, &key).await?;
-            let mut when = vec![Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                current.rev,
-            )];
-            let mut ops = vec![TxnOp::put(key.as_str(), value.clone(), opts.clone())];
+            let mut when = vec![mod_revision_is(key.as_str(), current.rev)];
+            let mut ops = vec![put_op(key.as_str(), value.clone(), lease)];
             for h in &hosts {
                 let hk = host_key(&self.cfg, h);
                 let held = self.read(&mut client, &hk).await?;
@@ -237,14 +232,10 @@ impl EtcdWriter {
                             "host `{h}` of `{owner}` is already claimed by `{by}` (etcd)"
                         )));
                     }
-                    when.push(Compare::create_revision(owner_key, CompareOp::Equal, 0));
+                    when.push(create_revision_is(owner_key, 0));
                 }
-                when.push(Compare::mod_revision(
-                    hk.as_str(),
-                    CompareOp::Equal,
-                    held.rev,
-                ));
-                ops.push(TxnOp::put(hk.as_str(), owner.as_bytes(), opts.clone()));
+                when.push(mod_revision_is(hk.as_str(), held.rev));
+                ops.push(put_op(hk.as_str(), owner.as_bytes(), lease));
             }
             let old = current.value.as_deref().map(old_hosts).unwrap_or_default();
             let gone = old.into_iter().filter(|h| !hosts.contains(h));
@@ -270,18 +261,14 @@ impl EtcdWriter {
         hosts: impl IntoIterator<Item = String>,
         owner: &str,
         when: &mut Vec<Compare>,
-        ops: &mut Vec<TxnOp>,
+        ops: &mut Vec<RequestOp>,
     ) -> Result<(), ControlError> {
         for h in hosts {
             let hk = host_key(&self.cfg, &h);
             let held = self.read(client, &hk).await?;
             if held.value.as_deref() == Some(owner.as_bytes()) {
-                when.push(Compare::mod_revision(
-                    hk.as_str(),
-                    CompareOp::Equal,
-                    held.rev,
-                ));
-                ops.push(TxnOp::delete(hk, None));
+                when.push(mod_revision_is(hk.as_str(), held.rev));
+                ops.push(delete_op(hk));
             }
         }
         Ok(())
@@ -293,11 +280,10 @@ impl EtcdWriter {
         &self,
         client: &mut Client,
         when: Vec<Compare>,
-        ops: Vec<TxnOp>,
+        ops: Vec<RequestOp>,
     ) -> Result<Option<i64>, ControlError> {
-        let txn = Txn::new().when(when).and_then(ops);
-        match timed(&self.cfg, client.txn(txn)).await {
-            Ok(r) if r.succeeded() => Ok(Some(r.header().map(|h| h.revision()).unwrap_or(0))),
+        match timed(&self.cfg, client.txn(when, ops)).await {
+            Ok(r) if r.succeeded => Ok(Some(r.header.map_or(0, |h| h.revision))),
             Ok(_) => Ok(None),
             Err(e) => Err(self.failed(e).await),
         }
@@ -315,8 +301,8 @@ impl EtcdWriter {
         };
         let left = (at - Utc::now()).num_milliseconds().max(0);
         let ttl = ((left + 999) / 1000).max(1);
-        match timed(&self.cfg, client.lease_grant(ttl, None)).await {
-            Ok(l) => Ok(Some(l.id())),
+        match timed(&self.cfg, client.lease_grant(ttl)).await {
+            Ok(id) => Ok(Some(id)),
             Err(e) => Err(self.failed(e).await),
         }
     }
@@ -353,8 +339,8 @@ impl EtcdWriter {
             let Some(value) = current.value else {
                 return Err(gone());
             };
-            let mut when = vec![Compare::mod_revision(key, CompareOp::Equal, current.rev)];
-            let mut ops = vec![TxnOp::delete(key, None)];
+            let mut when = vec![mod_revision_is(key, current.rev)];
+            let mut ops = vec![delete_op(key)];
             self.release(&mut client, old_hosts(&value), owner, &mut when, &mut ops)
                 .await?;
             if let Some(rev) = self.commit(&mut client, when, ops).await? {
