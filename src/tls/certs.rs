@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::pem_file;
 use crate::config::routes::{normalize_host, parse_host_pattern};
 use crate::config::{CertificateFiles, ConfigErrors};
 use crate::routing::{HostPattern, Mode, Route};
@@ -177,7 +178,7 @@ fn normalized(name: &str) -> Cow<'_, str> {
 /// `key`) and why, naming the file.
 fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, (&'static str, String)> {
     let chain = read_certs(cert_path).map_err(|e| ("cert", e))?;
-    let key_pem = read(key_path).map_err(|e| ("key", e))?;
+    let key_pem = pem_file::read(key_path).map_err(|e| ("key", e))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         (
             "key",
@@ -242,7 +243,7 @@ pub fn served_names(cert: &CertificateDer<'_>) -> Result<Vec<HostPattern>, Strin
 
 /// Every PEM certificate in a file, in order; at least one.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(path)?;
+    let pem = pem_file::read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("`{}`: bad PEM: {e}", path.display()))?;
@@ -250,10 +251,6 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("`{}`: no PEM certificate in it", path.display()));
     }
     Ok(certs)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("`{}`: cannot read: {e}", path.display()))
 }
 
 #[cfg(test)]
