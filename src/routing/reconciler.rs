@@ -287,22 +287,22 @@ impl Reconciler {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     None => break,
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle(cmd).await,
                 },
                 () = sleep_until_opt(expiry) => self.expire(),
                 () = sleep_until_opt(reread) => {
                     self.reread_at = None;
-                    self.reload_watched();
+                    self.reload_watched().await;
                 }
             }
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::ReloadFile(reply) => {
                 self.reread_at = None;
-                let r = self.reload_file("reload");
+                let r = self.reload_file("reload").await;
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
@@ -363,12 +363,16 @@ impl Reconciler {
     /// (an editor truncating then writing leaves it empty in between, and
     /// watch events can arrive after the fact): it is read again later
     /// instead of being applied half-written.
-    fn reload_watched(&mut self) {
+    async fn reload_watched(&mut self) {
         let Some(path) = self.shared.config.routes_file.clone() else {
             return;
         };
         let debounce = self.shared.config.reload.debounce;
-        match super::sources::file::stamp(&path) {
+        let at = path.clone();
+        let stamp = tokio::task::spawn_blocking(move || super::sources::file::stamp(&at))
+            .await
+            .unwrap_or_default();
+        match stamp {
             // Recently modified, or empty: an in-place writer has truncated
             // the file and not written it yet. (To remove every route, write
             // a file holding only a comment, or reload by SIGHUP or the API.)
@@ -376,21 +380,23 @@ impl Reconciler {
                 self.reread_at = Some(Instant::now() + debounce);
             }
             before => {
-                if let Err(ControlError::Unsettled) = self.reload_file_checked("watch", before) {
+                if let Err(ControlError::Unsettled) =
+                    self.reload_file_checked("watch", before).await
+                {
                     self.reread_at = Some(Instant::now() + debounce);
                 }
             }
         }
     }
 
-    fn reload_file(&mut self, why: &'static str) -> Result<Applied, ControlError> {
-        self.reload_file_checked(why, None)
+    async fn reload_file(&mut self, why: &'static str) -> Result<Applied, ControlError> {
+        self.reload_file_checked(why, None).await
     }
 
     /// Reads and applies the routes file; with `settled`, only if the file
     /// still has that stamp once read (else [`ControlError::Unsettled`],
     /// nothing changed).
-    fn reload_file_checked(
+    async fn reload_file_checked(
         &mut self,
         why: &'static str,
         settled: Option<super::sources::file::Stamp>,
@@ -400,19 +406,30 @@ impl Reconciler {
                 "no routes_file is configured".into(),
             ));
         };
-        // Certificates are re-read with the routes and swap with them.
-        let cfg = &self.shared.config;
-        let result = routes::load_file(&path)
-            .and_then(|file_routes| {
+        // Certificates are re-read with the routes and swap with them. The
+        // reads block, so they run on a blocking thread (the reconciler
+        // waits, as it would have for reads done in place).
+        let shared = Arc::clone(&self.shared);
+        let at = path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let cfg = &shared.config;
+            let read = routes::load_file(&at).and_then(|file_routes| {
                 let certs = CertStore::load(&cfg.source, &cfg.certificates)?;
                 Ok((file_routes, Arc::new(certs)))
+            });
+            (read, super::sources::file::stamp(&at))
+        })
+        .await;
+        let result = read
+            .map_err(|e| {
+                ControlError::Invalid(
+                    ConfigError::new(&path, "routes_file", format!("reading failed: {e}")).into(),
+                )
             })
-            .map_err(ControlError::Invalid)
-            .and_then(|read| match &settled {
-                Some(s) if super::sources::file::stamp(&path).as_ref() != Some(s) => {
-                    Err(ControlError::Unsettled)
-                }
-                _ => Ok(read),
+            .and_then(|(read, after)| match read {
+                Err(e) => Err(ControlError::Invalid(e)),
+                Ok(_) if settled.is_some() && after != settled => Err(ControlError::Unsettled),
+                Ok(read) => Ok(read),
             })
             .and_then(|(file_routes, certs)| {
                 let merged = self.merged(&file_routes, &self.api_routes, &self.apps)?;
