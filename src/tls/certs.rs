@@ -13,12 +13,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::pem_file;
+use super::validity::earliest_not_after;
 use crate::config::routes::{normalize_host, parse_host_pattern};
 use crate::config::{CertificateFiles, ConfigErrors};
 use crate::routing::{HostPattern, Mode, Route};
@@ -26,11 +28,15 @@ use crate::routing::{HostPattern, Mode, Route};
 /// One loaded certificate chain with its key.
 #[derive(Debug)]
 pub struct LoadedCert {
+    /// What metrics and logs call it ([`CertificateFiles::name`]).
+    pub label: String,
     /// The names it serves, from its subjectAltName, normalised.
     pub names: Vec<HostPattern>,
     /// Where it was read from, for messages.
     pub cert_path: PathBuf,
     pub key: Arc<CertifiedKey>,
+    /// The earliest notAfter of its chain: when clients stop accepting it.
+    pub not_after: DateTime<Utc>,
 }
 
 /// Every certificate the proxy can terminate with, indexed by name.
@@ -51,7 +57,7 @@ impl CertStore {
         let mut store = CertStore::default();
         for (i, f) in files.iter().enumerate() {
             let at = format!("certificate[{i}]");
-            match load_pair(&f.cert, &f.key) {
+            match load_pair(f) {
                 Ok(loaded) => {
                     if let Err(why) = store.add(loaded) {
                         errs.push(config_file, format!("{at}.cert"), why);
@@ -176,7 +182,8 @@ fn normalized(name: &str) -> Cow<'_, str> {
 
 /// Loads one chain and its key; on failure says which field (`cert` or
 /// `key`) and why, naming the file.
-fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, (&'static str, String)> {
+fn load_pair(files: &CertificateFiles) -> Result<LoadedCert, (&'static str, String)> {
+    let (cert_path, key_path) = (&files.cert, &files.key);
     let chain = read_certs(cert_path).map_err(|e| ("cert", e))?;
     let key_pem = pem_file::read(key_path).map_err(|e| ("key", e))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
@@ -213,12 +220,15 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, (&'static 
             ))
         }
     }
-    let names = served_names(&certified.cert[0])
-        .map_err(|e| ("cert", format!("`{}`: {e}", cert_path.display())))?;
+    let in_cert = |e| ("cert", format!("`{}`: {e}", cert_path.display()));
+    let names = served_names(&certified.cert[0]).map_err(in_cert)?;
+    let not_after = earliest_not_after(&certified.cert).map_err(in_cert)?;
     Ok(LoadedCert {
+        label: files.name.clone(),
         names,
         cert_path: cert_path.to_path_buf(),
         key: Arc::new(certified),
+        not_after,
     })
 }
 
@@ -272,6 +282,7 @@ mod tests {
             .map(|(i, hosts)| {
                 let leaf = ca.issue(hosts).unwrap();
                 CertificateFiles {
+                    name: format!("c{i}"),
                     cert: write(dir.path(), &format!("c{i}.pem"), &leaf.cert_pem),
                     key: write(dir.path(), &format!("k{i}.pem"), &leaf.key_pem),
                 }
@@ -374,6 +385,7 @@ mod tests {
             assert!(std::fs::read_to_string(&trad).unwrap().contains(marker));
             for key in [&pkcs8, &trad] {
                 let files = [CertificateFiles {
+                    name: alg.into(),
                     cert: PathBuf::from(&cert),
                     key: PathBuf::from(key),
                 }];
@@ -397,21 +409,25 @@ mod tests {
         let files = [
             // 0: key of another certificate
             CertificateFiles {
+                name: "x".into(),
                 cert: a_cert.clone(),
                 key: b_key.clone(),
             },
             // 1: missing certificate file
             CertificateFiles {
+                name: "x".into(),
                 cert: missing.clone(),
                 key: b_key.clone(),
             },
             // 2: the key file holds no key
             CertificateFiles {
+                name: "x".into(),
                 cert: a_cert.clone(),
                 key: junk.clone(),
             },
             // 3: the cert file holds no certificate
             CertificateFiles {
+                name: "x".into(),
                 cert: junk.clone(),
                 key: b_key,
             },
@@ -443,6 +459,7 @@ mod tests {
             .map(|i| {
                 let l = ca.issue(&["*.dup.example.test"]).unwrap();
                 CertificateFiles {
+                    name: i.to_string(),
                     cert: write(dir.path(), &format!("{i}.crt"), &l.cert_pem),
                     key: write(dir.path(), &format!("{i}.key"), &l.key_pem),
                 }

@@ -10,6 +10,7 @@ pub mod pem_file;
 pub mod rewind;
 pub mod terminate;
 pub mod upstream;
+pub mod validity;
 pub mod verify;
 
 use std::sync::{Arc, LazyLock};

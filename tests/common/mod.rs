@@ -343,6 +343,11 @@ impl PlatformCert {
             self.cert, self.key
         )
     }
+
+    /// The same, with a `name` for its metrics.
+    pub fn toml_named(&self, name: &str) -> String {
+        format!("{}name = {name:?}\n", self.toml())
+    }
 }
 
 /// An HTTP backend (hyper, HTTP/1.1 and HTTP/2 by ALPN or preface) that
@@ -541,6 +546,50 @@ impl Drop for Dnsmasq {
     }
 }
 
+// ---- Metrics: scraping and checking the exposition ----
+
+/// The value of the first sample line starting with `series` (name and
+/// labels exactly as exposed).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+/// `GET /metrics` of a live proxy.
+pub async fn scrape(live: &Live) -> String {
+    reqwest::get(live.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Fails the test unless `promtool check metrics` accepts `text`.
+pub async fn promtool_accepts(text: &str) {
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian package prometheus; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls an async condition until true or `bound` passes.
 pub async fn eventually_async<F, Fut>(bound: Duration, mut f: F) -> bool
 where
@@ -620,6 +669,18 @@ pub async fn put_app(
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or_default())
+}
+
+/// `DELETE /apps/{project}/{name}` with the token; the status.
+pub async fn delete_app(live: &Live, project: &str, name: &str) -> u16 {
+    reqwest::Client::new()
+        .delete(live.admin(&format!("/apps/{project}/{name}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// A GET on the admin API; status and JSON body.
