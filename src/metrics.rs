@@ -83,6 +83,9 @@ pub struct Metrics {
     pub handshake_seconds: HistogramVec,
     pub duration_seconds: HistogramVec,
     pub reloads: IntCounterVec,
+    /// Re-reads of a `[[certificate]]` whose files changed on disk, by its
+    /// name and result (`ok`: now served; `error`: refused, the old one stays).
+    pub certificate_reloads: IntCounterVec,
     pub expirations: IntCounter,
     pub dns_lookups: IntCounterVec,
     pub active: IntGauge,
@@ -192,6 +195,14 @@ impl Metrics {
                 &["source", "result"],
             )
             .unwrap(),
+            certificate_reloads: IntCounterVec::new(
+                opts(
+                    "certificate_reloads_total",
+                    "Renewals of a certificate's files taken (ok) or refused, the old one kept (error)",
+                ),
+                &["certificate", "result"],
+            )
+            .unwrap(),
             expirations: IntCounter::with_opts(opts(
                 "route_expirations_total",
                 "Routes removed at their expiry",
@@ -266,6 +277,7 @@ impl Metrics {
             Box::new(m.handshake_seconds.clone()),
             Box::new(m.duration_seconds.clone()),
             Box::new(m.reloads.clone()),
+            Box::new(m.certificate_reloads.clone()),
             Box::new(m.expirations.clone()),
             Box::new(m.dns_lookups.clone()),
             Box::new(m.active.clone()),
@@ -358,6 +370,16 @@ impl Metrics {
                 let _ = self
                     .connections
                     .remove_label_values(&[name, mode.as_str(), o.as_str()]);
+            }
+        }
+    }
+
+    /// Series of the certificates the config names, at zero, so that a
+    /// renewal's first error is a change a rate sees.
+    pub fn certificates_configured<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            for result in ["ok", "error"] {
+                self.certificate_reloads.with_label_values(&[name, result]);
             }
         }
     }

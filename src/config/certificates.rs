@@ -10,7 +10,8 @@ use super::ConfigErrors;
 
 /// A `[[certificate]]`: PEM chain and key paths, resolved against the
 /// config file's directory. The files are read by
-/// [`crate::tls::certs::CertStore::load`] at start and on every reload.
+/// [`crate::tls::certs::CertStore::load`] at start and on every reload, and
+/// watched for renewals (`crate::routing::sources::certificates`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateFiles {
     /// The `certificate` label of its metrics: the configured `name`, else

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 
+mod certificates;
+
 use super::reload::{self, Applied, ApplyOptions};
 use super::route::Route;
 use super::table::{Snapshot, Source};
@@ -31,7 +33,7 @@ use crate::proxy::Shared;
 use crate::routing::route::HostPattern;
 use crate::routing::sources::etcd::follow::Origin;
 use crate::routing::sources::etcd::EtcdStatus;
-use crate::tls::certs::CertStore;
+use crate::tls::certs::{CertStore, PairUpdate};
 
 /// Why a change was refused; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,9 @@ enum Command {
     CheckPut(Box<RouteSpec>, oneshot::Sender<Result<Route, ControlError>>),
     /// Would this app be admitted here?
     CheckApp(Box<AppPut>, oneshot::Sender<Result<Admitted, ControlError>>),
+    /// Certificates whose files changed on disk, read again: swap in those
+    /// that loaded (answer: whether they were taken), refuse the others.
+    Certificates(Vec<PairUpdate>, oneshot::Sender<bool>),
 }
 
 /// Counters the reconciler keeps, for `/routes`, tests and metrics.
@@ -197,6 +202,18 @@ impl Control {
         self.apps.load_full()
     }
 
+    /// From the certificate watch: re-read certificates to swap in, or to
+    /// refuse (counted and logged here). Answers whether the ones that
+    /// loaded were taken.
+    pub async fn certificates_read(&self, updates: Vec<PairUpdate>) -> Result<bool, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Certificates(updates, reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+
     /// From the file watcher (any thread): never blocks; if the queue is
     /// full a re-read is already on its way.
     pub fn file_touched(&self) {
@@ -211,6 +228,10 @@ impl Control {
 
 /// Where API-made changes are reported in error messages.
 const API: &str = "admin API";
+
+/// The `source` of an apply that swaps renewed certificates (routes
+/// unchanged): logged, but not counted as a route set change.
+const CERTIFICATES: &str = "certificates";
 
 pub struct Reconciler {
     shared: Arc<Shared>,
@@ -312,8 +333,7 @@ impl Reconciler {
                 // written in between; reading then would drop routes. Wait
                 // for the close (FileTouched) or, failing that, much longer.
                 let debounce = self.shared.config.reload.debounce;
-                let fallback =
-                    Instant::now() + (debounce * 10).max(std::time::Duration::from_secs(2));
+                let fallback = Instant::now() + super::sources::file::slow_writer_wait(debounce);
                 if self.reread_at.is_none_or(|at| at < fallback) {
                     self.reread_at = Some(fallback);
                 }
@@ -354,6 +374,9 @@ impl Reconciler {
             }
             Command::CheckApp(put, reply) => {
                 let _ = reply.send(self.check_app(*put));
+            }
+            Command::Certificates(updates, reply) => {
+                let _ = reply.send(self.certificates_read(updates));
             }
         }
     }
@@ -660,8 +683,14 @@ impl Reconciler {
         let applied = reload::apply(&self.shared.router, routes, opts).map_err(|e| {
             ControlError::Invalid(ConfigError::new(&cfg.source, "refusal.no_sni_route", e).into())
         })?;
-        self.stats.applied.fetch_add(1, Ordering::Relaxed);
-        self.count_applied(&before, why, now);
+        match why {
+            // Not a change of the route set: counted per certificate.
+            CERTIFICATES => self.forget_gone(&before, now),
+            _ => {
+                self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                self.count_applied(&before, why, now);
+            }
+        }
         tracing::info!(
             source = why,
             added = applied.added,
@@ -739,8 +768,18 @@ impl Reconciler {
     /// Metrics for an applied change: the reload, and the series of routes
     /// that left the table (counted as expirations when that is why).
     fn count_applied(&self, before: &Snapshot, why: &str, now: chrono::DateTime<Utc>) {
+        self.shared
+            .metrics
+            .reloads
+            .with_label_values(&[why, "ok"])
+            .inc();
+        self.forget_gone(before, now);
+    }
+
+    /// Drops the series of the routes that left the table since `before`,
+    /// counting those that expired.
+    fn forget_gone(&self, before: &Snapshot, now: chrono::DateTime<Utc>) {
         let m = &self.shared.metrics;
-        m.reloads.with_label_values(&[why, "ok"]).inc();
         let after = self.shared.router.load();
         for gone in before
             .routes()
@@ -922,7 +961,8 @@ impl Reconciler {
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+/// Sleeps until `at`, or forever.
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -308,14 +308,19 @@ pub struct PlatformCert {
 
 impl PlatformCert {
     pub fn new(leaf: &Leaf) -> PlatformCert {
-        let dir = tempfile::tempdir().unwrap();
-        let c = PlatformCert {
-            cert: dir.path().join("platform.crt"),
-            key: dir.path().join("platform.key"),
-            dir,
-        };
+        let c = PlatformCert::named("platform.crt", "platform.key");
         c.replace(leaf);
         c
+    }
+
+    /// Paths in a fresh temp dir, with nothing written yet.
+    fn named(cert: &str, key: &str) -> PlatformCert {
+        let dir = tempfile::tempdir().unwrap();
+        PlatformCert {
+            cert: dir.path().join(cert),
+            key: dir.path().join(key),
+            dir,
+        }
     }
 
     /// Writes `leaf` over the files, each by rename, as deploy tools do.
@@ -325,6 +330,39 @@ impl PlatformCert {
             std::fs::write(&tmp, text).unwrap();
             std::fs::rename(&tmp, path).unwrap();
         }
+    }
+
+    /// Writes `leaf` over the files in place (truncate, then write), the
+    /// certificate first, as tools that keep the inode do.
+    pub fn replace_in_place(&self, leaf: &Leaf) {
+        std::fs::write(&self.cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&self.key, &leaf.key_pem).unwrap();
+    }
+
+    /// Laid out as a Kubernetes secret volume: `tls.crt` and `tls.key` are
+    /// symlinks into `..data`, itself a symlink to a directory holding one
+    /// version of the files; [`PlatformCert::swap_version`] renews.
+    pub fn symlinked(leaf: &Leaf) -> PlatformCert {
+        let c = PlatformCert::named("tls.crt", "tls.key");
+        c.swap_version(leaf);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), c.dir.path().join(name)).unwrap();
+        }
+        c
+    }
+
+    /// Writes `leaf` into a new version directory and points `..data` at
+    /// it by renaming a new symlink over the old one: the files named in
+    /// the config are never written.
+    pub fn swap_version(&self, leaf: &Leaf) {
+        let root = self.dir.path();
+        let n = std::fs::read_dir(root).unwrap().count();
+        let version = format!("..v{n}");
+        std::fs::create_dir(root.join(&version)).unwrap();
+        std::fs::write(root.join(&version).join("tls.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(root.join(&version).join("tls.key"), &leaf.key_pem).unwrap();
+        std::os::unix::fs::symlink(&version, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     }
 
     /// The DER of the end-entity certificate now on disk.
