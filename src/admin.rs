@@ -150,7 +150,9 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     let shared = &s.shared;
     let open = shared.config.max_connections - shared.limit.available_permits();
     shared.metrics.active.set(open as i64);
-    let text = shared.metrics.render(&shared.router.load_full());
+    let text = shared
+        .metrics
+        .render(&shared.router.load_full(), &s.control.apps());
     (
         [(
             header::CONTENT_TYPE,

@@ -21,6 +21,8 @@
 //! their terminate settings in `config::routes` and `config::terminate`);
 //! `routing::reload` swaps in a new route set and the certificates read with
 //! it, atomically, and closes the connections of routes that left;
+//! `routing::sources::certificates` watches the certificate files, so a
+//! renewal on disk is swapped in the same way, with the routes unchanged;
 //! `apps` turns the platform's app records into derived routes under its
 //! rules (expiry, trust scenario, status, custom-domain CNAMEs), a third
 //! route source of the same reconciler, written through `admin_apps`;

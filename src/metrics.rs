@@ -3,7 +3,9 @@
 //! Label values are bounded: `route` is a configured route name (or `(none)`
 //! when no route was found, or `(all)` when per-route labels are off), never
 //! the SNI a client sent; `outcome`, `mode`, `direction`, `source` and
-//! `result` come from closed sets. Series of removed routes are dropped.
+//! `result` come from closed sets; `certificate` is a configured certificate's
+//! name and `app` a registered app's `project/name`. Series of removed routes
+//! are dropped.
 //! Per-route state that changes under traffic (open connections, routes by
 //! mode, expiry times) is read from the live snapshot at scrape time, so it
 //! costs nothing on the connection path and can never go stale.
@@ -16,6 +18,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::apps::Apps;
 use crate::proxy::Outcome;
 use crate::routing::{Mode, Snapshot};
 
@@ -36,18 +39,34 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 
-/// Gauges computed from the live snapshot at scrape time: name, help, label.
-const SCRAPE_TIME: [(&str, (&str, &str)); 3] = [
+/// Gauges computed from the live snapshot and apps at scrape time: name,
+/// help, labels.
+const SCRAPE_TIME: [(&str, &str, &[&str]); 4] = [
     (
         "connections_open",
-        ("Connections open now, by route", "route"),
+        "Connections open now, by route",
+        &["route"],
     ),
-    ("routes", ("Routes in the live table, by mode", "mode")),
+    ("routes", "Routes in the live table, by mode", &["mode"]),
     (
         "route_expiry_timestamp_seconds",
-        ("When each route expires (Unix time)", "route"),
+        "When each route expires (Unix time)",
+        &["route"],
+    ),
+    // One family for both kinds, the other label empty, so that one query
+    // (`... - time() < 14 * 86400`) watches every certificate.
+    (
+        "certificate_expiry_timestamp_seconds",
+        "When each certificate's chain expires (Unix time, its earliest notAfter): \
+         the platform's by `certificate`, app owners' by `app`",
+        &["app", "certificate"],
     ),
 ];
+
+/// Empty gauges for the scrape-time families, in [`SCRAPE_TIME`] order.
+fn scrape_gauges() -> [IntGaugeVec; 4] {
+    SCRAPE_TIME.map(|(name, help, labels)| IntGaugeVec::new(opts(name, help), labels).unwrap())
+}
 
 /// The proxy's metrics; one per running proxy (tests run several per process).
 pub struct Metrics {
@@ -64,6 +83,9 @@ pub struct Metrics {
     pub handshake_seconds: HistogramVec,
     pub duration_seconds: HistogramVec,
     pub reloads: IntCounterVec,
+    /// Re-reads of a `[[certificate]]` whose files changed on disk, by its
+    /// name and result (`ok`: now served; `error`: refused, the old one stays).
+    pub certificate_reloads: IntCounterVec,
     pub expirations: IntCounter,
     pub dns_lookups: IntCounterVec,
     pub active: IntGauge,
@@ -173,6 +195,14 @@ impl Metrics {
                 &["source", "result"],
             )
             .unwrap(),
+            certificate_reloads: IntCounterVec::new(
+                opts(
+                    "certificate_reloads_total",
+                    "Renewals of a certificate's files taken (ok) or refused, the old one kept (error)",
+                ),
+                &["certificate", "result"],
+            )
+            .unwrap(),
             expirations: IntCounter::with_opts(opts(
                 "route_expirations_total",
                 "Routes removed at their expiry",
@@ -247,6 +277,7 @@ impl Metrics {
             Box::new(m.handshake_seconds.clone()),
             Box::new(m.duration_seconds.clone()),
             Box::new(m.reloads.clone()),
+            Box::new(m.certificate_reloads.clone()),
             Box::new(m.expirations.clone()),
             Box::new(m.dns_lookups.clone()),
             Box::new(m.active.clone()),
@@ -268,7 +299,7 @@ impl Metrics {
             m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c).expect("metric names are unique");
         }
-        for (n, _) in SCRAPE_TIME {
+        for (n, _, _) in SCRAPE_TIME {
             m.names.push(format!("{PREFIX}_{n}"));
         }
         // Outcome series exist from the start, so rates are defined at zero.
@@ -343,29 +374,24 @@ impl Metrics {
         }
     }
 
+    /// Series of the certificates the config names, at zero, so that a
+    /// renewal's first error is a change a rate sees.
+    pub fn certificates_configured<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            for result in ["ok", "error"] {
+                self.certificate_reloads.with_label_values(&[name, result]);
+            }
+        }
+    }
+
     /// The Prometheus text exposition: the registry plus what the live
-    /// snapshot says (open connections by route, routes by mode, expiries).
-    pub fn render(&self, snapshot: &Snapshot) -> String {
+    /// snapshot and apps say (open connections by route, routes by mode,
+    /// route and certificate expiries). Computed at each scrape, so series of
+    /// removed routes, apps or certificates cannot linger.
+    pub fn render(&self, snapshot: &Snapshot, apps: &Apps) -> String {
         let mut families = self.registry.gather();
         let scrape = Registry::new();
-        let open = IntGaugeVec::new(
-            opts("connections_open", "Connections open now, by route"),
-            &["route"],
-        )
-        .unwrap();
-        let routes = IntGaugeVec::new(
-            opts("routes", "Routes in the live table, by mode"),
-            &["mode"],
-        )
-        .unwrap();
-        let expiry = IntGaugeVec::new(
-            opts(
-                "route_expiry_timestamp_seconds",
-                "When each route expires (Unix time)",
-            ),
-            &["route"],
-        )
-        .unwrap();
+        let [open, routes, expiry, cert_expiry] = scrape_gauges();
         for mode in [Mode::Passthrough, Mode::Terminate] {
             routes.with_label_values(&[mode.as_str()]).set(0);
         }
@@ -378,7 +404,22 @@ impl Metrics {
                 expiry.with_label_values(&[label]).set(t.timestamp());
             }
         }
-        for c in [open, routes, expiry] {
+        for c in snapshot.termination().certs().certs() {
+            cert_expiry
+                .with_label_values(&["", &c.label])
+                .set(c.not_after.timestamp());
+        }
+        // Per app, like per route: not when labels are folded for size.
+        if self.per_route {
+            for e in apps.iter() {
+                if let Some(owner) = &e.app.owner_certificate {
+                    cert_expiry
+                        .with_label_values(&[&e.app.key.to_string(), ""])
+                        .set(owner.not_after.timestamp());
+                }
+            }
+        }
+        for c in [open, routes, expiry, cert_expiry] {
             let _ = scrape.register(Box::new(c));
         }
         families.extend(scrape.gather());
@@ -466,7 +507,7 @@ mod tests {
         let m = Metrics::new(true);
         let rm = m.for_route("shop", Mode::Passthrough);
         rm.finished(&m, Outcome::Ok, 10, 20, Duration::from_millis(5));
-        let text = m.render(&Snapshot::default());
+        let text = m.render(&Snapshot::default(), &Apps::default());
         assert!(
             text.contains("mse_proxy_bytes_total{direction=\"in\",route=\"shop\"} 10"),
             "{text}"
@@ -475,7 +516,7 @@ mod tests {
             "mse_proxy_connections_total{mode=\"passthrough\",outcome=\"ok\",route=\"shop\"} 1"
         ));
         m.forget_route("shop");
-        let text = m.render(&Snapshot::default());
+        let text = m.render(&Snapshot::default(), &Apps::default());
         assert!(!text.contains("route=\"shop\""), "{text}");
     }
 }

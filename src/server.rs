@@ -1,6 +1,7 @@
 //! Running the proxy as a process: load, start the data plane, the
-//! reconciler, the file watch and the admin listener, then follow signals
-//! (SIGHUP re-reads routes, SIGTERM drains, a second SIGINT exits at once).
+//! reconciler, the routes file and certificate watches and the admin
+//! listener, then follow signals (SIGHUP re-reads routes and certificates,
+//! SIGTERM drains, a second SIGINT exits at once).
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -16,6 +17,7 @@ use crate::config::{routes, Config, ConfigError, ConfigErrors};
 use crate::proxy::ProxyHandle;
 use crate::routing::reconciler::{Control, Reconciler};
 use crate::routing::reload::{self, ApplyOptions};
+use crate::routing::sources::certificates::{self, CertWatch};
 use crate::routing::sources::etcd::follow::Follower;
 use crate::routing::sources::etcd::write::EtcdWriter;
 use crate::routing::sources::etcd::EtcdStatus;
@@ -92,6 +94,7 @@ pub struct Server {
     pub admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
     _watch: Option<FileWatch>,
+    _cert_watch: Option<CertWatch>,
 }
 
 impl Deref for Server {
@@ -173,6 +176,14 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         ),
         None => None,
     };
+    // Renewed certificates are served without a signal, like routes edits.
+    let cert_watch = match &proxy.shared.config {
+        c if c.reload.watch && !c.certificates.is_empty() => Some(
+            certificates::watch(Arc::clone(&proxy.shared), control.clone())
+                .context("watching the certificate files")?,
+        ),
+        _ => None,
+    };
 
     // Custom-domain CNAME rechecks (a no-op unless `apps.cname_policy` asks);
     // stopped with the admin API.
@@ -205,6 +216,7 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         admin_addr,
         admin_stop,
         _watch: watch,
+        _cert_watch: cert_watch,
     })
 }
 

@@ -53,8 +53,21 @@ impl Ca {
 
     /// Issues a server certificate for `hosts` (names or `*.wildcards`).
     pub fn issue(&self, hosts: &[&str]) -> anyhow::Result<Leaf> {
+        self.issue_until(hosts, None)
+    }
+
+    /// As [`Ca::issue`], valid until the start of `not_after` (year,
+    /// month, day; UTC) if given: renewals differ in their dates.
+    pub fn issue_until(
+        &self,
+        hosts: &[&str],
+        not_after: Option<(i32, u8, u8)>,
+    ) -> anyhow::Result<Leaf> {
         let mut params =
             CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())?;
+        if let Some((y, m, d)) = not_after {
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         params.distinguished_name.push(
             DnType::CommonName,
             hosts.first().copied().unwrap_or("stand-in"),

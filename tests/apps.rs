@@ -15,17 +15,6 @@ use serde_json::Value;
 /// The platform's app domain in these tests.
 const APPS: &str = "[apps]\nplatform_domains = [\"apps.example.test\"]\n";
 
-async fn delete_app(live: &Live, project: &str, name: &str) -> u16 {
-    reqwest::Client::new()
-        .delete(live.admin(&format!("/apps/{project}/{name}")))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// The live routes as (name, source, hosts).
 async fn live_routes(live: &Live) -> Vec<(String, String, Vec<String>)> {
     let (_, body) = admin_get(live, "/routes").await;

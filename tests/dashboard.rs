@@ -176,7 +176,7 @@ impl Exported {
         // type) in the exposition; hello time has no labels and always shows.
         let probe = m.for_route("probe", Mode::Terminate);
         probe.handshake(&m);
-        let text = m.render(&Snapshot::default());
+        let text = m.render(&Snapshot::default(), &mse_proxy::apps::Apps::default());
         let types: BTreeMap<String, String> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

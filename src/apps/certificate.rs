@@ -3,13 +3,14 @@
 //! stays in the enclave) but reads two facts from it, for the rules in
 //! [`super::rules`]: until when it is valid and which names it covers.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::routes::normalize_host;
+use crate::tls::validity::earliest_not_after;
 
 /// What the rules need from an owner certificate chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,23 +33,11 @@ pub fn parse_chain(pem: &str) -> Result<OwnerCertificate, String> {
     let Some(leaf_der) = ders.first() else {
         return Err("no PEM certificate in it".into());
     };
-    let mut not_after: Option<DateTime<Utc>> = None;
-    for (i, der) in ders.iter().enumerate() {
-        let (_, cert) = X509Certificate::from_der(der.as_ref())
-            .map_err(|e| format!("certificate {i} of the chain does not parse: {e}"))?;
-        let t = Utc
-            .timestamp_opt(cert.validity().not_after.timestamp(), 0)
-            .single()
-            .ok_or_else(|| format!("certificate {i} of the chain has an unusable notAfter"))?;
-        not_after = Some(not_after.map_or(t, |n| n.min(t)));
-    }
+    let not_after = earliest_not_after(&ders)?;
     let (_, leaf) = X509Certificate::from_der(leaf_der.as_ref())
         .map_err(|e| format!("the leaf certificate does not parse: {e}"))?;
     let names = leaf_names(&leaf)?;
-    Ok(OwnerCertificate {
-        not_after: not_after.ok_or("no certificate in the chain")?,
-        names,
-    })
+    Ok(OwnerCertificate { not_after, names })
 }
 
 fn leaf_names(leaf: &X509Certificate<'_>) -> Result<Vec<String>, String> {
@@ -78,6 +67,7 @@ fn leaf_names(leaf: &X509Certificate<'_>) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
     use rcgen::{CertificateParams, KeyPair};
 
     fn cert(names: &[&str], not_after: (i32, u8, u8)) -> String {

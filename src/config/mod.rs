@@ -3,6 +3,7 @@
 //! error names its file and field.
 
 pub mod apps;
+pub mod certificates;
 mod error;
 pub mod etcd;
 mod raw;
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use certificates::CertificateFiles;
 pub use error::{ConfigError, ConfigErrors};
 use raw::RawConfig;
 
@@ -88,15 +90,6 @@ pub enum TokenSource {
 pub struct AdminConfig {
     pub address: SocketAddr,
     pub token: TokenSource,
-}
-
-/// A `[[certificate]]`: PEM chain and key paths, resolved against the
-/// config file's directory. The files are read by
-/// [`crate::tls::certs::CertStore::load`], at start and on every reload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// One listening address and how it treats a PROXY protocol header.
@@ -368,6 +361,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         Some(AdminConfig { address, token })
     });
 
+    let certificates = certificates::validate(path, base, &raw.certificate, &mut errs);
     let apps = apps::validate(path, raw.apps, &mut errs);
     let etcd = raw
         .etcd
@@ -407,14 +401,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             on_change,
         },
         admin,
-        certificates: raw
-            .certificate
-            .iter()
-            .map(|c| CertificateFiles {
-                cert: base.join(&c.cert),
-                key: base.join(&c.key),
-            })
-            .collect(),
+        certificates,
         metrics_per_route: raw.metrics.per_route,
         apps,
         etcd,
@@ -485,6 +472,7 @@ mod tests {
         assert_eq!(
             c.certificates,
             vec![CertificateFiles {
+                name: "a.crt".into(),
                 cert: PathBuf::from("/etc/mse/certs/a.crt"),
                 key: PathBuf::from("/abs/a.key"),
             }]

@@ -143,6 +143,9 @@ pub struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertificate {
+    /// What metrics and logs call it; default: the cert file's name.
+    #[serde(default)]
+    pub name: Option<String>,
     pub cert: PathBuf,
     pub key: PathBuf,
 }

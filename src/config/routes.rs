@@ -308,7 +308,7 @@ pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, Co
     })
 }
 
-fn valid_route_name(name: &str) -> bool {
+pub(crate) fn valid_route_name(name: &str) -> bool {
     (1..=128).contains(&name.len())
         && name
             .bytes()

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 
+mod certificates;
+
 use super::reload::{self, Applied, ApplyOptions};
 use super::route::Route;
 use super::table::{Snapshot, Source};
@@ -31,7 +33,7 @@ use crate::proxy::Shared;
 use crate::routing::route::HostPattern;
 use crate::routing::sources::etcd::follow::Origin;
 use crate::routing::sources::etcd::EtcdStatus;
-use crate::tls::certs::CertStore;
+use crate::tls::certs::{CertStore, PairUpdate};
 
 /// Why a change was refused; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,9 @@ enum Command {
     CheckPut(Box<RouteSpec>, oneshot::Sender<Result<Route, ControlError>>),
     /// Would this app be admitted here?
     CheckApp(Box<AppPut>, oneshot::Sender<Result<Admitted, ControlError>>),
+    /// Certificates whose files changed on disk, read again: swap in those
+    /// that loaded (answer: whether they were taken), refuse the others.
+    Certificates(Vec<PairUpdate>, oneshot::Sender<bool>),
 }
 
 /// Counters the reconciler keeps, for `/routes`, tests and metrics.
@@ -197,6 +202,18 @@ impl Control {
         self.apps.load_full()
     }
 
+    /// From the certificate watch: re-read certificates to swap in, or to
+    /// refuse (counted and logged here). Answers whether the ones that
+    /// loaded were taken.
+    pub async fn certificates_read(&self, updates: Vec<PairUpdate>) -> Result<bool, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Certificates(updates, reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+
     /// From the file watcher (any thread): never blocks; if the queue is
     /// full a re-read is already on its way.
     pub fn file_touched(&self) {
@@ -211,6 +228,10 @@ impl Control {
 
 /// Where API-made changes are reported in error messages.
 const API: &str = "admin API";
+
+/// The `source` of an apply that swaps renewed certificates (routes
+/// unchanged): logged, but not counted as a route set change.
+const CERTIFICATES: &str = "certificates";
 
 pub struct Reconciler {
     shared: Arc<Shared>,
@@ -287,22 +308,22 @@ impl Reconciler {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     None => break,
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle(cmd).await,
                 },
                 () = sleep_until_opt(expiry) => self.expire(),
                 () = sleep_until_opt(reread) => {
                     self.reread_at = None;
-                    self.reload_watched();
+                    self.reload_watched().await;
                 }
             }
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::ReloadFile(reply) => {
                 self.reread_at = None;
-                let r = self.reload_file("reload");
+                let r = self.reload_file("reload").await;
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
@@ -312,8 +333,7 @@ impl Reconciler {
                 // written in between; reading then would drop routes. Wait
                 // for the close (FileTouched) or, failing that, much longer.
                 let debounce = self.shared.config.reload.debounce;
-                let fallback =
-                    Instant::now() + (debounce * 10).max(std::time::Duration::from_secs(2));
+                let fallback = Instant::now() + super::sources::file::slow_writer_wait(debounce);
                 if self.reread_at.is_none_or(|at| at < fallback) {
                     self.reread_at = Some(fallback);
                 }
@@ -355,6 +375,9 @@ impl Reconciler {
             Command::CheckApp(put, reply) => {
                 let _ = reply.send(self.check_app(*put));
             }
+            Command::Certificates(updates, reply) => {
+                let _ = reply.send(self.certificates_read(updates));
+            }
         }
     }
 
@@ -363,12 +386,16 @@ impl Reconciler {
     /// (an editor truncating then writing leaves it empty in between, and
     /// watch events can arrive after the fact): it is read again later
     /// instead of being applied half-written.
-    fn reload_watched(&mut self) {
+    async fn reload_watched(&mut self) {
         let Some(path) = self.shared.config.routes_file.clone() else {
             return;
         };
         let debounce = self.shared.config.reload.debounce;
-        match super::sources::file::stamp(&path) {
+        let at = path.clone();
+        let stamp = tokio::task::spawn_blocking(move || super::sources::file::stamp(&at))
+            .await
+            .unwrap_or_default();
+        match stamp {
             // Recently modified, or empty: an in-place writer has truncated
             // the file and not written it yet. (To remove every route, write
             // a file holding only a comment, or reload by SIGHUP or the API.)
@@ -376,21 +403,23 @@ impl Reconciler {
                 self.reread_at = Some(Instant::now() + debounce);
             }
             before => {
-                if let Err(ControlError::Unsettled) = self.reload_file_checked("watch", before) {
+                if let Err(ControlError::Unsettled) =
+                    self.reload_file_checked("watch", before).await
+                {
                     self.reread_at = Some(Instant::now() + debounce);
                 }
             }
         }
     }
 
-    fn reload_file(&mut self, why: &'static str) -> Result<Applied, ControlError> {
-        self.reload_file_checked(why, None)
+    async fn reload_file(&mut self, why: &'static str) -> Result<Applied, ControlError> {
+        self.reload_file_checked(why, None).await
     }
 
     /// Reads and applies the routes file; with `settled`, only if the file
     /// still has that stamp once read (else [`ControlError::Unsettled`],
     /// nothing changed).
-    fn reload_file_checked(
+    async fn reload_file_checked(
         &mut self,
         why: &'static str,
         settled: Option<super::sources::file::Stamp>,
@@ -400,19 +429,30 @@ impl Reconciler {
                 "no routes_file is configured".into(),
             ));
         };
-        // Certificates are re-read with the routes and swap with them.
-        let cfg = &self.shared.config;
-        let result = routes::load_file(&path)
-            .and_then(|file_routes| {
+        // Certificates are re-read with the routes and swap with them. The
+        // reads block, so they run on a blocking thread (the reconciler
+        // waits, as it would have for reads done in place).
+        let shared = Arc::clone(&self.shared);
+        let at = path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let cfg = &shared.config;
+            let read = routes::load_file(&at).and_then(|file_routes| {
                 let certs = CertStore::load(&cfg.source, &cfg.certificates)?;
                 Ok((file_routes, Arc::new(certs)))
+            });
+            (read, super::sources::file::stamp(&at))
+        })
+        .await;
+        let result = read
+            .map_err(|e| {
+                ControlError::Invalid(
+                    ConfigError::new(&path, "routes_file", format!("reading failed: {e}")).into(),
+                )
             })
-            .map_err(ControlError::Invalid)
-            .and_then(|read| match &settled {
-                Some(s) if super::sources::file::stamp(&path).as_ref() != Some(s) => {
-                    Err(ControlError::Unsettled)
-                }
-                _ => Ok(read),
+            .and_then(|(read, after)| match read {
+                Err(e) => Err(ControlError::Invalid(e)),
+                Ok(_) if settled.is_some() && after != settled => Err(ControlError::Unsettled),
+                Ok(read) => Ok(read),
             })
             .and_then(|(file_routes, certs)| {
                 let merged = self.merged(&file_routes, &self.api_routes, &self.apps)?;
@@ -643,8 +683,14 @@ impl Reconciler {
         let applied = reload::apply(&self.shared.router, routes, opts).map_err(|e| {
             ControlError::Invalid(ConfigError::new(&cfg.source, "refusal.no_sni_route", e).into())
         })?;
-        self.stats.applied.fetch_add(1, Ordering::Relaxed);
-        self.count_applied(&before, why, now);
+        match why {
+            // Not a change of the route set: counted per certificate.
+            CERTIFICATES => self.forget_gone(&before, now),
+            _ => {
+                self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                self.count_applied(&before, why, now);
+            }
+        }
         tracing::info!(
             source = why,
             added = applied.added,
@@ -722,8 +768,18 @@ impl Reconciler {
     /// Metrics for an applied change: the reload, and the series of routes
     /// that left the table (counted as expirations when that is why).
     fn count_applied(&self, before: &Snapshot, why: &str, now: chrono::DateTime<Utc>) {
+        self.shared
+            .metrics
+            .reloads
+            .with_label_values(&[why, "ok"])
+            .inc();
+        self.forget_gone(before, now);
+    }
+
+    /// Drops the series of the routes that left the table since `before`,
+    /// counting those that expired.
+    fn forget_gone(&self, before: &Snapshot, now: chrono::DateTime<Utc>) {
         let m = &self.shared.metrics;
-        m.reloads.with_label_values(&[why, "ok"]).inc();
         let after = self.shared.router.load();
         for gone in before
             .routes()
@@ -905,7 +961,8 @@ impl Reconciler {
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+/// Sleeps until `at`, or forever.
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

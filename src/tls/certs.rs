@@ -13,23 +13,45 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::pem_file;
+use super::validity::earliest_not_after;
 use crate::config::routes::{normalize_host, parse_host_pattern};
 use crate::config::{CertificateFiles, ConfigErrors};
 use crate::routing::{HostPattern, Mode, Route};
 
 /// One loaded certificate chain with its key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LoadedCert {
+    /// What metrics and logs call it ([`CertificateFiles::name`]).
+    pub label: String,
     /// The names it serves, from its subjectAltName, normalised.
     pub names: Vec<HostPattern>,
     /// Where it was read from, for messages.
     pub cert_path: PathBuf,
     pub key: Arc<CertifiedKey>,
+    /// The earliest notAfter of its chain: when clients stop accepting it.
+    pub not_after: DateTime<Utc>,
+    /// Of the two files' bytes as read ([`PairRead::digest`]): a re-read
+    /// that finds the same bytes has nothing new to load.
+    pub digest: Digest,
+}
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// A certificate read again (by the renewal watch), for the reconciler to
+/// swap in: its position among the config's `[[certificate]]`s, and what
+/// reading it gave (an error names the file).
+#[derive(Debug)]
+pub struct PairUpdate {
+    pub index: usize,
+    pub result: Result<LoadedCert, String>,
 }
 
 /// Every certificate the proxy can terminate with, indexed by name.
@@ -50,7 +72,7 @@ impl CertStore {
         let mut store = CertStore::default();
         for (i, f) in files.iter().enumerate() {
             let at = format!("certificate[{i}]");
-            match load_pair(&f.cert, &f.key) {
+            match PairRead::read(f).parse(f) {
                 Ok(loaded) => {
                     if let Err(why) = store.add(loaded) {
                         errs.push(config_file, format!("{at}.cert"), why);
@@ -60,6 +82,25 @@ impl CertStore {
             }
         }
         errs.into_result(store)
+    }
+
+    /// This store with the certificate at each given position replaced
+    /// (positions of the config's `[[certificate]]`s, which every store
+    /// holds in order, since a store is only made when all of them load).
+    /// Fails if a new certificate claims a name that another one serves.
+    pub fn replaced(&self, new: Vec<(usize, LoadedCert)>) -> Result<CertStore, String> {
+        let mut certs = self.certs.clone();
+        for (i, c) in new {
+            let slot = certs
+                .get_mut(i)
+                .ok_or_else(|| format!("there is no certificate[{i}]"))?;
+            *slot = c;
+        }
+        let mut store = CertStore::default();
+        for c in certs {
+            store.add(c)?;
+        }
+        Ok(store)
     }
 
     /// Indexes a loaded certificate under its names. A name already served by
@@ -173,52 +214,99 @@ fn normalized(name: &str) -> Cow<'_, str> {
     }
 }
 
-/// Loads one chain and its key; on failure says which field (`cert` or
-/// `key`) and why, naming the file.
-fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, (&'static str, String)> {
-    let chain = read_certs(cert_path).map_err(|e| ("cert", e))?;
-    let key_pem = read(key_path).map_err(|e| ("key", e))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        (
-            "key",
-            format!(
-                "`{}`: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {e}",
-                key_path.display()
-            ),
-        )
-    })?;
-    let signing = crate::tls::provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| {
-            (
-                "key",
-                format!("`{}`: unusable private key: {e}", key_path.display()),
-            )
-        })?;
-    let certified = CertifiedKey::new(chain, signing);
-    match certified.keys_match() {
-        Ok(()) => {}
-        // The key type cannot tell its public half: nothing to compare.
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(e) => {
-            return Err((
-                "key",
-                format!(
-                    "`{}` does not belong to the certificate in `{}` ({e})",
-                    key_path.display(),
-                    cert_path.display()
-                ),
-            ))
+/// A certificate's two files as read from disk, not yet parsed: what the
+/// renewal watch compares with the live certificate before loading it.
+#[derive(Debug)]
+pub struct PairRead {
+    cert: Result<Vec<u8>, String>,
+    key: Result<Vec<u8>, String>,
+}
+
+impl PairRead {
+    /// Reads both files, bounded ([`pem_file::read`]). Blocking: run it off
+    /// the async workers.
+    pub fn read(files: &CertificateFiles) -> Self {
+        Self {
+            cert: pem_file::read(&files.cert),
+            key: pem_file::read(&files.key),
         }
     }
-    let names = served_names(&certified.cert[0])
-        .map_err(|e| ("cert", format!("`{}`: {e}", cert_path.display())))?;
-    Ok(LoadedCert {
-        names,
-        cert_path: cert_path.to_path_buf(),
-        key: Arc::new(certified),
-    })
+
+    /// Of what was read, failures included: equal digests mean the same
+    /// files in the same state.
+    pub fn digest(&self) -> Digest {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for part in [&self.cert, &self.key] {
+            let (tag, bytes) = match part {
+                Ok(b) => (b"ok", b.as_slice()),
+                Err(e) => (b"no", e.as_bytes()),
+            };
+            ctx.update(tag);
+            ctx.update(&(bytes.len() as u64).to_be_bytes());
+            ctx.update(bytes);
+        }
+        let mut out = Digest::default();
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// Parses and checks the pair: the key matches the certificate, whose
+    /// names and dates are read. On failure says which field (`cert` or
+    /// `key`) and why, naming the file.
+    pub fn parse(self, files: &CertificateFiles) -> Result<LoadedCert, (&'static str, String)> {
+        let digest = self.digest();
+        let (cert_path, key_path) = (&files.cert, &files.key);
+        let chain = self
+            .cert
+            .and_then(|pem| parse_certs(cert_path, &pem))
+            .map_err(|e| ("cert", e))?;
+        let key_pem = self.key.map_err(|e| ("key", e))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            (
+                "key",
+                format!(
+                    "`{}`: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {e}",
+                    key_path.display()
+                ),
+            )
+        })?;
+        let signing = crate::tls::provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| {
+                (
+                    "key",
+                    format!("`{}`: unusable private key: {e}", key_path.display()),
+                )
+            })?;
+        let certified = CertifiedKey::new(chain, signing);
+        match certified.keys_match() {
+            Ok(()) => {}
+            // The key type cannot tell its public half: nothing to compare.
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(e) => {
+                return Err((
+                    "key",
+                    format!(
+                        "`{}` does not belong to the certificate in `{}` ({e})",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                ))
+            }
+        }
+        let in_cert = |e| ("cert", format!("`{}`: {e}", cert_path.display()));
+        let names = served_names(&certified.cert[0]).map_err(in_cert)?;
+        let not_after = earliest_not_after(&certified.cert).map_err(in_cert)?;
+        Ok(LoadedCert {
+            label: files.name.clone(),
+            names,
+            cert_path: cert_path.to_path_buf(),
+            key: Arc::new(certified),
+            not_after,
+            digest,
+        })
+    }
 }
 
 /// The DNS names (exact and `*.suffix`) in a certificate's subjectAltName.
@@ -242,18 +330,18 @@ pub fn served_names(cert: &CertificateDer<'_>) -> Result<Vec<HostPattern>, Strin
 
 /// Every PEM certificate in a file, in order; at least one.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_certs(path, &pem_file::read(path)?)
+}
+
+/// Every PEM certificate in `pem`, read from `path`; at least one.
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("`{}`: bad PEM: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("`{}`: no PEM certificate in it", path.display()));
     }
     Ok(certs)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("`{}`: cannot read: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -267,18 +355,21 @@ mod tests {
         p
     }
 
+    /// Writes `leaf` as `{name}.crt` and `{name}.key` in `dir`.
+    fn pair(dir: &Path, name: &str, leaf: &crate::standin::Leaf) -> CertificateFiles {
+        CertificateFiles {
+            name: name.into(),
+            cert: write(dir, &format!("{name}.crt"), &leaf.cert_pem),
+            key: write(dir, &format!("{name}.key"), &leaf.key_pem),
+        }
+    }
+
     fn store_for(ca: &Ca, sets: &[&[&str]]) -> CertStore {
         let dir = tempfile::tempdir().unwrap();
         let files: Vec<CertificateFiles> = sets
             .iter()
             .enumerate()
-            .map(|(i, hosts)| {
-                let leaf = ca.issue(hosts).unwrap();
-                CertificateFiles {
-                    cert: write(dir.path(), &format!("c{i}.pem"), &leaf.cert_pem),
-                    key: write(dir.path(), &format!("k{i}.pem"), &leaf.key_pem),
-                }
-            })
+            .map(|(i, hosts)| pair(dir.path(), &format!("c{i}"), &ca.issue(hosts).unwrap()))
             .collect();
         CertStore::load(Path::new("proxy.toml"), &files).unwrap()
     }
@@ -377,6 +468,7 @@ mod tests {
             assert!(std::fs::read_to_string(&trad).unwrap().contains(marker));
             for key in [&pkcs8, &trad] {
                 let files = [CertificateFiles {
+                    name: alg.into(),
                     cert: PathBuf::from(&cert),
                     key: PathBuf::from(key),
                 }];
@@ -400,21 +492,25 @@ mod tests {
         let files = [
             // 0: key of another certificate
             CertificateFiles {
+                name: "x".into(),
                 cert: a_cert.clone(),
                 key: b_key.clone(),
             },
             // 1: missing certificate file
             CertificateFiles {
+                name: "x".into(),
                 cert: missing.clone(),
                 key: b_key.clone(),
             },
             // 2: the key file holds no key
             CertificateFiles {
+                name: "x".into(),
                 cert: a_cert.clone(),
                 key: junk.clone(),
             },
             // 3: the cert file holds no certificate
             CertificateFiles {
+                name: "x".into(),
                 cert: junk.clone(),
                 key: b_key,
             },
@@ -438,17 +534,62 @@ mod tests {
         assert!(text.contains("cannot read"), "{text}");
     }
 
+    /// What the renewal watch relies on: a re-read of unchanged files has
+    /// the live digest, a renewal another; replacing one certificate keeps
+    /// the others, and one that would claim another's name is refused.
+    #[test]
+    fn renewals_are_told_by_digest_and_replace_one_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("t").unwrap();
+        let files: Vec<CertificateFiles> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let host = format!("{n}.example.test");
+                let l = ca.issue_until(&[&host], Some((2031, 1, 2))).unwrap();
+                pair(dir.path(), n, &l)
+            })
+            .collect();
+        let live = CertStore::load(Path::new("p.toml"), &files).unwrap();
+        assert_eq!(live.certs()[0].label, "a");
+        assert_eq!(
+            live.certs()[0].not_after.to_rfc3339(),
+            "2031-01-02T00:00:00+00:00"
+        );
+        assert_eq!(PairRead::read(&files[0]).digest(), live.certs()[0].digest);
+
+        let renewed = ca.issue(&["a.example.test"]).unwrap();
+        pair(dir.path(), "a", &renewed);
+        let read = PairRead::read(&files[0]);
+        assert_ne!(read.digest(), live.certs()[0].digest);
+        let next = live
+            .replaced(vec![(0, read.parse(&files[0]).unwrap())])
+            .unwrap();
+        let der = |s: &CertStore, n| s.select(Some(n)).unwrap().cert[0].clone();
+        assert_eq!(der(&next, "a.example.test"), renewed.cert_der);
+        assert_eq!(der(&next, "b.example.test"), der(&live, "b.example.test"));
+
+        // `a` renewed for `b`'s name: two certificates would serve it.
+        pair(
+            dir.path(),
+            "a",
+            &ca.issue(&["a.example.test", "b.example.test"]).unwrap(),
+        );
+        let loaded = PairRead::read(&files[0]).parse(&files[0]).unwrap();
+        let e = live.replaced(vec![(0, loaded)]).unwrap_err();
+        assert!(e.contains("name `b.example.test` is already served"), "{e}");
+    }
+
     #[test]
     fn a_name_served_twice_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("t").unwrap();
         let files: Vec<CertificateFiles> = (0..2)
             .map(|i| {
-                let l = ca.issue(&["*.dup.example.test"]).unwrap();
-                CertificateFiles {
-                    cert: write(dir.path(), &format!("{i}.crt"), &l.cert_pem),
-                    key: write(dir.path(), &format!("{i}.key"), &l.key_pem),
-                }
+                pair(
+                    dir.path(),
+                    &i.to_string(),
+                    &ca.issue(&["*.dup.example.test"]).unwrap(),
+                )
             })
             .collect();
         let errs = CertStore::load(Path::new("p.toml"), &files).unwrap_err();

@@ -1,14 +1,16 @@
 //! TLS-level pieces of the ingress: reading what a client sends before any
 //! handshake (`client_hello`, `detect`, `alert`), and terminating TLS for
-//! terminate routes (`certs`, `terminate`, `rewind`) with a new TLS
-//! connection to the enclave (`upstream`, `verify`).
+//! terminate routes (`certs`, read through `pem_file`; `terminate`,
+//! `rewind`) with a new TLS connection to the enclave (`upstream`, `verify`).
 pub mod alert;
 pub mod certs;
 pub mod client_hello;
 pub mod detect;
+pub mod pem_file;
 pub mod rewind;
 pub mod terminate;
 pub mod upstream;
+pub mod validity;
 pub mod verify;
 
 use std::sync::{Arc, LazyLock};

@@ -308,14 +308,19 @@ pub struct PlatformCert {
 
 impl PlatformCert {
     pub fn new(leaf: &Leaf) -> PlatformCert {
-        let dir = tempfile::tempdir().unwrap();
-        let c = PlatformCert {
-            cert: dir.path().join("platform.crt"),
-            key: dir.path().join("platform.key"),
-            dir,
-        };
+        let c = PlatformCert::named("platform.crt", "platform.key");
         c.replace(leaf);
         c
+    }
+
+    /// Paths in a fresh temp dir, with nothing written yet.
+    fn named(cert: &str, key: &str) -> PlatformCert {
+        let dir = tempfile::tempdir().unwrap();
+        PlatformCert {
+            cert: dir.path().join(cert),
+            key: dir.path().join(key),
+            dir,
+        }
     }
 
     /// Writes `leaf` over the files, each by rename, as deploy tools do.
@@ -325,6 +330,39 @@ impl PlatformCert {
             std::fs::write(&tmp, text).unwrap();
             std::fs::rename(&tmp, path).unwrap();
         }
+    }
+
+    /// Writes `leaf` over the files in place (truncate, then write), the
+    /// certificate first, as tools that keep the inode do.
+    pub fn replace_in_place(&self, leaf: &Leaf) {
+        std::fs::write(&self.cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&self.key, &leaf.key_pem).unwrap();
+    }
+
+    /// Laid out as a Kubernetes secret volume: `tls.crt` and `tls.key` are
+    /// symlinks into `..data`, itself a symlink to a directory holding one
+    /// version of the files; [`PlatformCert::swap_version`] renews.
+    pub fn symlinked(leaf: &Leaf) -> PlatformCert {
+        let c = PlatformCert::named("tls.crt", "tls.key");
+        c.swap_version(leaf);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), c.dir.path().join(name)).unwrap();
+        }
+        c
+    }
+
+    /// Writes `leaf` into a new version directory and points `..data` at
+    /// it by renaming a new symlink over the old one: the files named in
+    /// the config are never written.
+    pub fn swap_version(&self, leaf: &Leaf) {
+        let root = self.dir.path();
+        let n = std::fs::read_dir(root).unwrap().count();
+        let version = format!("..v{n}");
+        std::fs::create_dir(root.join(&version)).unwrap();
+        std::fs::write(root.join(&version).join("tls.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(root.join(&version).join("tls.key"), &leaf.key_pem).unwrap();
+        std::os::unix::fs::symlink(&version, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     }
 
     /// The DER of the end-entity certificate now on disk.
@@ -342,6 +380,11 @@ impl PlatformCert {
             "[[certificate]]\ncert = {:?}\nkey = {:?}\n",
             self.cert, self.key
         )
+    }
+
+    /// The same, with a `name` for its metrics.
+    pub fn toml_named(&self, name: &str) -> String {
+        format!("{}name = {name:?}\n", self.toml())
     }
 }
 
@@ -541,6 +584,50 @@ impl Drop for Dnsmasq {
     }
 }
 
+// ---- Metrics: scraping and checking the exposition ----
+
+/// The value of the first sample line starting with `series` (name and
+/// labels exactly as exposed).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+/// `GET /metrics` of a live proxy.
+pub async fn scrape(live: &Live) -> String {
+    reqwest::get(live.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Fails the test unless `promtool check metrics` accepts `text`.
+pub async fn promtool_accepts(text: &str) {
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian package prometheus; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls an async condition until true or `bound` passes.
 pub async fn eventually_async<F, Fut>(bound: Duration, mut f: F) -> bool
 where
@@ -620,6 +707,18 @@ pub async fn put_app(
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or_default())
+}
+
+/// `DELETE /apps/{project}/{name}` with the token; the status.
+pub async fn delete_app(live: &Live, project: &str, name: &str) -> u16 {
+    reqwest::Client::new()
+        .delete(live.admin(&format!("/apps/{project}/{name}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// A GET on the admin API; status and JSON body.

@@ -1,5 +1,6 @@
-//! Route sources that feed the reconciler. The admin API is the other one
+//! Route sources that feed the reconciler, and the certificate watch. The admin API is the other one
 //! (see [`crate::admin`]).
 
+pub mod certificates;
 pub mod etcd;
 pub mod file;
