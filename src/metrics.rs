@@ -67,6 +67,9 @@ pub struct Metrics {
     pub expirations: IntCounter,
     pub dns_lookups: IntCounterVec,
     pub active: IntGauge,
+    /// `limits.max_connections`, set once at start (the static config is not
+    /// reloaded): `active` over this is how close accepts are to refusal.
+    pub connections_max: IntGauge,
     /// `[etcd]` (all zero without it).
     pub etcd_connected: IntGauge,
     pub etcd_revision: IntGauge,
@@ -188,6 +191,11 @@ impl Metrics {
                 "Connections open now, all routes",
             ))
             .unwrap(),
+            connections_max: IntGauge::with_opts(opts(
+                "connections_max",
+                "The connection limit (limits.max_connections); accepts beyond it are refused",
+            ))
+            .unwrap(),
             etcd_connected: IntGauge::with_opts(opts(
                 "etcd_connected",
                 "1 while the etcd watch is live (routes follow the store, writes are taken)",
@@ -250,6 +258,7 @@ impl Metrics {
             Box::new(m.expirations.clone()),
             Box::new(m.dns_lookups.clone()),
             Box::new(m.active.clone()),
+            Box::new(m.connections_max.clone()),
             Box::new(m.etcd_connected.clone()),
             Box::new(m.etcd_revision.clone()),
             Box::new(m.etcd_watch_lag.clone()),
@@ -451,6 +460,21 @@ mod tests {
         ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }
+    }
+
+    #[test]
+    fn the_connection_limit_is_exported() {
+        let m = Metrics::new(true);
+        m.connections_max.set(1234);
+        let text = m.render(&Snapshot::default());
+        assert!(
+            text.contains("\nmse_proxy_connections_max 1234\n"),
+            "{text}"
+        );
+        assert!(m
+            .metric_names()
+            .iter()
+            .any(|n| n == "mse_proxy_connections_max"));
     }
 
     #[test]

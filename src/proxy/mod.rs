@@ -99,6 +99,7 @@ impl ProxyHandle {
             .map(|l| l.local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
         let metrics = Metrics::new(config.metrics_per_route);
+        metrics.connections_max.set(config.max_connections as i64);
         let dns = Dns::new(&config.dns, metrics.dns_lookups.clone());
         let kill = router.closers().clone();
         let shared = Arc::new(Shared {
