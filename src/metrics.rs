@@ -36,6 +36,12 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 
+/// Every `source` whose changes can be refused (`route_reloads_total{result="error"}`).
+/// Their error series are registered at zero, so that the first refusal is an
+/// increase: a series born at 1 shows no `increase()`, and the reload alert
+/// would miss it (grafana/alerts.yml).
+pub const REFUSING_SOURCES: [&str; 6] = ["reload", "watch", "api", "app", "etcd", "cname"];
+
 /// Gauges computed from the live snapshot at scrape time: name, help, label.
 const SCRAPE_TIME: [(&str, (&str, &str)); 3] = [
     (
@@ -285,6 +291,9 @@ impl Metrics {
             m.connections
                 .with_label_values(&[NO_ROUTE, NO_ROUTE, o.as_str()]);
         }
+        for s in REFUSING_SOURCES {
+            m.reloads.with_label_values(&[s, "error"]);
+        }
         for r in ["ok", "not_found", "unavailable"] {
             m.dns_lookups.with_label_values(&[r]);
         }
@@ -475,6 +484,16 @@ mod tests {
             .metric_names()
             .iter()
             .any(|n| n == "mse_proxy_connections_max"));
+    }
+
+    #[test]
+    fn refusal_series_start_at_zero() {
+        let text = Metrics::new(true).render(&Snapshot::default());
+        for s in REFUSING_SOURCES {
+            let series =
+                format!("mse_proxy_route_reloads_total{{result=\"error\",source=\"{s}\"}} 0\n");
+            assert!(text.contains(&series), "{series} missing:\n{text}");
+        }
     }
 
     #[test]
