@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod promql;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -227,6 +228,16 @@ impl Live {
             .bearer_auth(TOKEN)
             .json(spec)
             .send()
+            .await
+            .unwrap()
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn scrape(&self) -> String {
+        reqwest::get(self.admin("/metrics"))
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap()
     }
