@@ -432,3 +432,47 @@ pub fn check_exprs<'a>(
     }
     (problems, used)
 }
+
+/// Every label matcher of `expr` as (label, value): `label="v"`,
+/// `label!="v"`, and each alternative of `label=~"a|b"` / `label!~"a|b"`,
+/// which must be plain names (a pattern cannot be checked against the
+/// values a proxy exports).
+pub fn matchers(expr: &str) -> Result<Vec<(String, String)>, String> {
+    let toks = lex(expr)?;
+    let mut out = Vec::new();
+    let mut in_braces = false;
+    for (i, t) in toks.iter().enumerate() {
+        match t {
+            Tok::Punct('{') => in_braces = true,
+            Tok::Punct('}') => in_braces = false,
+            Tok::Ident(label) if in_braces => {
+                let (regex, value) = match (toks.get(i + 1), toks.get(i + 2), toks.get(i + 3)) {
+                    (Some(Tok::Punct('=')), Some(Tok::Str(v)), _) => (false, v),
+                    (Some(Tok::Punct('!')), Some(Tok::Punct('=')), Some(Tok::Str(v))) => (false, v),
+                    (Some(Tok::Punct('=' | '!')), Some(Tok::Punct('~')), Some(Tok::Str(v))) => {
+                        (true, v)
+                    }
+                    _ => return Err(format!("cannot read the `{label}` matcher")),
+                };
+                if !regex {
+                    out.push((label.clone(), value.clone()));
+                    continue;
+                }
+                for alt in value.split('|') {
+                    if alt.is_empty()
+                        || !alt
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    {
+                        return Err(format!(
+                            "`{label}=~\"{value}\"`: `{alt}` is a pattern, not a name"
+                        ));
+                    }
+                    out.push((label.clone(), alt.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
