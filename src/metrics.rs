@@ -39,6 +39,12 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 
+/// Every `source` whose changes can be refused (`route_reloads_total{result="error"}`).
+/// Their error series are registered at zero, so that the first refusal is an
+/// increase: a series born at 1 shows no `increase()`, and the reload alert
+/// would miss it (grafana/alerts.yml).
+pub const REFUSING_SOURCES: [&str; 6] = ["reload", "watch", "api", "app", "etcd", "cname"];
+
 /// Gauges computed from the live snapshot and apps at scrape time: name,
 /// help, labels.
 const SCRAPE_TIME: [(&str, &str, &[&str]); 4] = [
@@ -89,6 +95,9 @@ pub struct Metrics {
     pub expirations: IntCounter,
     pub dns_lookups: IntCounterVec,
     pub active: IntGauge,
+    /// `limits.max_connections`, set once at start (the static config is not
+    /// reloaded): `active` over this is how close accepts are to refusal.
+    pub connections_max: IntGauge,
     /// `[etcd]` (all zero without it).
     pub etcd_connected: IntGauge,
     pub etcd_revision: IntGauge,
@@ -218,6 +227,11 @@ impl Metrics {
                 "Connections open now, all routes",
             ))
             .unwrap(),
+            connections_max: IntGauge::with_opts(opts(
+                "connections_max",
+                "The connection limit (limits.max_connections); accepts beyond it are refused",
+            ))
+            .unwrap(),
             etcd_connected: IntGauge::with_opts(opts(
                 "etcd_connected",
                 "1 while the etcd watch is live (routes follow the store, writes are taken)",
@@ -281,6 +295,7 @@ impl Metrics {
             Box::new(m.expirations.clone()),
             Box::new(m.dns_lookups.clone()),
             Box::new(m.active.clone()),
+            Box::new(m.connections_max.clone()),
             Box::new(m.etcd_connected.clone()),
             Box::new(m.etcd_revision.clone()),
             Box::new(m.etcd_watch_lag.clone()),
@@ -306,6 +321,9 @@ impl Metrics {
         for o in Outcome::ALL {
             m.connections
                 .with_label_values(&[NO_ROUTE, NO_ROUTE, o.as_str()]);
+        }
+        for s in REFUSING_SOURCES {
+            m.reloads.with_label_values(&[s, "error"]);
         }
         for r in ["ok", "not_found", "unavailable"] {
             m.dns_lookups.with_label_values(&[r]);
@@ -491,6 +509,31 @@ mod tests {
             "mse_proxy_route_reloads_total",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn the_connection_limit_is_exported() {
+        let m = Metrics::new(true);
+        m.connections_max.set(1234);
+        let text = m.render(&Snapshot::default(), &Apps::default());
+        assert!(
+            text.contains("\nmse_proxy_connections_max 1234\n"),
+            "{text}"
+        );
+        assert!(m
+            .metric_names()
+            .iter()
+            .any(|n| n == "mse_proxy_connections_max"));
+    }
+
+    #[test]
+    fn refusal_series_start_at_zero() {
+        let text = Metrics::new(true).render(&Snapshot::default(), &Apps::default());
+        for s in REFUSING_SOURCES {
+            let series =
+                format!("mse_proxy_route_reloads_total{{result=\"error\",source=\"{s}\"}} 0\n");
+            assert!(text.contains(&series), "{series} missing:\n{text}");
         }
     }
 

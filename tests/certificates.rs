@@ -209,7 +209,7 @@ async fn the_expiry_gauge_follows_renewals_and_shows_app_owner_certificates() {
     let platform =
         "mse_proxy_certificate_expiry_timestamp_seconds{app=\"\",certificate=\"wildcard\"}";
     let seen = served(&live, &ca).await.expect("handshake");
-    let text = scrape(&live).await;
+    let text = live.scrape().await;
     assert_eq!(sample(&text, platform), Some(not_after(&seen)), "{text}");
     assert_eq!(
         sample(
@@ -224,7 +224,7 @@ async fn the_expiry_gauge_follows_renewals_and_shows_app_owner_certificates() {
     cert.replace(&renewed);
     assert!(serves(&live, &ca, &renewed).await);
     let seen = served(&live, &ca).await.expect("handshake");
-    let text = scrape(&live).await;
+    let text = live.scrape().await;
     assert_eq!(sample(&text, platform), Some(not_after(&seen)), "{text}");
     assert_ne!(not_after(&seen), not_after(first.cert_der.as_ref()));
 
@@ -236,7 +236,7 @@ async fn the_expiry_gauge_follows_renewals_and_shows_app_owner_certificates() {
     let (st, body) = put_app(&live, "p", "shop", &rec).await;
     assert_eq!(st, 200, "{body}");
     let owner = "mse_proxy_certificate_expiry_timestamp_seconds{app=\"p/shop\",certificate=\"\"}";
-    let text = scrape(&live).await;
+    let text = live.scrape().await;
     let june_2030 = chrono::DateTime::parse_from_rfc3339("2030-06-01T00:00:00Z").unwrap();
     assert_eq!(
         sample(&text, owner),
@@ -246,7 +246,7 @@ async fn the_expiry_gauge_follows_renewals_and_shows_app_owner_certificates() {
     promtool_accepts(&text).await;
 
     assert_eq!(delete_app(&live, "p", "shop").await, 200);
-    let text = scrape(&live).await;
+    let text = live.scrape().await;
     assert!(!text.contains("app=\"p/shop\""), "{text}");
     assert!(sample(&text, platform).is_some());
 }

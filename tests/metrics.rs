@@ -35,7 +35,7 @@ async fn counters_match_scripted_traffic_and_promtool_accepts_them() {
         "mse_proxy_connections_total{mode=\"(none)\",outcome=\"hello_timeout\",route=\"(none)\"}";
     let mut text = String::new();
     for _ in 0..100 {
-        text = scrape(&live).await;
+        text = live.scrape().await;
         if sample(&text, ok) == Some(2.0) && sample(&text, timeout) == Some(1.0) {
             break;
         }
@@ -117,12 +117,12 @@ async fn removed_routes_leave_no_series_and_reloads_are_counted() {
             == 0)
         .await
     );
-    assert!(scrape(&live).await.contains("route=\"gone\""));
+    assert!(live.scrape().await.contains("route=\"gone\""));
     write_routes(&live.routes_path, &[]);
     live.server.control.reload_file().await.unwrap();
     std::fs::write(&live.routes_path, "not toml [").unwrap();
     assert!(live.server.control.reload_file().await.is_err());
-    let text = scrape(&live).await;
+    let text = live.scrape().await;
     assert!(!text.contains("route=\"gone\""), "{text}");
     assert_eq!(
         sample(
@@ -156,7 +156,7 @@ async fn per_route_labels_can_be_turned_off() {
     let ok = "mse_proxy_connections_total{mode=\"passthrough\",outcome=\"ok\",route=\"(all)\"}";
     let mut text = String::new();
     for _ in 0..100 {
-        text = scrape(&live).await;
+        text = live.scrape().await;
         if sample(&text, ok) == Some(1.0) {
             break;
         }

@@ -100,6 +100,7 @@ impl ProxyHandle {
             .collect::<std::io::Result<Vec<_>>>()?;
         let metrics = Metrics::new(config.metrics_per_route);
         metrics.certificates_configured(config.certificates.iter().map(|c| c.name.as_str()));
+        metrics.connections_max.set(config.max_connections as i64);
         let dns = Dns::new(&config.dns, metrics.dns_lookups.clone());
         let kill = router.closers().clone();
         let shared = Arc::new(Shared {

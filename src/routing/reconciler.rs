@@ -479,6 +479,10 @@ impl Reconciler {
 
     /// Counts a refused change from `source`.
     fn refused(&self, source: &str) {
+        debug_assert!(
+            crate::metrics::REFUSING_SOURCES.contains(&source),
+            "pre-register {source}'s error series in metrics::REFUSING_SOURCES"
+        );
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod promql;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -227,6 +228,16 @@ impl Live {
             .bearer_auth(TOKEN)
             .json(spec)
             .send()
+            .await
+            .unwrap()
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn scrape(&self) -> String {
+        reqwest::get(self.admin("/metrics"))
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap()
     }
@@ -591,16 +602,6 @@ impl Drop for Dnsmasq {
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-}
-
-/// `GET /metrics` of a live proxy.
-pub async fn scrape(live: &Live) -> String {
-    reqwest::get(live.admin("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// Fails the test unless `promtool check metrics` accepts `text`.
