@@ -534,28 +534,7 @@ async fn tls_with_a_client_certificate_and_a_password() {
     let (client_pem, client_key) = (tls.client.cert_pem.clone(), tls.client.key_pem.clone());
     let etcd = Etcd::start_tls(tls).await;
     // Password authentication on top of the client certificate.
-    let admin = etcd.client().await;
-    use mse_proxy::etcd::proto::etcdserverpb as pb;
-    let mut auth = admin.auth();
-    auth.user_add(pb::AuthUserAddRequest {
-        name: "root".into(),
-        password: "s3cret".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let _ = auth
-        .role_add(pb::AuthRoleAddRequest {
-            name: "root".into(),
-        })
-        .await;
-    auth.user_grant_role(pb::AuthUserGrantRoleRequest {
-        user: "root".into(),
-        role: "root".into(),
-    })
-    .await
-    .unwrap();
-    auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
+    etcd.enable_auth("s3cret").await;
 
     let files = format!(
         "username = \"root\"\npassword_file = {:?}\n[etcd.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
@@ -699,4 +678,30 @@ async fn an_etcd_route_left_out_for_want_of_a_certificate_is_served_once_one_is_
     );
     let (body, _) = get(a.addr(), "tt.example.test", &ca).await.unwrap();
     assert!(body.contains("hello from tt.example.test"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_auth_token_is_renewed_and_writes_go_on() {
+    // Simple tokens that lapse after one idle second.
+    let etcd = Etcd::start_args(&["--auth-token-ttl", "1"]).await;
+    etcd.enable_auth("s3cret").await;
+    let files = format!(
+        "username = \"root\"\npassword_file = {:?}\n",
+        etcd.file("password", "s3cret\n")
+    );
+    let a = instance(&etcd.endpoint(), &files);
+    assert!(
+        eventually_async(Duration::from_secs(10), || connected(&a)).await,
+        "no connection with a password"
+    );
+    let first = spec("t1", &["t1.example.test"], &["127.0.0.1:9".into()]);
+    assert_eq!(a.put_route("t1", &first).await.status(), 200);
+    // Idle past the token's lifetime: the next write's token is refused,
+    // and the client gets a new one instead of failing the write.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = spec("t2", &["t2.example.test"], &["127.0.0.1:9".into()]);
+    let r = a.put_route("t2", &second).await;
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+    assert!(connected(&a).await);
 }

@@ -28,6 +28,8 @@ pub struct Etcd {
     child: Option<std::process::Child>,
     /// With TLS: the server's flags, and a client set up to pass them.
     tls: Option<EtcdTls>,
+    /// More server flags.
+    extra: Vec<String>,
 }
 
 /// TLS for a test etcd: server certificate and key, and the CA it requires
@@ -45,21 +47,27 @@ impl Etcd {
 
     /// On a chosen client port (a proxy may already be trying it).
     pub async fn start_on(port: u16) -> Etcd {
-        Self::start_with(port, None).await
+        Self::start_with(port, None, &[]).await
     }
 
     /// Serving TLS only, and asking clients for a certificate.
     pub async fn start_tls(tls: EtcdTls) -> Etcd {
-        Self::start_with(free_port(), Some(tls)).await
+        Self::start_with(free_port(), Some(tls), &[]).await
     }
 
-    async fn start_with(port: u16, tls: Option<EtcdTls>) -> Etcd {
+    /// With more server flags (e.g. `--auth-token-ttl 1`).
+    pub async fn start_args(extra: &[&str]) -> Etcd {
+        Self::start_with(free_port(), None, extra).await
+    }
+
+    async fn start_with(port: u16, tls: Option<EtcdTls>, extra: &[&str]) -> Etcd {
         let mut e = Etcd {
             client_addr: SocketAddr::from(([127, 0, 0, 1], port)),
             peer_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
             tls,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         e.spawn().await;
         e
@@ -134,6 +142,7 @@ impl Etcd {
                 "error",
             ])
             .args(&tls_args)
+            .args(&self.extra)
             .env("ETCD_UNSUPPORTED_ARCH", "")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -183,6 +192,32 @@ impl Etcd {
 
     pub async fn client(&self) -> Client {
         Client::connect(self.connect_options()).await.unwrap()
+    }
+
+    /// Turns password authentication on, with `root` as its only user.
+    pub async fn enable_auth(&self, password: &str) {
+        use mse_proxy::etcd::proto::etcdserverpb as pb;
+        let mut auth = self.client().await.auth();
+        auth.user_add(pb::AuthUserAddRequest {
+            name: "root".into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // Some etcd versions have a root role from the start.
+        let _ = auth
+            .role_add(pb::AuthRoleAddRequest {
+                name: "root".into(),
+            })
+            .await;
+        auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .unwrap();
+        auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
     }
 }
 
