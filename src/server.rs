@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::{routes, Config, ConfigError, ConfigErrors};
-use crate::proxy::ProxyHandle;
+use crate::proxy::{fds, ProxyHandle};
 use crate::routing::reconciler::{Control, Reconciler};
 use crate::routing::reload::{self, ApplyOptions};
 use crate::routing::sources::certificates::{self, CertWatch};
@@ -70,7 +70,15 @@ fn check_coverage(
 /// certificates, and that the certificates serve the terminate routes.
 /// Problems with routes and with certificates are reported together.
 pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
+    // Against the hard limit: start raises the soft one to it.
+    if let Some(fds) = fds::hard_limit() {
+        if let Err(msg) = fds::fit(&mut config, fds) {
+            let mut errs = ConfigErrors::default();
+            errs.push(&config.source, "limits.max_connections", msg);
+            return Err(errs);
+        }
+    }
     let routes = load_routes(&config);
     let certs = CertStore::load(&config.source, &config.certificates);
     match (routes, certs) {
@@ -106,7 +114,15 @@ impl Deref for Server {
 
 /// Starts everything: listeners (all bound before anything is served), the
 /// first route table, the reconciler, the file watch and the admin API.
-pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
+pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
+    let fds = match fds::raise() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the file descriptor limit");
+            fds::hard_limit().unwrap_or(u64::MAX)
+        }
+    };
+    fds::fit(&mut config, fds).map_err(|msg| anyhow::anyhow!("limits.max_connections: {msg}"))?;
     let token = match &config.admin {
         Some(a) => admin::load_token(&a.token)?,
         None => None,

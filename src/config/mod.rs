@@ -111,6 +111,10 @@ pub struct Config {
     pub routes_file: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub max_connections: usize,
+    /// `limits.max_connections` was set in the file (not the default): a
+    /// value the file descriptors cannot hold is then an error, where the
+    /// default is lowered to fit.
+    pub max_connections_set: bool,
     /// Per client IP, connections whose hello is not read yet (0: off).
     pub max_unrouted_per_ip: usize,
     /// Passive health: how long a failing backend address is tried last.
@@ -133,6 +137,15 @@ pub struct Config {
     /// The shared route store (`[etcd]`), if any.
     pub etcd: Option<etcd::EtcdConfig>,
 }
+
+/// Largest accepted `limits.max_connections`: far past what one process
+/// serves (two file descriptors and a few KiB each), and well under what
+/// the connection semaphore can count.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+
+/// `limits.max_connections` when unset (lowered at start to what the file
+/// descriptors hold, see `proxy::fds`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
 /// Smallest and largest accepted `limits.max_client_hello_bytes`: below 2 KiB
 /// today's post-quantum browser hellos no longer fit; above 64 KiB a client
@@ -252,8 +265,16 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     }
 
-    if raw.limits.max_connections == 0 {
-        errs.push(path, "limits.max_connections", "must be at least 1");
+    let max_connections = raw
+        .limits
+        .max_connections
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 || max_connections > MAX_CONNECTIONS {
+        errs.push(
+            path,
+            "limits.max_connections",
+            format!("must be from 1 to {MAX_CONNECTIONS}"),
+        );
     }
     let cap = raw.limits.max_client_hello_bytes;
     if cap < HELLO_CAP_RANGE.0 || cap > HELLO_CAP_RANGE.1 {
@@ -377,7 +398,8 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             idle: t.idle,
             shutdown_grace: t.shutdown_grace,
         },
-        max_connections: raw.limits.max_connections,
+        max_connections,
+        max_connections_set: raw.limits.max_connections.is_some(),
         max_unrouted_per_ip: raw.limits.max_unrouted_per_ip,
         failure_cooldown: raw.health.failure_cooldown,
         splice: raw.relay.splice,

@@ -177,7 +177,8 @@ impl Default for RawTimeouts {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
-    pub max_connections: usize,
+    /// Unset: 100,000, or fewer if the file descriptors hold fewer.
+    pub max_connections: Option<usize>,
     pub max_client_hello_bytes: usize,
     /// Connections one client IP may hold before its hello is read; 0: no limit.
     pub max_unrouted_per_ip: usize,
@@ -186,7 +187,7 @@ pub struct RawLimits {
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
-            max_connections: 100_000,
+            max_connections: None,
             max_unrouted_per_ip: 0,
             max_client_hello_bytes: 16 * 1024,
         }

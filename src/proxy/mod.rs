@@ -2,6 +2,7 @@
 
 mod buffer;
 pub mod conn;
+pub mod fds;
 pub mod health;
 pub mod limits;
 pub mod listener;

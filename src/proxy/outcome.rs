@@ -49,6 +49,9 @@ pub enum Outcome {
     Idle,
     /// The connection limit was reached at accept.
     Limit,
+    /// The proxy ran out of file descriptors, memory or local ports for the
+    /// upstream connect (its own shortage: the backend is not blamed).
+    LocalResourceExhausted,
     /// The route had expired (at lookup, or while relaying).
     Expired,
     /// The route was removed or redeployed while the connection was open.
@@ -59,7 +62,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for pre-registering metric label values.
-    pub const ALL: [Outcome; 23] = [
+    pub const ALL: [Outcome; 24] = [
         Outcome::Ok,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -80,6 +83,7 @@ impl Outcome {
         Outcome::ClientLimit,
         Outcome::Idle,
         Outcome::Limit,
+        Outcome::LocalResourceExhausted,
         Outcome::Expired,
         Outcome::RouteRemoved,
         Outcome::Shutdown,
@@ -107,6 +111,7 @@ impl Outcome {
             Outcome::ClientLimit => "client_limit",
             Outcome::Idle => "idle_timeout",
             Outcome::Limit => "limit",
+            Outcome::LocalResourceExhausted => "local_resource_exhausted",
             Outcome::Expired => "expired",
             Outcome::RouteRemoved => "route_removed",
             Outcome::Shutdown => "shutdown",

@@ -27,6 +27,9 @@ pub enum Failure {
     Timeout,
     DnsNotFound,
     DnsUnavailable,
+    /// The proxy itself is out of something a connect needs (file
+    /// descriptors, memory, local ports): says nothing about the backend.
+    Local,
     Other,
 }
 
@@ -37,9 +40,13 @@ pub struct ConnectError {
 }
 
 impl ConnectError {
-    /// One outcome for the connection: the failure kind when every attempt
-    /// failed the same way, else the generic connect error.
+    /// One outcome for the connection: the proxy's own exhaustion if any
+    /// attempt met it, else the failure kind when every attempt failed the
+    /// same way, else the generic connect error.
     pub fn outcome(&self) -> Outcome {
+        if self.attempts.iter().any(|(_, k, _)| *k == Failure::Local) {
+            return Outcome::LocalResourceExhausted;
+        }
         let mut kinds = self.attempts.iter().map(|(_, k, _)| *k);
         let first = kinds.next();
         if first.is_none() || kinds.any(|k| Some(k) != first) {
@@ -52,6 +59,15 @@ impl ConnectError {
             Some(Failure::DnsUnavailable) => Outcome::DnsUnavailable,
             _ => Outcome::UpstreamConnectError,
         }
+    }
+}
+
+impl ConnectError {
+    /// Trying more backends would fail the same way.
+    fn out_of_local_resources(&self) -> bool {
+        self.attempts
+            .last()
+            .is_some_and(|(_, k, _)| *k == Failure::Local)
     }
 }
 
@@ -80,7 +96,8 @@ pub async fn connect(
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let mut err = ConnectError::default();
     let r = connect_inner(backends, dns, health, timeout, &mut err).await;
-    failures.inc_by(err.attempts.len() as u64);
+    let backend_failures = err.attempts.iter().filter(|(_, k, _)| *k != Failure::Local);
+    failures.inc_by(backend_failures.count() as u64);
     r.ok_or(err)
 }
 
@@ -100,6 +117,8 @@ async fn connect_inner(
                     cooling.push((addr, b.to_string()));
                 } else if let Some(s) = attempt(addr, b.to_string(), health, timeout, err).await {
                     return Some((s, addr));
+                } else if err.out_of_local_resources() {
+                    return None;
                 }
             }
             BackendHost::Name(name) => match dns.resolve(name).await {
@@ -112,6 +131,8 @@ async fn connect_inner(
                             attempt(addr, format!("{b} ({addr})"), health, timeout, err).await
                         {
                             return Some((s, addr));
+                        } else if err.out_of_local_resources() {
+                            return None;
                         }
                     }
                 }
@@ -128,6 +149,8 @@ async fn connect_inner(
     for (addr, label) in cooling {
         if let Some(s) = attempt(addr, label, health, timeout, err).await {
             return Some((s, addr));
+        } else if err.out_of_local_resources() {
+            return None;
         }
     }
     None
@@ -147,12 +170,11 @@ async fn attempt(
             Some(s)
         }
         Ok(Err(e)) => {
-            health.failed(addr);
-            let kind = match e.kind() {
-                io::ErrorKind::ConnectionRefused => Failure::Refused,
-                io::ErrorKind::TimedOut => Failure::Timeout,
-                _ => Failure::Other,
-            };
+            let kind = failure(&e);
+            // The proxy's own shortage is no reason to avoid the backend.
+            if kind != Failure::Local {
+                health.failed(addr);
+            }
             err.attempts.push((label, kind, e.to_string()));
             None
         }
@@ -165,6 +187,19 @@ async fn attempt(
             ));
             None
         }
+    }
+}
+
+/// What a failed connect says about the backend.
+fn failure(e: &io::Error) -> Failure {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL (no local port).
+    if let Some(24 | 23 | 105 | 12 | 99) = e.raw_os_error() {
+        return Failure::Local;
+    }
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => Failure::Refused,
+        io::ErrorKind::TimedOut => Failure::Timeout,
+        _ => Failure::Other,
     }
 }
 

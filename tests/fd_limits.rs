@@ -1,0 +1,148 @@
+//! File descriptors: the proxy raises its soft `RLIMIT_NOFILE` to the hard
+//! limit at start, refuses a connection limit the descriptors cannot hold,
+//! and an upstream connect that fails for want of descriptors is the
+//! proxy's own outcome, not a backend failure. The proxy runs as its own
+//! process (the real binary) so that its limits are its own; `prlimit`
+//! (util-linux) sets them.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::ProxyProcess;
+use common::*;
+
+/// `(soft, hard)` of a process's open-files limit, from /proc.
+fn nofile(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+/// The lowest descriptor number the process has free: the next one it
+/// opens gets it (the limit bounds numbers, not a count).
+fn lowest_free_fd(pid: u32) -> u64 {
+    let used: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).unwrap()
+}
+
+fn prlimit(pid: u32, soft: u64, hard: u64) {
+    let ok = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:{hard}"))
+        .status()
+        .expect("prlimit (util-linux) runs")
+        .success();
+    assert!(ok, "prlimit --pid {pid} --nofile={soft}:{hard}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_raises_the_soft_limit_to_the_hard_one() {
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
+    let p = ProxyProcess::spawn_under(
+        &["prlimit", "--nofile=1024:4096", "--"],
+        e.addr,
+        "[limits]\nmax_connections = 1000\n[log]\nformat = \"json\"\n",
+        false,
+    )
+    .await;
+    assert_eq!(nofile(p.child.0.id()), (4096, 4096));
+    assert_eq!(
+        get(p.addr, "ok.example.test", &ca).await.unwrap().0,
+        "hello from ok"
+    );
+}
+
+#[test]
+fn check_refuses_a_connection_limit_the_descriptors_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[limits]\nmax_connections = 1000\n",
+    )
+    .unwrap();
+    let run = |nofile: &str| {
+        Command::new("prlimit")
+            .arg(format!("--nofile={nofile}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_mse-proxy"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("prlimit (util-linux) runs")
+    };
+    // 1,000 connections need 2,256 descriptors: a hard limit of 2,048 is
+    // refused, whatever the soft one.
+    let out = run("1024:2048");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limits.max_connections"), "{err}");
+    assert!(err.contains("2256") && err.contains("2048"), "{err}");
+    // A soft limit below but a hard one above is fine: start raises it.
+    let out = run("1024:4096");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_on_connect_is_the_proxys_outcome_and_the_backend_stays_healthy() {
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
+    let admin = common::etcd::free_port();
+    let p = ProxyProcess::spawn(
+        e.addr,
+        &format!(
+            "[limits]\nmax_connections = 100\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\
+             [log]\nformat = \"json\"\n"
+        ),
+        false,
+    )
+    .await;
+    let pid = p.child.0.id();
+    assert_eq!(
+        get(p.addr, "ok.example.test", &ca).await.unwrap().0,
+        "hello from ok"
+    );
+    let (soft, hard) = nofile(pid);
+    // The first connection's sockets are closed by now; let them go.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Room for the accepted client socket (the lowest free number) and
+    // nothing more: the upstream socket cannot be opened.
+    prlimit(pid, lowest_free_fd(pid) + 1, hard);
+    let starved = get(p.addr, "ok.example.test", &ca).await;
+    prlimit(pid, soft, hard);
+    assert!(
+        starved.is_err(),
+        "routed without a descriptor for the upstream"
+    );
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exhausted = "mse_proxy_connections_total{mode=\"passthrough\",outcome=\"local_resource_exhausted\",route=\"ok\"}";
+    assert_eq!(sample(&metrics, exhausted), Some(1.0), "{metrics}");
+    // Not the backend's failure: nothing counted against it, and the next
+    // connection goes straight to it.
+    let failures = "mse_proxy_upstream_connect_failures_total{route=\"ok\"}";
+    assert_eq!(sample(&metrics, failures), Some(0.0), "{metrics}");
+    assert_eq!(
+        get(p.addr, "ok.example.test", &ca).await.unwrap().0,
+        "hello from ok"
+    );
+}
