@@ -96,7 +96,13 @@ fn check_as(config: Config) -> Result<(Config, Vec<Route>), ConfigErrors> {
             }
         },
         (routes, certs) => {
-            errs.0.extend(routes.err().into_iter().chain(certs.err()).flat_map(|e| e.0));
+            errs.0.extend(
+                routes
+                    .err()
+                    .into_iter()
+                    .chain(certs.err())
+                    .flat_map(|e| e.0),
+            );
             None
         }
     };
@@ -188,9 +194,13 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         .etcd
         .as_ref()
         .map(|_| Arc::new(EtcdStatus::default()));
-    let (reconciler, control) =
-        Reconciler::start(Arc::clone(&proxy.shared), routes, etcd_status.clone(), state)
-            .map_err(|e| anyhow::anyhow!(e))?;
+    let (reconciler, control) = Reconciler::start(
+        Arc::clone(&proxy.shared),
+        routes,
+        etcd_status.clone(),
+        state,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     tokio::spawn(reconciler.run());
     let admin_stop = CancellationToken::new();
     // With `[etcd]`, the table follows the shared store; the first etcd set

@@ -444,7 +444,13 @@ mod tests {
             Utc::now(),
         );
         let wrong = CnameState::Wrong("no CNAME".into());
-        let stored = || put(1, "shop.customer.com", &[("shop.customer.com", wrong.clone())]);
+        let stored = || {
+            put(
+                1,
+                "shop.customer.com",
+                &[("shop.customer.com", wrong.clone())],
+            )
+        };
         assert!(Apps::default().admit(stored(), &p, &certs, now).is_err());
         let apps = Apps::default().restore(stored(), &p, &certs, now).unwrap();
         assert_eq!(route_names(&apps), vec!["app.p.shop.config"]);

@@ -324,7 +324,11 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
     let routes_file = raw.routes_file.map(|p| base.join(p));
     let state_dir = match raw.state_dir {
         Some(p) if p.as_os_str().is_empty() => {
-            errs.push(path, "state_dir", "is empty; name a directory, or leave it out for `state/` beside this file");
+            errs.push(
+                path,
+                "state_dir",
+                "is empty; name a directory, or leave it out for `state/` beside this file",
+            );
             None
         }
         Some(p) => Some(base.join(p)),
@@ -451,7 +455,11 @@ mod tests {
         let c = load("state_dir = \"db\"\n[[listener]]\naddress = \"[::1]:443\"\n").unwrap();
         assert_eq!(c.state_dir, Some(PathBuf::from("/etc/mse/db")));
         let e = load("state_dir = \"\"\n[[listener]]\naddress = \"[::1]:443\"\n").unwrap_err();
-        assert!(e.to_string().contains("/etc/mse/proxy.toml: state_dir: is empty"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("/etc/mse/proxy.toml: state_dir: is empty"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ::redb::{
-    Database, Durability, ReadableTable, TableDefinition, TableError,
-};
+use ::redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 
 use super::{Change, StateError, StateStore, Stored, SCHEMA_VERSION};
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod process;
 pub mod promql;
 
 use std::net::SocketAddr;

@@ -171,7 +171,11 @@ fn expired(e: &ControlError) -> bool {
     const TIME_FIELDS: [&str; 3] = ["expires_at", "deployed_at", "owner_certificate"];
     match e {
         ControlError::Invalid(errs) => {
-            !errs.is_empty() && errs.0.iter().all(|e| TIME_FIELDS.contains(&e.field.as_str()))
+            !errs.is_empty()
+                && errs
+                    .0
+                    .iter()
+                    .all(|e| TIME_FIELDS.contains(&e.field.as_str()))
         }
         _ => false,
     }

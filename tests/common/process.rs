@@ -1,0 +1,159 @@
+//! The real binary as its own process, for what an in-process proxy cannot
+//! show: a restart, SIGTERM and SIGKILL. It runs on a config file in a
+//! directory the test owns (so its `state/` is there too), with a JSON log
+//! read in a thread (so the pipe never fills) for the listening addresses.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{eventually, TOKEN};
+
+/// A config for [`ProxyProcess`]: loopback listener and admin API on port
+/// 0, the write token in `token` beside it, a JSON log; `extra` is more
+/// TOML (top-level keys first, then tables).
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{extra}\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"\n\
+             [log]\nformat = \"json\"\naccess_log = false\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+pub struct ProxyProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl ProxyProcess {
+    /// Starts `mse-proxy --config config` and waits for its listener and
+    /// admin API to be announced.
+    pub async fn start(config: &Path) -> ProxyProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+            .arg("--config")
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let msg = v["fields"]["message"].as_str().unwrap_or_default();
+                if let Some(a) = v["fields"]["address"].as_str() {
+                    if msg == "listening" || msg == "admin API listening" {
+                        let _ = tx.send((msg == "listening", a.parse::<SocketAddr>().unwrap()));
+                    }
+                }
+                eprintln!("proxy: {line}");
+            }
+        });
+        let (addr, admin) = tokio::task::spawn_blocking(move || {
+            let (mut addr, mut admin) = (None, None);
+            while addr.is_none() || admin.is_none() {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok((true, a)) => addr = Some(a),
+                    Ok((false, a)) => admin = Some(a),
+                    Err(_) => panic!("the proxy did not announce its listener and admin API"),
+                }
+            }
+            (addr.unwrap(), admin.unwrap())
+        })
+        .await
+        .unwrap();
+        ProxyProcess {
+            child: Some(child),
+            addr,
+            admin,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited cleanly.
+    pub async fn terminate(mut self) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = self.child.take().unwrap();
+        let mut code = None;
+        eventually(Duration::from_secs(30), || {
+            code = child.try_wait().unwrap();
+            code.is_some()
+        })
+        .await;
+        code.is_some_and(|c| c.success())
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// A GET on the admin API: status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = reqwest::get(self.url(path)).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    /// A PUT with the token: status and JSON body.
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .put(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    /// The value of an unlabelled metric family on `/metrics`.
+    pub async fn metric(&self, family: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(family)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {family} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
