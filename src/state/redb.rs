@@ -143,6 +143,9 @@ impl StateStore for RedbStore {
     }
 }
 
+// redb's error is large, and this path is the rare one: it becomes a
+// message at once (`RedbStore::commit`), so it is not boxed.
+#[allow(clippy::result_large_err)]
 fn write(db: &Database, changes: &[Change]) -> Result<(), ::redb::Error> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate);
@@ -172,6 +175,7 @@ fn write(db: &Database, changes: &[Change]) -> Result<(), ::redb::Error> {
     Ok(())
 }
 
+#[allow(clippy::result_large_err)]
 fn json(v: &impl serde::Serialize) -> Result<Vec<u8>, ::redb::Error> {
     serde_json::to_vec(v).map_err(|e| ::redb::Error::Io(std::io::Error::other(e)))
 }
