@@ -37,7 +37,8 @@ RUN apt-get update \
     && groupadd --system --gid 10001 mse-proxy \
     && useradd --system --uid 10001 --gid mse-proxy --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin mse-proxy \
-    && mkdir -p /etc/mse-proxy
+    && mkdir -p /etc/mse-proxy /var/lib/mse-proxy \
+    && chown 10001:10001 /var/lib/mse-proxy
 
 # The binary is installed, given cap_net_bind_service (so the non-root user
 # can bind 443) and verified in one layer: COPY does not reliably keep file
@@ -54,6 +55,9 @@ RUN --mount=type=bind,from=build,source=/out/mse-proxy,target=/tmp/mse-proxy \
 # proxy.toml, routes.toml (and certificates, if any) are mounted here; the
 # routes file is watched, so edits on the host apply without a restart.
 VOLUME ["/etc/mse-proxy"]
+# The durable state (config/docker.toml's state_dir), writable by the
+# binary's user: a named volume mounted here starts owned by uid 10001.
+VOLUME ["/var/lib/mse-proxy"]
 
 USER 10001:10001
 

@@ -39,11 +39,12 @@ async fn echo_backend() -> SocketAddr {
 }
 
 fn proxy(backend: SocketAddr, splice: bool) -> Server {
-    let cfg = Config::from_toml(
+    let mut cfg = Config::from_toml(
         Path::new("bench.toml"),
         &format!("[relay]\nsplice = {splice}\n[log]\naccess_log = false\n[[listener]]\naddress = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
+    cfg.state_dir = None; // in memory: no state/ in the working directory
     let spec = RouteSpec::passthrough("bench", &["app.example.test"], &[backend]);
     let routes = validate_all(Path::new("bench"), &[spec], "route").unwrap();
     mse_proxy::server::start(cfg, routes).unwrap()

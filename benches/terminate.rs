@@ -101,7 +101,8 @@ fn setup(rt: &Runtime) -> Setup {
             "[[listener]]\naddress = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
              [[certificate]]\ncert = {cert:?}\nkey = {key:?}\n"
         );
-        let config = Config::from_toml(Path::new("bench.toml"), &text).unwrap();
+        let mut config = Config::from_toml(Path::new("bench.toml"), &text).unwrap();
+        config.state_dir = None; // in memory: no state/ in the working directory
         let spec = RouteSpec::terminate(
             "bench",
             &[HOST],

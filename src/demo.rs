@@ -65,6 +65,9 @@ pub async fn run(
         "the stand-in enclave",
         leaf.server_config(&[b"http/1.1"])?,
     )?;
+    // In memory: a demo leaves no state behind (main checked it that way).
+    let mut config = config;
+    config.state_dir = None;
     let handle = server::start(config, routes)?;
     let proxy_addr = handle.local_addrs[0];
 

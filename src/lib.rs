@@ -28,7 +28,9 @@
 //! route source of the same reconciler, written through `admin_apps`;
 //! `routing::sources::etcd` makes etcd the store several instances share
 //! (a follower feeding the same reconciler, transactional writes), over
-//! the small gRPC client in `etcd`;
+//! the small gRPC client in `etcd`; without it, `state` keeps what the
+//! admin API accepted on disk (redb), committed before the answer and
+//! loaded back at start;
 //! `server` wires signals (SIGHUP reload, SIGTERM graceful stop) around a
 //! running `proxy::ProxyHandle`.
 
@@ -44,4 +46,5 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod standin;
+pub mod state;
 pub mod tls;

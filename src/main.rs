@@ -81,7 +81,12 @@ fn main() -> ExitCode {
         }
     };
 
-    let (config, routes) = match server::check(&config_path) {
+    // The demo keeps its state in memory: it makes no state directory.
+    let checked = match command {
+        Command::Demo { .. } => server::check_in_memory(&config_path),
+        _ => server::check(&config_path),
+    };
+    let (config, routes) = match checked {
         Ok(ok) => ok,
         Err(errs) => {
             eprintln!("{errs}");

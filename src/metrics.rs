@@ -93,6 +93,9 @@ pub struct Metrics {
     /// name and result (`ok`: now served; `error`: refused, the old one stays).
     pub certificate_reloads: IntCounterVec,
     pub expirations: IntCounter,
+    /// Commits to the durable state store (`crate::state`) that failed: the
+    /// change they carried was not applied (the API answered 503).
+    pub state_write_errors: IntCounter,
     pub dns_lookups: IntCounterVec,
     pub active: IntGauge,
     /// `limits.max_connections`, set once at start (the static config is not
@@ -217,6 +220,11 @@ impl Metrics {
                 "Routes removed at their expiry",
             ))
             .unwrap(),
+            state_write_errors: IntCounter::with_opts(opts(
+                "state_write_errors_total",
+                "Commits to the durable state store that failed; the change was not applied",
+            ))
+            .unwrap(),
             dns_lookups: IntCounterVec::new(
                 opts("dns_lookups_total", "Backend name lookups, by result"),
                 &["result"],
@@ -293,6 +301,7 @@ impl Metrics {
             Box::new(m.reloads.clone()),
             Box::new(m.certificate_reloads.clone()),
             Box::new(m.expirations.clone()),
+            Box::new(m.state_write_errors.clone()),
             Box::new(m.dns_lookups.clone()),
             Box::new(m.active.clone()),
             Box::new(m.connections_max.clone()),

@@ -67,10 +67,22 @@ fn check_coverage(
 }
 
 /// What `mse-proxy check` validates: the config file, its routes, its
-/// certificates, and that the certificates serve the terminate routes.
-/// Problems with routes and with certificates are reported together.
+/// certificates, that the certificates serve the terminate routes, and
+/// that the state directory can be created and written (without `[etcd]`).
+/// Problems with routes, certificates and state are reported together.
 pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
+    check_as(Config::load(path)?)
+}
+
+/// As [`check`], for a proxy that keeps its state in memory (`mse-proxy
+/// demo`): no state directory is made or used.
+pub fn check_in_memory(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
     let mut config = Config::load(path)?;
+    config.state_dir = None;
+    check_as(config)
+}
+
+fn check_as(mut config: Config) -> Result<(Config, Vec<Route>), ConfigErrors> {
     // Against the hard limit: start raises the soft one to it.
     if let Some(fds) = fds::hard_limit() {
         if let Err(msg) = fds::fit(&mut config, fds) {
@@ -81,17 +93,58 @@ pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
     }
     let routes = load_routes(&config);
     let certs = CertStore::load(&config.source, &config.certificates);
-    match (routes, certs) {
-        (Ok(routes), Ok(store)) => {
-            check_coverage(&config, &store, &routes)?;
-            Ok((config, routes))
+    let state = check_state_dir(&config);
+    let mut errs = ConfigErrors::default();
+    let routes = match (routes, certs) {
+        (Ok(routes), Ok(store)) => match check_coverage(&config, &store, &routes) {
+            Ok(()) => Some(routes),
+            Err(e) => {
+                errs.0.extend(e.0);
+                None
+            }
+        },
+        (routes, certs) => {
+            errs.0.extend(
+                routes
+                    .err()
+                    .into_iter()
+                    .chain(certs.err())
+                    .flat_map(|e| e.0),
+            );
+            None
         }
-        (Err(mut a), Err(b)) => {
-            a.0.extend(b.0);
-            Err(a)
-        }
-        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    if let Err(e) = state {
+        errs.0.push(e);
     }
+    match routes {
+        Some(routes) if errs.is_empty() => Ok((config, routes)),
+        _ => Err(errs),
+    }
+}
+
+/// The durable state's directory, created if need be, must be writable
+/// (only where it is used: not with `[etcd]`, not in memory).
+fn check_state_dir(config: &Config) -> Result<(), ConfigError> {
+    match (&config.etcd, &config.state_dir) {
+        (None, Some(dir)) => crate::state::check_dir(dir)
+            .map_err(|e| ConfigError::new(&config.source, "state_dir", e.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the durable state and reads it, at start, before anything is
+/// served (so no async worker is held up yet). `None` with `[etcd]`
+/// (etcd is the truth there, as before) or without a `state_dir`.
+fn open_state(
+    config: &Config,
+) -> anyhow::Result<Option<(Arc<dyn crate::state::StateStore>, crate::state::Stored)>> {
+    let (None, Some(dir)) = (&config.etcd, &config.state_dir) else {
+        return Ok(None);
+    };
+    let store = crate::state::open(dir)?;
+    let stored = store.load()?;
+    Ok(Some((store, stored)))
 }
 
 /// A running proxy with its control plane.
@@ -138,6 +191,7 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     };
     let certs = load_certs(&config, &routes)
         .map_err(|e| anyhow::anyhow!("invalid certificates for the routes:\n{e}"))?;
+    let state = open_state(&config)?;
     let watch_path = config.routes_file.clone().filter(|_| config.reload.watch);
     // The first table is in place before the first connection is accepted.
     let router = Router::new(Snapshot::default());
@@ -156,9 +210,13 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         .etcd
         .as_ref()
         .map(|_| Arc::new(EtcdStatus::default()));
-    let (reconciler, control) =
-        Reconciler::start(Arc::clone(&proxy.shared), routes, etcd_status.clone())
-            .map_err(|e| anyhow::anyhow!(e))?;
+    let (reconciler, control) = Reconciler::start(
+        Arc::clone(&proxy.shared),
+        routes,
+        etcd_status.clone(),
+        state,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     tokio::spawn(reconciler.run());
     let admin_stop = CancellationToken::new();
     // With `[etcd]`, the table follows the shared store; the first etcd set

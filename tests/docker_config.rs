@@ -11,6 +11,8 @@ use mse_proxy::config::{Config, TokenSource};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Where the image expects the config (the Dockerfile's CMD).
 const MOUNTED: &str = "/etc/mse-proxy/proxy.toml";
+/// The image's state volume (config/docker.toml's `state_dir`).
+const STATE: &str = "/var/lib/mse-proxy";
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -76,6 +78,9 @@ fn docker_config_is_valid_and_listens_on_443() {
         Some(Path::new("/etc/mse-proxy/routes.toml"))
     );
     assert!(c.metrics_per_route);
+    // The state lives on the image's writable volume, not in the read-only
+    // config directory.
+    assert_eq!(c.state_dir.as_deref(), Some(Path::new(STATE)));
     // Graceful stop fits in the --stop-timeout the README's `docker run` gives.
     assert!(c.timeouts.shutdown_grace.as_secs() < 35);
     assert!(read("README.md").contains("--stop-timeout 35"));
@@ -85,7 +90,13 @@ fn docker_config_is_valid_and_listens_on_443() {
 fn docker_config_passes_check_with_the_example_routes_beside_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, read("config/docker.toml")).unwrap();
+    // The state volume moved into the temp dir: check creates and writes
+    // the directory, and must not touch this machine's /var/lib.
+    let state = dir.path().join("state-volume");
+    let text = read("config/docker.toml");
+    let moved = text.replace(&format!("{STATE:?}"), &format!("{state:?}"));
+    assert_ne!(moved, text, "config/docker.toml names {STATE}");
+    std::fs::write(&config, moved).unwrap();
     std::fs::write(
         dir.path().join("routes.toml"),
         read("config/routes.example.toml"),
@@ -95,6 +106,7 @@ fn docker_config_passes_check_with_the_example_routes_beside_it() {
         .unwrap_or_else(|e| panic!("mse-proxy check fails on config/docker.toml:\n{e}"));
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(routes.len(), 1);
+    assert!(state.is_dir(), "check creates the state directory");
 }
 
 #[test]
@@ -135,6 +147,19 @@ fn dockerfile_matches_the_docker_config() {
     assert!(cmd.contains(MOUNTED), "CMD does not load {MOUNTED}: {cmd}");
     let volume = instruction(&df, "VOLUME").join(" ");
     assert!(volume.contains("/etc/mse-proxy"), "VOLUME: {volume}");
+    assert!(volume.contains(STATE), "no VOLUME for the state: {volume}");
+    let setup = instruction(&df, "RUN").join("\n");
+    assert!(
+        setup.contains(&format!("chown 10001:10001 {STATE}")),
+        "the state volume must be writable by uid 10001"
+    );
+    let readme = read("README.md");
+    assert!(
+        readme
+            .lines()
+            .any(|l| l.contains(&format!(":{STATE}")) && !l.contains(":ro")),
+        "the README's docker run does not mount a writable state volume"
+    );
 
     let user = instruction(&df, "USER");
     assert_eq!(user.last().map(String::as_str), Some("10001:10001"));

@@ -10,22 +10,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::ProxyProcess;
+use common::process::{nofile, write_config_with_route, ProxyProcess};
 use common::*;
-
-/// `(soft, hard)` of a process's open-files limit, from /proc.
-fn nofile(pid: u32) -> (u64, u64) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (n[0], n[1])
-}
 
 /// The lowest descriptor number the process has free: the next one it
 /// opens gets it (the limit bounds numbers, not a count).
@@ -51,14 +37,10 @@ fn prlimit(pid: u32, soft: u64, hard: u64) {
 async fn start_raises_the_soft_limit_to_the_hard_one() {
     let ca = Ca::new("test CA").unwrap();
     let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
-    let p = ProxyProcess::spawn_under(
-        &["prlimit", "--nofile=1024:4096", "--"],
-        e.addr,
-        "[limits]\nmax_connections = 1000\n[log]\nformat = \"json\"\n",
-        false,
-    )
-    .await;
-    assert_eq!(nofile(p.child.0.id()), (4096, 4096));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with_route(dir.path(), e.addr, "[limits]\nmax_connections = 1000\n");
+    let p = ProxyProcess::start_under(&["prlimit", "--nofile=1024:4096", "--"], &cfg).await;
+    assert_eq!(nofile(p.pid()), (4096, 4096));
     assert_eq!(
         get(p.addr, "ok.example.test", &ca).await.unwrap().0,
         "hello from ok"
@@ -100,17 +82,10 @@ fn check_refuses_a_connection_limit_the_descriptors_cannot_hold() {
 async fn out_of_descriptors_on_connect_is_the_proxys_outcome_and_the_backend_stays_healthy() {
     let ca = Ca::new("test CA").unwrap();
     let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
-    let admin = common::etcd::free_port();
-    let p = ProxyProcess::spawn(
-        e.addr,
-        &format!(
-            "[limits]\nmax_connections = 100\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\
-             [log]\nformat = \"json\"\n"
-        ),
-        false,
-    )
-    .await;
-    let pid = p.child.0.id();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with_route(dir.path(), e.addr, "[limits]\nmax_connections = 100\n");
+    let p = ProxyProcess::start(&cfg).await;
+    let pid = p.pid();
     assert_eq!(
         get(p.addr, "ok.example.test", &ca).await.unwrap().0,
         "hello from ok"
@@ -129,7 +104,7 @@ async fn out_of_descriptors_on_connect_is_the_proxys_outcome_and_the_backend_sta
         "routed without a descriptor for the upstream"
     );
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+    let metrics = reqwest::get(p.url("/metrics"))
         .await
         .unwrap()
         .text()

@@ -10,6 +10,7 @@
 //! derive      App → its routes (`app.{project}.{name}` and `.config`)
 //! cname       custom-domain CNAME checks (hickory), and their recheck loop
 //! store       the registered apps as the reconciler holds them
+//! stored      an app record as etcd and the embedded state store keep it
 //! mse_toml    the documented `mse.toml`, for `mse-proxy app plan`
 //! plan        `mse-proxy app plan`: mse.toml → record → routes, `--apply`
 //! ```
@@ -26,6 +27,7 @@ pub mod plan;
 pub mod record;
 pub mod rules;
 pub mod store;
+pub mod stored;
 pub mod violation;
 
 pub use record::{App, AppKey, AppRecord, CertOrigin};

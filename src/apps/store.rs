@@ -68,6 +68,13 @@ impl AppEntry {
     }
 }
 
+/// Whether an app is registered now or read back from the durable state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    New,
+    Restored,
+}
+
 /// Every registered app.
 #[derive(Debug, Clone, Default)]
 pub struct Apps {
@@ -107,6 +114,33 @@ impl Apps {
         certs: &CertStore,
         now: DateTime<Utc>,
     ) -> Result<Apps, ControlError> {
+        self.admit_as(put, policy, certs, now, Admission::New)
+    }
+
+    /// As [`Apps::admit`], for an app read back from the durable state: its
+    /// stored CNAME verdicts stand as they were when it was last running
+    /// (a custom domain withdrawn by a recheck stays withdrawn, routes and
+    /// all, until a recheck restores it) instead of refusing the app, as a
+    /// new registration without its CNAME would be. Every other rule,
+    /// expiry included, is checked again.
+    pub fn restore(
+        &self,
+        put: AppPut,
+        policy: &AppsConfig,
+        certs: &CertStore,
+        now: DateTime<Utc>,
+    ) -> Result<Apps, ControlError> {
+        self.admit_as(put, policy, certs, now, Admission::Restored)
+    }
+
+    fn admit_as(
+        &self,
+        put: AppPut,
+        policy: &AppsConfig,
+        certs: &CertStore,
+        now: DateTime<Utc>,
+        how: Admission,
+    ) -> Result<Apps, ControlError> {
         let AppPut { key, record, cname } = put;
         if let Some(other) = self
             .entries
@@ -143,7 +177,7 @@ impl Apps {
                 .get(&host)
                 .cloned()
                 .unwrap_or_else(|| CnameState::Unverified("not checked".into()));
-            if state != CnameState::Ok {
+            if state != CnameState::Ok && how == Admission::New {
                 let why = match &state {
                     CnameState::Wrong(w) | CnameState::Unverified(w) => w.clone(),
                     CnameState::Ok => String::new(),
@@ -400,6 +434,26 @@ mod tests {
         assert!(apps
             .admit(put(1, "x.apps.example.com", &[]), &p, &certs, now)
             .is_ok());
+    }
+
+    #[test]
+    fn a_restored_app_keeps_its_withdrawn_custom_domain_withdrawn() {
+        let (p, certs, now) = (
+            policy(CnamePolicy::Enforce),
+            CertStore::default(),
+            Utc::now(),
+        );
+        let wrong = CnameState::Wrong("no CNAME".into());
+        let stored = || {
+            put(
+                1,
+                "shop.customer.com",
+                &[("shop.customer.com", wrong.clone())],
+            )
+        };
+        assert!(Apps::default().admit(stored(), &p, &certs, now).is_err());
+        let apps = Apps::default().restore(stored(), &p, &certs, now).unwrap();
+        assert_eq!(route_names(&apps), vec!["app.p.shop.config"]);
     }
 
     #[test]

@@ -109,6 +109,12 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub workers: Option<usize>,
     pub routes_file: Option<PathBuf>,
+    /// The durable state's directory (`crate::state`): what the admin API
+    /// accepted survives a restart there. From a file it is always set
+    /// (default `state/` beside the config file); `None`, set only by code
+    /// (the demo, in-process tests), keeps state in memory. Unused with
+    /// `[etcd]`, where etcd holds the state.
+    pub state_dir: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub max_connections: usize,
     /// `limits.max_connections` was set in the file (not the default): a
@@ -337,6 +343,18 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     let routes_file = raw.routes_file.map(|p| base.join(p));
+    let state_dir = match raw.state_dir {
+        Some(p) if p.as_os_str().is_empty() => {
+            errs.push(
+                path,
+                "state_dir",
+                "is empty; name a directory, or leave it out for `state/` beside this file",
+            );
+            None
+        }
+        Some(p) => Some(base.join(p)),
+        None => Some(base.join("state")),
+    };
 
     if raw.reload.debounce.is_zero() {
         errs.push(path, "reload.debounce", "must be greater than zero");
@@ -392,6 +410,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         listeners,
         workers: raw.workers,
         routes_file,
+        state_dir,
         timeouts: Timeouts {
             client_hello: t.client_hello,
             upstream_connect: t.upstream_connect,
@@ -447,6 +466,22 @@ mod tests {
         assert_eq!(c.max_client_hello_bytes, 16384);
         assert_eq!(c.unknown_sni, UnknownSniAction::Alert);
         assert!(c.routes_file.is_none());
+        assert_eq!(c.state_dir, Some(PathBuf::from("/etc/mse/state")));
+    }
+
+    #[test]
+    fn state_dir_is_relative_to_config_and_never_empty() {
+        let c = load("state_dir = \"/var/lib/mse-proxy\"\n[[listener]]\naddress = \"[::1]:443\"\n")
+            .unwrap();
+        assert_eq!(c.state_dir, Some(PathBuf::from("/var/lib/mse-proxy")));
+        let c = load("state_dir = \"db\"\n[[listener]]\naddress = \"[::1]:443\"\n").unwrap();
+        assert_eq!(c.state_dir, Some(PathBuf::from("/etc/mse/db")));
+        let e = load("state_dir = \"\"\n[[listener]]\naddress = \"[::1]:443\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/etc/mse/proxy.toml: state_dir: is empty"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct RawConfig {
     pub workers: Option<usize>,
     /// Routes file, relative to the config file's directory.
     pub routes_file: Option<PathBuf>,
+    /// Where the durable state lives (`crate::state`), relative to the
+    /// config file's directory; absent: `state/` beside the config file.
+    pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     /// The platform's certificates, for terminate routes.

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwap;
 
 mod certificates;
+mod state;
 
 use super::reload::{self, Applied, ApplyOptions};
 use super::route::Route;
@@ -33,6 +34,7 @@ use crate::proxy::Shared;
 use crate::routing::route::HostPattern;
 use crate::routing::sources::etcd::follow::Origin;
 use crate::routing::sources::etcd::EtcdStatus;
+use crate::state::{Change, StateStore, Stored};
 use crate::tls::certs::{CertStore, PairUpdate};
 
 /// Why a change was refused; nothing was changed.
@@ -243,6 +245,12 @@ pub struct Reconciler {
     /// Set when routes live in etcd: API writes then go there, not here.
     etcd: Option<Arc<EtcdStatus>>,
     apps: Apps,
+    /// The durable store every accepted write is committed to before it
+    /// applies; `None` with etcd (the truth there) or in memory.
+    state: Option<Arc<dyn StateStore>>,
+    /// Stored entries that expired while the proxy was down, deleted from
+    /// the store once the task runs.
+    forget_at_start: Vec<Change>,
     /// Where `apps` is published for the admin API and the CNAME recheck.
     apps_view: Arc<ArcSwap<Apps>>,
     reread_at: Option<Instant>,
@@ -251,33 +259,49 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// Applies the first route set (from the file) and returns the task to
-    /// run and its handle. Fails if the first set cannot be applied. With
+    /// Applies the first route set (the file's, with what `state` holds:
+    /// its store and what was read from it) and returns the task to run
+    /// and its handle. Fails if the first set cannot be applied. With
     /// `etcd`, the instance is ready only once a set from etcd (or its
-    /// fallback file) is live.
+    /// fallback file) is live; otherwise once this returns.
     pub fn start(
         shared: Arc<Shared>,
         file_routes: Vec<Route>,
         etcd: Option<Arc<EtcdStatus>>,
+        state: Option<(Arc<dyn StateStore>, Stored)>,
     ) -> Result<(Self, Control), String> {
         let (tx, rx) = mpsc::channel(64);
         let stats = Arc::new(ReconcilerStats::default());
         let apps_view = Arc::new(ArcSwap::from_pointee(Apps::default()));
-        let r = Reconciler {
+        let (state, stored) = state.unzip();
+        let mut r = Reconciler {
             shared,
             file_routes,
             api_routes: BTreeMap::new(),
             etcd,
             apps: Apps::default(),
+            state,
+            forget_at_start: Vec::new(),
             apps_view: Arc::clone(&apps_view),
             reread_at: None,
             stats: Arc::clone(&stats),
             rx,
         };
+        if let Some(stored) = stored {
+            r.forget_at_start = r.restore(stored);
+        }
         let merged = r
             .merged(&r.file_routes, &r.api_routes, &r.apps)
             .map_err(|e| e.to_string())?;
         r.apply(merged, "start").map_err(|e| e.to_string())?;
+        if r.state.is_some() {
+            tracing::info!(
+                routes = r.api_routes.len(),
+                apps = r.apps.len(),
+                expired = r.forget_at_start.len(),
+                "state restored"
+            );
+        }
         stats.ready.store(r.etcd.is_none(), Ordering::Relaxed);
         Ok((
             r,
@@ -291,6 +315,8 @@ impl Reconciler {
 
     /// Runs until every [`Control`] is dropped.
     pub async fn run(mut self) {
+        let forget = std::mem::take(&mut self.forget_at_start);
+        self.forget_in_state(forget).await;
         loop {
             // Apps count too: one without a route (stopped) is still
             // forgotten at its expiry.
@@ -310,7 +336,7 @@ impl Reconciler {
                     None => break,
                     Some(cmd) => self.handle(cmd).await,
                 },
-                () = sleep_until_opt(expiry) => self.expire(),
+                () = sleep_until_opt(expiry) => self.expire().await,
                 () = sleep_until_opt(reread) => {
                     self.reread_at = None;
                     self.reload_watched().await;
@@ -342,26 +368,26 @@ impl Reconciler {
                 self.reread_at = Some(Instant::now() + self.shared.config.reload.debounce);
             }
             Command::Put(spec, reply) => {
-                let _ = reply.send(self.put(*spec));
+                let _ = reply.send(self.put(*spec).await);
             }
             Command::Delete(name, reply) => {
-                let _ = reply.send(self.delete(&name));
+                let _ = reply.send(self.delete(&name).await);
             }
             Command::PutApp(put, reply) => {
-                let r = self.try_put_app(*put);
+                let r = self.try_put_app(*put).await;
                 if r.is_err() {
                     self.refused("app");
                 }
                 let _ = reply.send(r);
             }
             Command::DeleteApp(key, reply) => {
-                let r = self.try_delete_app(&key);
+                let r = self.try_delete_app(&key).await;
                 if r.is_err() {
                     self.refused("app");
                 }
                 let _ = reply.send(r);
             }
-            Command::AppCname(report) => self.app_cname(*report),
+            Command::AppCname(report) => self.app_cname(*report).await,
             Command::Etcd(set, reply) => {
                 let r = self.etcd_set(*set);
                 if r.is_err() {
@@ -491,28 +517,35 @@ impl Reconciler {
             .inc();
     }
 
-    fn put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
-        let r = self.try_put(spec);
+    async fn put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
+        let r = self.try_put(spec).await;
         if r.is_err() {
             self.refused("api");
         }
         r
     }
 
-    fn delete(&mut self, name: &str) -> Result<Applied, ControlError> {
-        let r = self.try_delete(name);
+    async fn delete(&mut self, name: &str) -> Result<Applied, ControlError> {
+        let r = self.try_delete(name).await;
         if r.is_err() {
             self.refused("api");
         }
         r
     }
 
-    fn try_put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
+    async fn try_put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
         let (route, merged) = self.check_put(spec)?;
         if self.etcd.is_some() {
             return Err(etcd_owns(&route.name));
         }
-        let applied = self.apply(merged, "api")?;
+        let undo = match self.api_routes.get(&route.name) {
+            Some(old) => Change::PutRoute(old.spec.clone()),
+            None => Change::DeleteRoute(route.name.clone()),
+        };
+        let change = Change::PutRoute(route.spec.clone());
+        let applied = self
+            .commit_then_apply(vec![change], vec![undo], merged, "api")
+            .await?;
         self.api_routes.insert(route.name.clone(), route);
         Ok(applied)
     }
@@ -547,7 +580,7 @@ impl Reconciler {
         Ok((route, merged))
     }
 
-    fn try_delete(&mut self, name: &str) -> Result<Applied, ControlError> {
+    async fn try_delete(&mut self, name: &str) -> Result<Applied, ControlError> {
         if self.etcd.is_some() {
             return Err(etcd_owns(name));
         }
@@ -561,21 +594,44 @@ impl Reconciler {
             });
         }
         let mut api = self.api_routes.clone();
-        api.remove(name);
+        let undo = api.remove(name).map(|old| Change::PutRoute(old.spec));
         let merged = self.merged(&self.file_routes, &api, &self.apps)?;
-        let applied = self.apply(merged, "api")?;
+        let change = Change::DeleteRoute(name.to_string());
+        let applied = self
+            .commit_then_apply(vec![change], undo.into_iter().collect(), merged, "api")
+            .await?;
         self.api_routes = api;
         Ok(applied)
     }
 
     /// Expiry: re-apply the current sets; expired routes fall out and their
-    /// connections close. Expired API routes are forgotten.
-    fn expire(&mut self) {
+    /// connections close. Expired API routes and apps are forgotten, in
+    /// the durable state too.
+    async fn expire(&mut self) {
         let now = Utc::now();
+        let mut gone: Vec<Change> = Vec::new();
+        if self.etcd.is_none() {
+            gone.extend(
+                self.api_routes
+                    .values()
+                    .filter(|r| r.expired_at(now))
+                    .map(|r| Change::DeleteRoute(r.name.clone())),
+            );
+        }
         self.api_routes.retain(|_, r| !r.expired_at(now));
+        let before: Vec<AppKey> = self.apps.iter().map(|e| e.app.key.clone()).collect();
         if self.apps.forget_expired(now) > 0 {
             self.publish_apps();
+            if self.etcd.is_none() {
+                gone.extend(
+                    before
+                        .into_iter()
+                        .filter(|k| self.apps.get(k).is_none())
+                        .map(Change::DeleteApp),
+                );
+            }
         }
+        self.forget_in_state(gone).await;
         match self
             .merged(&self.file_routes, &self.api_routes, &self.apps)
             .and_then(|m| self.apply(m, "expiry"))
@@ -710,28 +766,43 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    fn try_put_app(&mut self, put: AppPut) -> Result<Applied, ControlError> {
+    async fn try_put_app(&mut self, put: AppPut) -> Result<Applied, ControlError> {
         if self.etcd.is_some() {
             return Err(etcd_owns_apps());
         }
+        let key = put.key.clone();
         let certs = Arc::clone(self.shared.router.load().termination().certs());
         let apps = self
             .apps
             .admit(put, &self.shared.config.apps, &certs, Utc::now())?;
         let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
-        let applied = self.apply(merged, "app")?;
+        let applied = self
+            .commit_then_apply(
+                vec![stored(&apps, &key)],
+                vec![stored(&self.apps, &key)],
+                merged,
+                "app",
+            )
+            .await?;
         self.apps = apps;
         self.publish_apps();
         Ok(applied)
     }
 
-    fn try_delete_app(&mut self, key: &AppKey) -> Result<Applied, ControlError> {
+    async fn try_delete_app(&mut self, key: &AppKey) -> Result<Applied, ControlError> {
         if self.etcd.is_some() {
             return Err(etcd_owns_apps());
         }
         let apps = self.apps.without(key)?;
         let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
-        let applied = self.apply(merged, "app")?;
+        let applied = self
+            .commit_then_apply(
+                vec![Change::DeleteApp(key.clone())],
+                vec![stored(&self.apps, key)],
+                merged,
+                "app",
+            )
+            .await?;
         self.apps = apps;
         self.publish_apps();
         Ok(applied)
@@ -740,17 +811,26 @@ impl Reconciler {
     /// A CNAME recheck: withdraws or restores the app's custom-domain routes
     /// as the policy says. A change that cannot apply (a restored host now
     /// claimed by another route) keeps the old state; the next recheck
-    /// tries again.
-    fn app_cname(&mut self, report: CnameReport) {
+    /// tries again. The new verdicts are state: committed before they
+    /// apply (with etcd, this instance's view only, as before).
+    async fn app_cname(&mut self, report: CnameReport) {
         let key = report.key.clone();
         let Some(next) = self.apps.rechecked(report, &self.shared.config.apps) else {
             return;
         };
-        let result = next.map_err(ControlError::Invalid).and_then(|apps| {
+        let checked = next.map_err(ControlError::Invalid).and_then(|apps| {
             let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
-            let applied = self.apply(merged, "cname")?;
-            Ok((apps, applied))
+            Ok((apps, merged))
         });
+        let result = match checked {
+            Ok((apps, merged)) => {
+                let (change, undo) = (stored(&apps, &key), stored(&self.apps, &key));
+                self.commit_then_apply(vec![change], vec![undo], merged, "cname")
+                    .await
+                    .map(|applied| (apps, applied))
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok((apps, _)) => {
                 self.apps = apps;
@@ -795,6 +875,15 @@ impl Reconciler {
                 m.expirations.inc();
             }
         }
+    }
+}
+
+/// What the durable state should hold for `key` in `apps`: the app, or
+/// its deletion when `apps` does not have it.
+fn stored(apps: &Apps, key: &AppKey) -> Change {
+    match apps.get(key) {
+        Some(e) => Change::PutApp(crate::apps::stored::StoredApp::from(e.as_ref())),
+        None => Change::DeleteApp(key.clone()),
     }
 }
 

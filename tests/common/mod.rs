@@ -51,10 +51,15 @@ pub fn routes(specs: &[RouteSpec]) -> Vec<Route> {
 }
 
 /// A config listening on an ephemeral loopback port; `extra` is more TOML
-/// (top-level keys first, then tables such as `[timeouts]`).
+/// (top-level keys first, then tables such as `[timeouts]`). Its state is
+/// kept in memory (no `state_dir`): in-process proxies must not share one
+/// store through `state/` in the working directory. tests/state.rs runs
+/// the binary with a state directory of its own.
 pub fn config(extra: &str) -> Config {
     let text = format!("{extra}\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
-    Config::from_toml(Path::new("test.toml"), &text).expect("valid test config")
+    let mut c = Config::from_toml(Path::new("test.toml"), &text).expect("valid test config");
+    c.state_dir = None;
+    c
 }
 
 /// Starts a proxy with `config` and `specs`.

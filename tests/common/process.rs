@@ -1,67 +1,58 @@
-//! The real binary as its own process, for tests that measure the process
-//! itself (its RSS, its file descriptors, its limits).
+//! The real binary as its own process, for what an in-process proxy cannot
+//! show: a restart, SIGTERM and SIGKILL. It runs on a config file in a
+//! directory the test owns (so its `state/` is there too), with a JSON log
+//! read in a thread (so the pipe never fills) for the listening addresses.
+//! Also for what the process itself measures: its RSS, its descriptors and
+//! their limits.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{spec, write_routes};
+use super::{eventually, TOKEN};
 
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+/// A config for [`ProxyProcess`]: loopback listener and admin API on port
+/// 0, the write token in `token` beside it, a JSON log; `extra` is more
+/// TOML (top-level keys first, then tables).
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{extra}\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"\n\
+             [log]\nformat = \"json\"\naccess_log = false\n"
+        ),
+    )
+    .unwrap();
+    path
 }
 
-pub struct Child(pub std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The real binary serving one route to `backend`, on an ephemeral port.
 pub struct ProxyProcess {
-    pub child: Child,
-    pub addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 impl ProxyProcess {
-    /// `extra` is appended to the config (after the listener, so tables
-    /// only). With `keep_log`, the log keeps being read (and shown if the test
-    /// fails) so the proxy never blocks on a full pipe; without it, the pipe
-    /// is closed right after the listening line.
-    pub async fn spawn(backend: std::net::SocketAddr, extra: &str, keep_log: bool) -> ProxyProcess {
-        Self::spawn_under(&[], backend, extra, keep_log).await
+    /// Starts `mse-proxy --config config` and waits for its listener and
+    /// admin API to be announced.
+    pub async fn start(config: &Path) -> ProxyProcess {
+        Self::start_with(&[], config, true).await
     }
 
-    /// The same, run through `wrapper` (a command that execs the rest, e.g.
-    /// `prlimit --nofile=1024:4096 --`).
-    pub async fn spawn_under(
-        wrapper: &[&str],
-        backend: std::net::SocketAddr,
-        extra: &str,
-        keep_log: bool,
-    ) -> ProxyProcess {
-        let dir = tempfile::tempdir().unwrap();
-        write_routes(
-            &dir.path().join("routes.toml"),
-            &[spec("ok", &["ok.example.test"], &[backend.to_string()])],
-        );
-        let cfg = dir.path().join("proxy.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "routes_file = \"routes.toml\"\nworkers = 1\n[[listener]]\naddress = \"127.0.0.1:0\"\n{extra}"
-            ),
-        )
-        .unwrap();
+    /// The same, run through `wrapper`: a command that execs the rest with
+    /// the same pid, e.g. `prlimit --nofile=1024:4096 --`.
+    pub async fn start_under(wrapper: &[&str], config: &Path) -> ProxyProcess {
+        Self::start_with(wrapper, config, true).await
+    }
+
+    /// Without `keep_log`, the log pipe is closed once both addresses are
+    /// announced (a log destination that breaks).
+    pub async fn start_with(wrapper: &[&str], config: &Path, keep_log: bool) -> ProxyProcess {
         let bin = env!("CARGO_BIN_EXE_mse-proxy");
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -73,37 +64,162 @@ impl ProxyProcess {
         };
         let mut child = cmd
             .arg("--config")
-            .arg(&cfg)
+            .arg(config)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        // The listening address, from the JSON log line that announces it.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut tx = Some(tx);
+            let mut announced = 0;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if v["fields"]["message"] == "listening" {
-                    if let (Some(tx), Some(a)) = (tx.take(), v["fields"]["address"].as_str()) {
-                        let _ = tx.send(a.parse::<std::net::SocketAddr>().unwrap());
-                    }
-                    if !keep_log {
-                        return;
+                let msg = v["fields"]["message"].as_str().unwrap_or_default();
+                if let Some(a) = v["fields"]["address"].as_str() {
+                    if msg == "listening" || msg == "admin API listening" {
+                        let _ = tx.send((msg == "listening", a.parse::<SocketAddr>().unwrap()));
+                        announced += 1;
                     }
                 }
                 eprintln!("proxy: {line}");
+                if !keep_log && announced == 2 {
+                    return;
+                }
             }
         });
-        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        let (addr, admin) = tokio::task::spawn_blocking(move || {
+            let (mut addr, mut admin) = (None, None);
+            while addr.is_none() || admin.is_none() {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok((true, a)) => addr = Some(a),
+                    Ok((false, a)) => admin = Some(a),
+                    Err(_) => panic!("the proxy did not announce its listener and admin API"),
+                }
+            }
+            (addr.unwrap(), admin.unwrap())
+        })
+        .await
+        .unwrap();
+        ProxyProcess {
+            child: Some(child),
+            addr,
+            admin,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited cleanly.
+    pub async fn terminate(mut self) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = self.child.take().unwrap();
+        let mut code = None;
+        eventually(Duration::from_secs(30), || {
+            code = child.try_wait().unwrap();
+            code.is_some()
+        })
+        .await;
+        code.is_some_and(|c| c.success())
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// A GET on the admin API: status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = reqwest::get(self.url(path)).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    /// A PUT with the token: status and JSON body.
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .put(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    /// The value of an unlabelled metric family on `/metrics`.
+    pub async fn metric(&self, family: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
             .await
             .unwrap()
-            .expect("the proxy did not start listening");
-        ProxyProcess {
-            child: Child(child),
-            addr,
-            _dir: dir,
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(family)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {family} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// `(soft, hard)` of a process's open-files limit, from /proc.
+pub fn nofile(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+/// The resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A config for [`ProxyProcess`] serving one passthrough route `ok` for
+/// `ok.example.test` to `backend`, from a routes file beside it.
+pub fn write_config_with_route(dir: &Path, backend: SocketAddr, extra: &str) -> PathBuf {
+    super::write_routes(
+        &dir.join("routes.toml"),
+        &[super::spec(
+            "ok",
+            &["ok.example.test"],
+            &[backend.to_string()],
+        )],
+    );
+    write_config(dir, &format!("routes_file = \"routes.toml\"\n{extra}"))
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

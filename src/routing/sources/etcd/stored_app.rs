@@ -1,46 +1,10 @@
-//! An app record as etcd holds it (`P/apps/{project}/{name}`): the record
-//! as the writing instance admitted it (its `deployed_at` filled in, so
-//! every instance computes the same expiry), the CNAME verdicts that
-//! instance found, and the host claims written with it.
+//! An app record as etcd holds it (`P/apps/{project}/{name}`): the shape is
+//! [`StoredApp`], shared with the embedded store (`crate::state`), so a
+//! record moves between the two unchanged.
 
-use serde::{Deserialize, Serialize};
-
-use crate::apps::cname::CnameStates;
-use crate::apps::{AppKey, AppPut, AppRecord};
+pub use crate::apps::stored::StoredApp;
+use crate::apps::AppKey;
 use crate::config::etcd::EtcdConfig;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoredApp {
-    pub project: String,
-    pub name: String,
-    pub record: AppRecord,
-    #[serde(default)]
-    pub cname: CnameStates,
-    /// The `P/hosts/{host}` claims written with the record.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-}
-
-impl StoredApp {
-    pub fn key(&self) -> AppKey {
-        AppKey {
-            project: self.project.clone(),
-            name: self.name.clone(),
-        }
-    }
-
-    pub fn into_put(self) -> AppPut {
-        AppPut {
-            key: AppKey {
-                project: self.project,
-                name: self.name,
-            },
-            record: self.record,
-            cname: self.cname,
-        }
-    }
-}
 
 /// `P/apps/`.
 pub fn apps_prefix(cfg: &EtcdConfig) -> String {

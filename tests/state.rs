@@ -1,0 +1,294 @@
+//! Durable state without `[etcd]` (issue 16): what the admin API accepted
+//! survives a restart, a SIGKILL in the middle of writes, keeps its expiry
+//! instants, and a write the disk cannot take is refused with 503. The
+//! proxy runs as the real binary (tests/common/process.rs), its state in
+//! the test's own directory.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::process::{write_config, ProxyProcess};
+use common::*;
+use serde_json::{json, Value};
+
+/// The platform's app domain in these tests.
+const APPS: &str = "[apps]\nplatform_domains = [\"apps.example.test\"]\n";
+
+fn route_json(name: &str, backend: std::net::SocketAddr) -> Value {
+    serde_json::to_value(spec(
+        name,
+        &[&format!("{name}.example.test")],
+        &[backend.to_string()],
+    ))
+    .unwrap()
+}
+
+/// The names of the live routes put through the API.
+async fn api_routes(p: &ProxyProcess) -> Vec<Value> {
+    let (st, body) = p.get("/routes").await;
+    assert_eq!(st, 200);
+    body["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"] == "api")
+        .cloned()
+        .collect()
+}
+
+async fn refused(addr: std::net::SocketAddr, host: &str, ca: &Ca) -> bool {
+    match get(addr, host, ca).await {
+        Err(e) => e.to_string().contains("UnrecognisedName"),
+        Ok(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_apps_survive_sigterm_with_their_instants_and_route() {
+    let ca = Ca::new("enclave CA").unwrap();
+    let (api_host, app_host) = ("kept.example.test", "shop.apps.example.test");
+    let (e, _) = enclave(&ca, &[api_host, app_host], "e").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), APPS);
+
+    let p = ProxyProcess::start(&cfg).await;
+    let (st, body) = p.put("/routes/kept", &route_json("kept", e.addr)).await;
+    assert_eq!(st, 200, "{body}");
+    let record = app_record(1, app_host, None, e.addr, "running");
+    let (st, body) = p.put("/apps/p1/shop", &record).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, app_before) = p.get("/apps/p1/shop").await;
+    let (_, route_before) = p.get("/routes/kept").await;
+    assert!(app_before["record"]["deployed_at"].is_string());
+    assert_eq!(get(p.addr, api_host, &ca).await.unwrap().0, "hello from e");
+    assert!(p.terminate().await, "SIGTERM ends the proxy cleanly");
+    assert!(
+        dir.path().join("state/state.redb").is_file(),
+        "the state lives in state/ beside the config"
+    );
+
+    // No polling: the state is applied before the admin API answers.
+    let p = ProxyProcess::start(&cfg).await;
+    assert_eq!(p.get("/readyz").await.0, 200);
+    assert_eq!(p.get("/routes/kept").await.1, route_before);
+    let (st, app_after) = p.get("/apps/p1/shop").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        app_after, app_before,
+        "same record, deployed_at and expires_at"
+    );
+    assert_eq!(get(p.addr, api_host, &ca).await.unwrap().0, "hello from e");
+    assert_eq!(get(p.addr, app_host, &ca).await.unwrap().0, "hello from e");
+
+    // The platform re-sends the same record: its clock keeps running.
+    let (st, body) = p.put("/apps/p1/shop", &record).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, resent) = p.get("/apps/p1/shop").await;
+    assert_eq!(
+        resent["record"]["deployed_at"],
+        app_before["record"]["deployed_at"]
+    );
+    assert_eq!(resent["expires_at"], app_before["expires_at"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_a_burst_of_puts_keeps_every_acknowledged_one_whole() {
+    const PUTS: usize = 300;
+    const KILL_AFTER: usize = 40;
+    let backend = closed_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let p = ProxyProcess::start(&cfg).await;
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    // 8 writers at once, each sending its share in turn.
+    for w in 0..8 {
+        let (acked, http, base) = (Arc::clone(&acked), http.clone(), p.url("/routes/"));
+        tasks.push(tokio::spawn(async move {
+            for i in (w..PUTS).step_by(8) {
+                let name = format!("r{i}");
+                let sent = http
+                    .put(format!("{base}{name}"))
+                    .bearer_auth(TOKEN)
+                    .json(&route_json(&name, backend))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => acked.lock().unwrap().push(name),
+                    Ok(r) => panic!("{name}: {} before the kill", r.status()),
+                    // The proxy is gone: the rest cannot be sent.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    let enough = eventually(Duration::from_secs(60), || {
+        acked.lock().unwrap().len() >= KILL_AFTER
+    })
+    .await;
+    assert!(enough, "the burst did not get going");
+    p.kill();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() < PUTS,
+        "the kill came after the burst; it proves nothing"
+    );
+
+    let p = ProxyProcess::start(&cfg).await;
+    let stored = api_routes(&p).await;
+    let names: Vec<&str> = stored.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    for name in &acked {
+        assert!(
+            names.contains(&name.as_str()),
+            "{name} got 2xx and was lost"
+        );
+    }
+    for r in &stored {
+        let name = r["name"].as_str().unwrap();
+        let want = route_json(name, backend);
+        assert_eq!(r["hosts"], want["hosts"], "{name} came back torn: {r}");
+        assert_eq!(
+            r["backends"], want["backends"],
+            "{name} came back torn: {r}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_expires_while_the_proxy_is_down_is_not_served() {
+    let ca = Ca::new("enclave CA").unwrap();
+    let host = "brief.apps.example.test";
+    let (e, _) = enclave(&ca, &[host], "e").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), APPS);
+    let state_file = dir.path().join("state/state.redb");
+    let stored_apps = |path: &std::path::Path| {
+        let store = mse_proxy::state::RedbStore::open(path).unwrap();
+        let loaded = mse_proxy::state::StateStore::load(&store).unwrap();
+        loaded
+            .apps
+            .iter()
+            .map(|a| a.name.clone())
+            .collect::<Vec<_>>()
+    };
+
+    // The rules take any expiry in the future: a few seconds is honest.
+    let expires = chrono::Utc::now() + chrono::TimeDelta::seconds(6);
+    let mut record = app_record(1, host, None, e.addr, "running");
+    record["expires_at"] = json!(expires.to_rfc3339());
+    let p = ProxyProcess::start(&cfg).await;
+    let (st, body) = p.put("/apps/p1/brief", &record).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(get(p.addr, host, &ca).await.unwrap().0, "hello from e");
+    assert!(p.terminate().await);
+    assert_eq!(
+        stored_apps(&state_file),
+        vec!["brief".to_string()],
+        "stored, and not yet expired when the proxy stopped"
+    );
+
+    let passed = eventually(Duration::from_secs(30), || chrono::Utc::now() > expires).await;
+    assert!(passed);
+    let p = ProxyProcess::start(&cfg).await;
+    assert_eq!(p.get("/apps/p1/brief").await.0, 404);
+    assert!(refused(p.addr, host, &ca).await, "an expired app is served");
+    assert!(p.terminate().await);
+    assert!(
+        stored_apps(&state_file).is_empty(),
+        "the expired app is deleted from the store"
+    );
+}
+
+/// Makes a file immutable (`chattr +i`) until dropped: even root cannot
+/// write it then, where a chmod would not stop root.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Immutable {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("chattr (e2fsprogs) is needed");
+        assert!(
+            out.status.success(),
+            "chattr +i failed (the test needs a file system with the immutable flag): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_disk_refuses_is_a_503_and_nothing_acknowledged_is_lost() {
+    let backend = closed_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let p = ProxyProcess::start(&cfg).await;
+    assert_eq!(p.put("/routes/a", &route_json("a", backend)).await.0, 200);
+    assert_eq!(p.metric("mse_proxy_state_write_errors_total").await, 0.0);
+
+    let guard = Immutable::set(&dir.path().join("state/state.redb"));
+    let (st, body) = p.put("/routes/b", &route_json("b", backend)).await;
+    assert_eq!(st, 503, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("not applied") && error.contains("state.redb"),
+        "{body}"
+    );
+    assert_eq!(
+        p.get("/routes/b").await.0,
+        404,
+        "a refused write is not served"
+    );
+    assert_eq!(p.metric("mse_proxy_state_write_errors_total").await, 1.0);
+
+    // Writable again: the next write goes through, no restart needed.
+    drop(guard);
+    assert_eq!(p.put("/routes/c", &route_json("c", backend)).await.0, 200);
+    assert!(p.terminate().await);
+
+    let p = ProxyProcess::start(&cfg).await;
+    let names: Vec<String> = api_routes(&p)
+        .await
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+}
+
+#[test]
+fn check_names_a_state_dir_that_cannot_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    let cfg = write_config(dir.path(), "state_dir = \"a-file/state\"");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let want = format!(
+        "{}: state_dir: state store {}: cannot create the directory",
+        cfg.display(),
+        dir.path().join("a-file/state").display()
+    );
+    assert!(err.contains(&want), "{err}");
+}
