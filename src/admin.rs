@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -51,6 +52,9 @@ pub fn load_token(source: &TokenSource) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
+    // Every body is read whole before it is parsed: the cap bounds what one
+    // request can make the process hold (`limits.max_admin_body_bytes`).
+    let body_cap = state.shared.config.control_limits.admin_body_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -63,6 +67,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/reload", post(reload))
         .merge(crate::admin_apps::routes())
+        .layer(DefaultBodyLimit::max(body_cap))
         .with_state(state)
 }
 
@@ -224,9 +229,10 @@ async fn put_route(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers)?;
+    let body = body.map_err(|e| body_refused(&s, e))?;
     let spec: RouteSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not a route: {e}")))?;
     if spec.name != name {
@@ -256,6 +262,21 @@ async fn delete_route(
     }
     let applied = s.control.delete(name).await?;
     Ok(Json(json!({ "applied": applied })).into_response())
+}
+
+/// A body that could not be read: over the cap (413, naming the key that
+/// sets it), or cut off by the client.
+pub(crate) fn body_refused(s: &AdminState, e: BytesRejection) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        let cap = s.shared.config.control_limits.admin_body_bytes;
+        ApiError::new(
+            status,
+            format!("the body is over {cap} bytes (limits.max_admin_body_bytes)"),
+        )
+    } else {
+        ApiError::new(status, format!("the body could not be read: {e}"))
+    }
 }
 
 /// An etcd write: 200 once this instance serves it, 202 if it is in etcd

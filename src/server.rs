@@ -29,7 +29,7 @@ use crate::tls::certs::CertStore;
 /// file), including that `no_sni_route` exists among them.
 pub fn load_routes(config: &Config) -> Result<Vec<Route>, ConfigErrors> {
     let routes = match &config.routes_file {
-        Some(path) => routes::load_file(path)?,
+        Some(path) => routes::load_file(path, &config.control_limits)?,
         None => Vec::new(),
     };
     if let Some(name) = &config.no_sni_route {

@@ -181,14 +181,24 @@ pub struct RawLimits {
     pub max_client_hello_bytes: usize,
     /// Connections one client IP may hold before its hello is read; 0: no limit.
     pub max_unrouted_per_ip: usize,
+    /// Caps on route sets (`crate::config::limits`).
+    pub max_hosts_per_route: usize,
+    pub max_backends_per_route: usize,
+    pub max_routes: usize,
+    pub max_admin_body_bytes: usize,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
+        let d = super::limits::ControlLimits::default();
         Self {
             max_connections: 100_000,
             max_unrouted_per_ip: 0,
             max_client_hello_bytes: 16 * 1024,
+            max_hosts_per_route: d.hosts_per_route,
+            max_backends_per_route: d.backends_per_route,
+            max_routes: d.routes,
+            max_admin_body_bytes: d.admin_body_bytes,
         }
     }
 }

@@ -28,7 +28,7 @@ use super::route::Route;
 use super::table::{Snapshot, Source};
 use crate::apps::{AppKey, AppPut, Apps, CnameReport};
 use crate::config::routes::{self, check_conflicts, RouteSpec};
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::{ConfigError, ConfigErrors, ControlLimits};
 use crate::proxy::Shared;
 use crate::routing::route::HostPattern;
 use crate::routing::sources::etcd::follow::Origin;
@@ -436,7 +436,7 @@ impl Reconciler {
         let at = path.clone();
         let read = tokio::task::spawn_blocking(move || {
             let cfg = &shared.config;
-            let read = routes::load_file(&at).and_then(|file_routes| {
+            let read = routes::load_file(&at, &cfg.control_limits).and_then(|file_routes| {
                 let certs = CertStore::load(&cfg.source, &cfg.certificates)?;
                 Ok((file_routes, Arc::new(certs)))
             });
@@ -521,7 +521,8 @@ impl Reconciler {
     /// route and the merged set, checked for certificates too.
     fn check_put(&self, spec: RouteSpec) -> Result<(Route, Vec<(Route, Source)>), ControlError> {
         let file = Path::new(API);
-        let route = routes::validate_one(file, &format!("route `{}`", spec.name), &spec)
+        let limits = &self.shared.config.control_limits;
+        let route = routes::validate_one(file, &format!("route `{}`", spec.name), &spec, limits)
             .map_err(ControlError::Invalid)?;
         if route.expired_at(Utc::now()) {
             return Err(ControlError::Invalid(
@@ -617,6 +618,12 @@ impl Reconciler {
             .filter(|(r, _)| !r.expired_at(now))
             .map(|(r, _)| r.clone())
             .collect();
+        let cap = self.shared.config.control_limits.routes;
+        if let Err(why) = ControlLimits::check(live.len(), cap, "live routes", "max_routes") {
+            return Err(ControlError::Invalid(
+                ConfigError::new(Path::new(API), "routes", why).into(),
+            ));
+        }
         let mut errs = ConfigErrors::default();
         check_conflicts(
             Path::new(API),

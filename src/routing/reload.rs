@@ -171,6 +171,7 @@ pub fn next_expiry(snapshot: &Snapshot) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use crate::config::routes::{validate_all, RouteSpec};
+    use crate::config::ControlLimits;
     use std::path::Path;
 
     fn routes(list: &[(&str, &str, &str)]) -> Vec<(Route, Source)> {
@@ -178,7 +179,7 @@ mod tests {
             .iter()
             .map(|(name, host, backend)| RouteSpec::passthrough(name, &[host], &[backend]))
             .collect();
-        validate_all(Path::new("t"), &specs, "route")
+        validate_all(Path::new("t"), &specs, "route", &ControlLimits::default())
             .unwrap()
             .into_iter()
             .map(|r| (r, Source::File))

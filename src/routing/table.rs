@@ -285,7 +285,13 @@ mod tests {
             .iter()
             .map(|(name, hosts)| RouteSpec::passthrough(name, hosts, &["127.0.0.1:1"]))
             .collect();
-        let routes = validate_all(Path::new("t"), &specs, "route").unwrap();
+        let routes = validate_all(
+            Path::new("t"),
+            &specs,
+            "route",
+            &crate::config::ControlLimits::default(),
+        )
+        .unwrap();
         Snapshot::build(
             routes
                 .into_iter()
@@ -375,7 +381,13 @@ mod properties {
             .iter()
             .map(|(name, h)| RouteSpec::passthrough(name, &[h.as_str()], &["127.0.0.1:1"]))
             .collect();
-        let routes = validate_all(Path::new("p"), &specs, "route").unwrap();
+        let routes = validate_all(
+            Path::new("p"),
+            &specs,
+            "route",
+            &crate::config::ControlLimits::default(),
+        )
+        .unwrap();
         Snapshot::build(
             routes
                 .into_iter()
