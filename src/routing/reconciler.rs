@@ -906,18 +906,25 @@ impl Reconciler {
         };
         let mut left_out = Vec::new();
         let mut apps = Apps::default();
+        // Admitted in place, one probe each: a copy of the set per app
+        // would make loading n apps quadratic.
         for put in puts {
             let key = put.key.clone();
-            let next = match apps.admit(put, &self.shared.config.apps, &certs, now) {
-                Ok(n) => n,
-                Err(e) => {
-                    left_out.push(format!("app `{key}`: {e}"));
-                    continue;
-                }
+            if apps.get(&key).is_some() {
+                // Two etcd keys holding one (project, name): the first wins.
+                left_out.push(format!("app `{key}`: listed twice in etcd"));
+                continue;
+            }
+            if let Err(e) = apps.admit_into(put, &self.shared.config.apps, &certs, now) {
+                left_out.push(format!("app `{key}`: {e}"));
+                continue;
+            }
+            let Some(entry) = apps.get(&key).cloned() else {
+                continue;
             };
-            let entry = next.get(&key).expect("just admitted");
             if let Some(why) = entry.routes.iter().find_map(|r| taken(r, &claimed, &names)) {
                 left_out.push(format!("app `{key}`: {why}"));
+                apps.remove(&key);
                 continue;
             }
             for r in &entry.routes {
@@ -926,7 +933,6 @@ impl Reconciler {
                     claimed.insert(h.clone(), r.name.clone());
                 }
             }
-            apps = next;
         }
         let mut kept = BTreeMap::new();
         for (name, r) in routes {
