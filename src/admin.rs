@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::routes::RouteSpec;
 use crate::config::TokenSource;
 use crate::proxy::Shared;
+use crate::routing::reconciler::watchdog::Health;
 use crate::routing::reconciler::{Control, ControlError};
 use crate::routing::sources::etcd::write::{EtcdWriter, Written};
 use crate::routing::{RouteEntry, Source};
@@ -31,6 +32,8 @@ pub struct AdminState {
     pub token: Option<Vec<u8>>,
     /// With `[etcd]`: route writes go to the shared store.
     pub etcd: Option<Arc<EtcdWriter>>,
+    /// The reconciler's watchdog, for `/healthz`.
+    pub health: Health,
 }
 
 /// Reads the token named by the config. A named file or variable that
@@ -56,7 +59,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     // request can make the process hold (`limits.max_admin_body_bytes`).
     let body_cap = state.shared.config.control_limits.admin_body_bytes;
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/readyz/writes", get(readyz_writes))
         .route("/metrics", get(metrics))
@@ -166,6 +169,18 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// 200 while the process can still change routes; 503 once the reconciler
+/// has failed (the process is about to exit for a restart).
+async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    match s.health.failure() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {

@@ -77,6 +77,8 @@ pub struct ReloadConfig {
     pub watch: bool,
     pub close_grace: Duration,
     pub on_change: OnChange,
+    /// How long the reconciler may go without answering the watchdog.
+    pub stall_timeout: Duration,
 }
 
 /// Where the admin API's write token comes from.
@@ -326,6 +328,10 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
     if raw.reload.debounce.is_zero() {
         errs.push(path, "reload.debounce", "must be greater than zero");
     }
+    // The watchdog pings every second: below that, one slow ping fails.
+    if raw.reload.stall_timeout < Duration::from_secs(1) {
+        errs.push(path, "reload.stall_timeout", "must be at least 1s");
+    }
     let on_change = match raw.reload.on_change.as_str() {
         "close" => OnChange::Close,
         "keep" => OnChange::Keep,
@@ -406,6 +412,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             watch: raw.reload.watch,
             close_grace: raw.reload.close_grace,
             on_change,
+            stall_timeout: raw.reload.stall_timeout,
         },
         admin,
         certificates,

@@ -103,6 +103,10 @@ pub struct RawReload {
     /// What a redeploy (a route whose backends or settings changed) does to the
     /// connections still open on the old definition: `close` or `keep`.
     pub on_change: String,
+    /// A reconciler that answers no ping for this long is taken as stuck:
+    /// `/healthz` fails and the process exits non-zero.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for RawReload {
@@ -112,6 +116,7 @@ impl Default for RawReload {
             watch: true,
             close_grace: Duration::ZERO,
             on_change: "close".into(),
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwap;
 
 mod certificates;
+pub mod watchdog;
 
 use super::reload::{self, Applied, ApplyOptions};
 use super::route::Route;
@@ -99,6 +100,10 @@ enum Command {
     /// Certificates whose files changed on disk, read again: swap in those
     /// that loaded (answer: whether they were taken), refuse the others.
     Certificates(Vec<PairUpdate>, oneshot::Sender<bool>),
+    /// The watchdog's liveness check: answered at once.
+    Ping(oneshot::Sender<()>),
+    /// Tests only: stop answering for this long, as a stuck read would.
+    Stall(std::time::Duration),
 }
 
 /// Counters the reconciler keeps, for `/routes`, tests and metrics.
@@ -212,6 +217,24 @@ impl Control {
             .await
             .map_err(|_| ControlError::Stopped)?;
         rx.await.map_err(|_| ControlError::Stopped)
+    }
+
+    /// Answers once the reconciler has taken the command: it is alive and
+    /// not stuck on anything.
+    pub async fn ping(&self) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Ping(reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+
+    /// Test hook: makes the reconciler stop answering for `d`, as a
+    /// blocked read inside it would, so the watchdog can be seen to act.
+    #[doc(hidden)]
+    pub async fn stall_for_tests(&self, d: std::time::Duration) {
+        let _ = self.tx.send(Command::Stall(d)).await;
     }
 
     /// From the file watcher (any thread): never blocks; if the queue is
@@ -378,6 +401,10 @@ impl Reconciler {
             Command::Certificates(updates, reply) => {
                 let _ = reply.send(self.certificates_read(updates));
             }
+            Command::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            Command::Stall(d) => tokio::time::sleep(d).await,
         }
     }
 
