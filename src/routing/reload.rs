@@ -72,16 +72,13 @@ pub fn apply(
                 applied.unchanged += 1;
                 entries.push(Arc::clone(e));
             }
-            Some(e) if e.route == r => {
-                // Same definition, moved between sources: hand the
-                // connections over untouched.
+            Some(e) if e.route.acts_like(&r) => {
+                // Does the same, but written differently (host case, order,
+                // a trailing dot, metadata, grace) or moved between
+                // sources: the new definition takes the connections over
+                // untouched.
                 applied.unchanged += 1;
-                entries.push(RouteEntry::with_inherited(
-                    r,
-                    source,
-                    router.closers(),
-                    e.all_closers(),
-                ));
+                entries.push(RouteEntry::successor(r, source, router.closers(), e));
             }
             Some(e) => {
                 applied.changed += 1;
@@ -91,12 +88,7 @@ pub fn apply(
                         changed_old.push(Arc::clone(e));
                     }
                     OnChange::Keep => {
-                        entries.push(RouteEntry::with_inherited(
-                            r,
-                            source,
-                            router.closers(),
-                            e.all_closers(),
-                        ));
+                        entries.push(RouteEntry::successor(r, source, router.closers(), e));
                     }
                 }
             }
