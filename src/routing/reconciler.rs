@@ -57,6 +57,14 @@ pub enum ControlError {
 
 type Reply = oneshot::Sender<Result<Applied, ControlError>>;
 
+/// A route spec as validated off the reconciler task.
+type Validated = Result<Box<Route>, ConfigErrors>;
+
+/// Longest wait for a route's files (its `ca_file`) to be read. Only
+/// regular files of bounded size are read, so only a stuck file system
+/// gets here; the thread may stay blocked, but no change waits on it.
+const READ_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The etcd route set, as read at one revision.
 struct EtcdSet {
     routes: BTreeMap<String, Route>,
@@ -84,7 +92,9 @@ enum Command {
     /// The file is being written in place: re-read once it is closed, or
     /// after a longer wait if the writer keeps it open.
     FileWriting,
-    Put(Box<RouteSpec>, Reply),
+    /// An API route, validated (or refused) before it was sent: its files
+    /// (a `ca_file`) are read on a blocking thread, never in this task.
+    Put(Validated, Reply),
     Delete(String, Reply),
     /// Register an app deployment, replacing the one under its key.
     PutApp(Box<AppPut>, Reply),
@@ -94,7 +104,7 @@ enum Command {
     /// The whole etcd route set, after a change or a full read.
     Etcd(Box<EtcdSet>, Reply),
     /// Would this route apply here? (An etcd write checks before it writes.)
-    CheckPut(Box<RouteSpec>, oneshot::Sender<Result<Route, ControlError>>),
+    CheckPut(Validated, oneshot::Sender<Result<Route, ControlError>>),
     /// Would this app be admitted here?
     CheckApp(Box<AppPut>, oneshot::Sender<Result<Admitted, ControlError>>),
     /// Certificates whose files changed on disk, read again: swap in those
@@ -120,6 +130,8 @@ pub struct ReconcilerStats {
 #[derive(Clone, Debug)]
 pub struct Control {
     tx: mpsc::Sender<Command>,
+    /// What API routes are validated under (`[limits]`).
+    limits: crate::config::ControlLimits,
     pub stats: Arc<ReconcilerStats>,
     /// The registered apps, published after every change that applied.
     apps: Arc<ArcSwap<Apps>>,
@@ -140,7 +152,28 @@ impl Control {
     }
 
     pub async fn put(&self, spec: RouteSpec) -> Result<Applied, ControlError> {
-        self.ask(|r| Command::Put(Box::new(spec), r)).await
+        let route = self.validate(spec).await;
+        self.ask(|r| Command::Put(route, r)).await
+    }
+
+    /// Validates an API route spec on a blocking thread (it may read its
+    /// `ca_file`), within [`READ_BOUND`].
+    async fn validate(&self, spec: RouteSpec) -> Validated {
+        let limits = self.limits;
+        let at = format!("route `{}`", spec.name);
+        let field = at.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            routes::validate_one(Path::new(API), &at, &spec, &limits).map(Box::new)
+        });
+        let refused = |why: String| Err(ConfigError::new(Path::new(API), field, why).into());
+        match tokio::time::timeout(READ_BOUND, read).await {
+            Ok(Ok(validated)) => validated,
+            Ok(Err(e)) => refused(format!("validation failed: {e}")),
+            Err(_) => refused(format!(
+                "its files took over {}s to read; refused",
+                READ_BOUND.as_secs()
+            )),
+        }
     }
 
     pub async fn delete(&self, name: String) -> Result<Applied, ControlError> {
@@ -175,9 +208,10 @@ impl Control {
     /// Checks that `spec` would apply here, as `put` would, without
     /// applying it; returns the validated route.
     pub async fn check_put(&self, spec: RouteSpec) -> Result<Route, ControlError> {
+        let route = self.validate(spec).await;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::CheckPut(Box::new(spec), reply))
+            .send(Command::CheckPut(route, reply))
             .await
             .map_err(|_| ControlError::Stopped)?;
         rx.await.map_err(|_| ControlError::Stopped)?
@@ -286,6 +320,7 @@ impl Reconciler {
         let (tx, rx) = mpsc::channel(64);
         let stats = Arc::new(ReconcilerStats::default());
         let apps_view = Arc::new(ArcSwap::from_pointee(Apps::default()));
+        let limits = shared.config.control_limits;
         let r = Reconciler {
             shared,
             file_routes,
@@ -306,6 +341,7 @@ impl Reconciler {
             r,
             Control {
                 tx,
+                limits,
                 stats,
                 apps: apps_view,
             },
@@ -364,8 +400,8 @@ impl Reconciler {
             Command::FileTouched => {
                 self.reread_at = Some(Instant::now() + self.shared.config.reload.debounce);
             }
-            Command::Put(spec, reply) => {
-                let _ = reply.send(self.put(*spec));
+            Command::Put(route, reply) => {
+                let _ = reply.send(self.put(route));
             }
             Command::Delete(name, reply) => {
                 let _ = reply.send(self.delete(&name));
@@ -392,8 +428,8 @@ impl Reconciler {
                 }
                 let _ = reply.send(r);
             }
-            Command::CheckPut(spec, reply) => {
-                let _ = reply.send(self.check_put(*spec).map(|(r, _)| r));
+            Command::CheckPut(route, reply) => {
+                let _ = reply.send(self.check_put(route).map(|(r, _)| r));
             }
             Command::CheckApp(put, reply) => {
                 let _ = reply.send(self.check_app(*put));
@@ -518,8 +554,8 @@ impl Reconciler {
             .inc();
     }
 
-    fn put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
-        let r = self.try_put(spec);
+    fn put(&mut self, route: Validated) -> Result<Applied, ControlError> {
+        let r = self.try_put(route);
         if r.is_err() {
             self.refused("api");
         }
@@ -534,8 +570,8 @@ impl Reconciler {
         r
     }
 
-    fn try_put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
-        let (route, merged) = self.check_put(spec)?;
+    fn try_put(&mut self, route: Validated) -> Result<Applied, ControlError> {
+        let (route, merged) = self.check_put(route)?;
         if self.etcd.is_some() {
             return Err(etcd_owns(&route.name));
         }
@@ -544,13 +580,11 @@ impl Reconciler {
         Ok(applied)
     }
 
-    /// Validates `spec` and merges it with the live sources; returns the
+    /// Merges a validated API route with the live sources; returns the
     /// route and the merged set, checked for certificates too.
-    fn check_put(&self, spec: RouteSpec) -> Result<(Route, Vec<(Route, Source)>), ControlError> {
+    fn check_put(&self, route: Validated) -> Result<(Route, Vec<(Route, Source)>), ControlError> {
         let file = Path::new(API);
-        let limits = &self.shared.config.control_limits;
-        let route = routes::validate_one(file, &format!("route `{}`", spec.name), &spec, limits)
-            .map_err(ControlError::Invalid)?;
+        let route = *route.map_err(ControlError::Invalid)?;
         if route.expired_at(Utc::now()) {
             return Err(ControlError::Invalid(
                 ConfigError::new(

@@ -119,6 +119,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let c = Control {
             tx,
+            limits: Default::default(),
             stats: Arc::new(ReconcilerStats::default()),
             apps: Arc::new(ArcSwap::from_pointee(Default::default())),
         };

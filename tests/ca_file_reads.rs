@@ -1,0 +1,70 @@
+//! A route's `ca_file` is read off the reconciler, as a regular file of
+//! bounded size only: a FIFO (which would block its reader until a writer
+//! came) or `/dev/zero` (which never ends) is refused with the file named,
+//! at once, and expiry goes on meanwhile.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mse_proxy::config::terminate::UpstreamSpec;
+use serde_json::Value;
+
+fn with_ca_file(name: &str, path: &std::path::Path) -> mse_proxy::config::routes::RouteSpec {
+    terminate_spec(
+        name,
+        &[&format!("{name}.example.test")],
+        &["127.0.0.1:1".parse().unwrap()],
+        UpstreamSpec {
+            ca_file: Some(path.display().to_string()),
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_dev_zero_as_ca_file_is_refused_and_expiry_stays_on_time() {
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["exp.example.test"], "exp").await;
+    let mut exp = spec("exp", &["exp.example.test"], &[e.addr.to_string()]);
+    let start = tokio::time::Instant::now();
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
+    exp.expires_at = Some(expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let live = Live::start(&[exp], "");
+    let mut conn = EchoConn::open(live.addr(), "exp.example.test", &ca).await;
+
+    let fifo = live.dir.path().join("ca.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let zero = std::path::PathBuf::from("/dev/zero");
+    for (name, path, kind) in [("f", &fifo, "a FIFO"), ("z", &zero, "a device")] {
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            live.put_route(name, &with_ca_file(name, path)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a PUT with {} as ca_file hung", path.display()));
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["details"][0],
+            format!(
+                "admin API: route `{name}`.upstream.ca_file: `{}`: not a regular file ({kind}); refusing to read it",
+                path.display()
+            ),
+            "{body}"
+        );
+    }
+    // The reconciler was never held: the expiring route closes on time.
+    assert!(conn.ping("before expiry").await);
+    let bound = Duration::from_millis(2500).saturating_sub(start.elapsed());
+    assert!(
+        conn.closed_within(bound).await,
+        "connection still open 0.5 s after its route expired"
+    );
+    assert!(
+        chrono::Utc::now() >= expires,
+        "closed before the route expired"
+    );
+    assert!(live.server.control.ping().await.is_ok());
+}
