@@ -490,7 +490,13 @@ mod tests {
             ..ControlLimits::default()
         };
         let ok = spec("a", &["a.example.com", "b.example.com"], &["127.0.0.1:1"]);
-        assert!(validate_all(Path::new("r.toml"), &[ok.clone()], "route", &limits).is_ok());
+        assert!(validate_all(
+            Path::new("r.toml"),
+            std::slice::from_ref(&ok),
+            "route",
+            &limits
+        )
+        .is_ok());
         let wide = spec(
             "w",
             &["a.example.com", "b.example.com", "c.example.com"],

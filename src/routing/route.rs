@@ -165,27 +165,13 @@ mod tests {
         assert!(a.acts_like(&route(&cosmetic)));
         assert_ne!(a, route(&cosmetic), "still a different definition to show");
 
-        let mut real: Vec<RouteSpec> = Vec::new();
-        real.push(RouteSpec::passthrough(
-            "a",
-            &["a.test"],
-            &["127.0.0.1:1", "127.0.0.1:2"],
-        ));
-        real.push(RouteSpec::passthrough(
-            "a",
-            &["a.test", "c.test"],
-            &["127.0.0.1:1", "127.0.0.1:2"],
-        ));
-        real.push(RouteSpec::passthrough(
-            "a",
-            &["a.test", "b.test"],
-            &["127.0.0.1:2", "127.0.0.1:1"],
-        ));
-        real.push(RouteSpec::passthrough(
-            "b",
-            &["a.test", "b.test"],
-            &["127.0.0.1:1", "127.0.0.1:2"],
-        ));
+        let both = ["127.0.0.1:1", "127.0.0.1:2"];
+        let mut real = vec![
+            RouteSpec::passthrough("a", &["a.test"], &both),
+            RouteSpec::passthrough("a", &["a.test", "c.test"], &both),
+            RouteSpec::passthrough("a", &["a.test", "b.test"], &["127.0.0.1:2", "127.0.0.1:1"]),
+            RouteSpec::passthrough("b", &["a.test", "b.test"], &both),
+        ];
         let mut expiring = base.clone();
         expiring.expires_at = Some("2030-01-01T00:00:00Z".into());
         real.push(expiring);
