@@ -79,6 +79,10 @@ fn default_mode() -> String {
     "passthrough".into()
 }
 
+/// Largest routes file read: a million routes of a few hosts each fit
+/// many times over; past it the file is a mistake.
+pub const MAX_ROUTES_FILE: u64 = 1 << 30;
+
 /// The routes file: `[[route]]` tables in TOML, or `{"route": [...]}` in JSON.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,10 +93,13 @@ pub struct RoutesFile {
 
 /// Reads a routes file (JSON when it ends in `.json`, TOML otherwise) and
 /// validates every route in it under `limits`; nothing is returned unless
-/// all are valid.
+/// all are valid. Only a regular file is read (a FIFO would hold the
+/// reconciler until a writer came; `/dev/zero` would never end).
 pub fn load_file(path: &Path, limits: &ControlLimits) -> Result<Vec<Route>, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+    let bytes = crate::tls::pem_file::read_at_most(path, MAX_ROUTES_FILE)
+        .map_err(|why| ConfigError::new(path, "", why))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| ConfigError::new(path, "", format!("not UTF-8 text: {e}")))?;
     let specs = parse_file(path, &text)?;
     validate_all(path, &specs, "route", limits)
 }

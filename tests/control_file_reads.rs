@@ -1,5 +1,6 @@
-//! A route's `ca_file` is read off the reconciler, as a regular file of
-//! bounded size only: a FIFO (which would block its reader until a writer
+//! Files the control plane reads (a route's `ca_file`, the routes file) are
+//! read as regular files of bounded size only, and a route's `ca_file` off
+//! the reconciler: a FIFO (which would block its reader until a writer
 //! came) or `/dev/zero` (which never ends) is refused with the file named,
 //! at once, and expiry goes on meanwhile.
 
@@ -65,6 +66,50 @@ async fn a_fifo_or_dev_zero_as_ca_file_is_refused_and_expiry_stays_on_time() {
     assert!(
         chrono::Utc::now() >= expires,
         "closed before the route expired"
+    );
+    assert!(live.server.control.ping().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_as_the_routes_file_is_refused_by_check_and_by_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("routes.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let cfg = dir.path().join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        "routes_file = \"routes.toml\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let args = [
+        "check".to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ];
+    let (ok, text) = run_tool(env!("CARGO_BIN_EXE_mse-proxy"), &args, true).await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}: not a regular file (a FIFO); refusing to read it",
+            fifo.display()
+        )),
+        "{text}"
+    );
+
+    // A running proxy whose routes file becomes a FIFO keeps its routes.
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["a.example.test"], "a").await;
+    let live = Live::start(&[spec("a", &["a.example.test"], &[e.addr.to_string()])], "");
+    std::fs::remove_file(&live.routes_path).unwrap();
+    nix::unistd::mkfifo(&live.routes_path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), live.server.control.reload_file())
+        .await
+        .expect("a reload of a FIFO does not hang");
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("not a regular file (a FIFO)"), "{e}");
+    assert_eq!(
+        get(live.addr(), "a.example.test", &ca).await.unwrap().0,
+        "hello from a"
     );
     assert!(live.server.control.ping().await.is_ok());
 }
