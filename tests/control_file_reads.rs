@@ -113,3 +113,65 @@ async fn a_fifo_as_the_routes_file_is_refused_by_check_and_by_a_reload() {
     );
     assert!(live.server.control.ping().await.is_ok());
 }
+
+/// A routes file of `n` passthrough routes, written as TOML text directly
+/// (serialising that many specs in a debug build is itself slow).
+fn big_routes_file(n: usize) -> String {
+    let mut text = String::with_capacity(n * 90);
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[route]]\nname = \"r{i}\"\nhosts = [\"h{i}.big.example.test\"]\nbackends = [\"127.0.0.1:1\"]\n\n"
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_big_routes_file_is_read_pings_are_answered_and_expiry_is_on_time() {
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["exp.example.test"], "exp").await;
+    let live = Live::start(&[], "");
+    let mut exp = spec("exp", &["exp.example.test"], &[e.addr.to_string()]);
+    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(2500);
+    exp.expires_at = Some(expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    assert_eq!(live.put_route("exp", &exp).await.status(), 200);
+    let mut conn = EchoConn::open(live.addr(), "exp.example.test", &ca).await;
+
+    // 300,000 routes: seconds to read and validate in a test build.
+    let path = live.routes_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, big_routes_file(300_000)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    })
+    .await
+    .unwrap();
+    let control = live.server.control.clone();
+    let reload = tokio::spawn(async move { control.reload_file().await });
+
+    // The watchdog's pings are answered all along.
+    while chrono::Utc::now() < expires {
+        let ping = tokio::time::timeout(Duration::from_secs(1), live.server.control.ping()).await;
+        assert!(
+            matches!(ping, Ok(Ok(()))),
+            "a ping went unanswered during the read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = (expires + chrono::Duration::milliseconds(500)) - chrono::Utc::now();
+    assert!(
+        conn.closed_within(left.to_std().unwrap_or_default()).await,
+        "the expired route's connection stayed open during the read"
+    );
+    assert!(
+        !reload.is_finished(),
+        "the read ended before the expiry: this test needs a bigger file here"
+    );
+    tokio::time::timeout(Duration::from_secs(120), reload)
+        .await
+        .expect("the reload ends")
+        .unwrap()
+        .unwrap();
+    // (The file watch may have applied the file first: count the table.)
+    assert_eq!(live.server.shared.router.load().len(), 300_000);
+}

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwap;
 
 mod certificates;
+mod waiting;
 pub mod watchdog;
 
 use super::reload::{self, Applied, ApplyOptions};
@@ -305,6 +306,8 @@ pub struct Reconciler {
     reread_at: Option<Instant>,
     stats: Arc<ReconcilerStats>,
     rx: mpsc::Receiver<Command>,
+    /// Commands received while waiting for a file read (`waiting.rs`).
+    deferred: std::collections::VecDeque<Command>,
 }
 
 impl Reconciler {
@@ -331,6 +334,7 @@ impl Reconciler {
             reread_at: None,
             stats: Arc::clone(&stats),
             rx,
+            deferred: Default::default(),
         };
         let merged = r
             .merged(&r.file_routes, &r.api_routes, &r.apps)
@@ -351,18 +355,12 @@ impl Reconciler {
     /// Runs until every [`Control`] is dropped.
     pub async fn run(mut self) {
         loop {
-            // Apps count too: one without a route (stopped) is still
-            // forgotten at its expiry.
-            let next = reload::next_expiry(&self.shared.router.load());
-            let expiry = next
-                .into_iter()
-                .chain(self.apps.next_expiry())
-                .min()
-                .map(|t| {
-                    // +1 ms: wake just after the instant, never just before it.
-                    let left = (t - Utc::now()).to_std().unwrap_or_default();
-                    Instant::now() + left + std::time::Duration::from_millis(1)
-                });
+            // Commands that came while a file was read go first, in order.
+            if let Some(cmd) = self.deferred.pop_front() {
+                self.handle(cmd).await;
+                continue;
+            }
+            let expiry = self.next_expiry_wake();
             let reread = self.reread_at;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -455,7 +453,11 @@ impl Reconciler {
         };
         let debounce = self.shared.config.reload.debounce;
         let at = path.clone();
-        let stamp = tokio::task::spawn_blocking(move || super::sources::file::stamp(&at))
+        let stamp = self
+            .off_task(
+                tokio::task::spawn_blocking(move || super::sources::file::stamp(&at)),
+                waiting::FILE_READ_BOUND,
+            )
             .await
             .unwrap_or_default();
         match stamp {
@@ -493,19 +495,19 @@ impl Reconciler {
             ));
         };
         // Certificates are re-read with the routes and swap with them. The
-        // reads block, so they run on a blocking thread (the reconciler
-        // waits, as it would have for reads done in place).
+        // reads block, so they run on a blocking thread; meanwhile the
+        // reconciler answers pings and expires routes (`waiting.rs`).
         let shared = Arc::clone(&self.shared);
         let at = path.clone();
-        let read = tokio::task::spawn_blocking(move || {
+        let work = tokio::task::spawn_blocking(move || {
             let cfg = &shared.config;
             let read = routes::load_file(&at, &cfg.control_limits).and_then(|file_routes| {
                 let certs = CertStore::load(&cfg.source, &cfg.certificates)?;
                 Ok((file_routes, Arc::new(certs)))
             });
             (read, super::sources::file::stamp(&at))
-        })
-        .await;
+        });
+        let read = self.off_task(work, waiting::FILE_READ_BOUND).await;
         let result = read
             .map_err(|e| {
                 ControlError::Invalid(
