@@ -484,6 +484,15 @@ mod tests {
         assert_eq!(c.control_limits.backends_per_route, 64);
         assert_eq!(c.control_limits.routes, 1_000_000);
         assert_eq!(c.control_limits.admin_body_bytes, 1 << 20);
+        assert_eq!(c.reload.stall_timeout, Duration::from_secs(30));
+        let e =
+            load("[[listener]]\naddress = \"127.0.0.1:1\"\n[reload]\nstall_timeout = \"500ms\"\n")
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            e,
+            "/etc/mse/proxy.toml: reload.stall_timeout: must be at least 1s"
+        );
         let c =
             load("[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nmax_hosts_per_route = 3\n")
                 .unwrap();
