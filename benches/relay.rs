@@ -15,6 +15,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mse_proxy::config::routes::{validate_all, RouteSpec};
 use mse_proxy::config::Config;
+use mse_proxy::config::ControlLimits;
 use mse_proxy::server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,7 +47,13 @@ fn proxy(backend: SocketAddr, splice: bool) -> Server {
     .unwrap();
     cfg.state_dir = None; // in memory: no state/ in the working directory
     let spec = RouteSpec::passthrough("bench", &["app.example.test"], &[backend]);
-    let routes = validate_all(Path::new("bench"), &[spec], "route").unwrap();
+    let routes = validate_all(
+        Path::new("bench"),
+        &[spec],
+        "route",
+        &ControlLimits::default(),
+    )
+    .unwrap();
     mse_proxy::server::start(cfg, routes).unwrap()
 }
 

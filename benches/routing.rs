@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use mse_proxy::config::routes::{validate_all, RouteSpec};
+use mse_proxy::config::ControlLimits;
 use mse_proxy::routing::reload::{apply, ApplyOptions};
 use mse_proxy::routing::{Route, Router, Snapshot, Source};
 
@@ -35,11 +36,16 @@ fn routes(backend_port: u16) -> Vec<(Route, Source)> {
             )
         })
         .collect();
-    validate_all(Path::new("bench"), &specs, "route")
-        .unwrap()
-        .into_iter()
-        .map(|r| (r, Source::File))
-        .collect()
+    validate_all(
+        Path::new("bench"),
+        &specs,
+        "route",
+        &ControlLimits::default(),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| (r, Source::File))
+    .collect()
 }
 
 fn table(sizes: usize) -> Router {

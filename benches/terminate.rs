@@ -27,6 +27,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mse_proxy::config::routes::{validate_all, RouteSpec};
 use mse_proxy::config::terminate::UpstreamSpec;
 use mse_proxy::config::Config;
+use mse_proxy::config::ControlLimits;
 use mse_proxy::standin::{Ca, Enclave};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
@@ -112,7 +113,13 @@ fn setup(rt: &Runtime) -> Setup {
                 ..Default::default()
             },
         );
-        let routes = validate_all(Path::new("bench"), &[spec], "route").unwrap();
+        let routes = validate_all(
+            Path::new("bench"),
+            &[spec],
+            "route",
+            &ControlLimits::default(),
+        )
+        .unwrap();
         let proxy = mse_proxy::server::start(config, routes).unwrap();
         Setup {
             direct: Target {

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::routes::RouteSpec;
 use crate::config::TokenSource;
 use crate::proxy::Shared;
+use crate::routing::reconciler::watchdog::Health;
 use crate::routing::reconciler::{Control, ControlError};
 use crate::routing::sources::etcd::write::{EtcdWriter, Written};
 use crate::routing::{RouteEntry, Source};
@@ -30,6 +32,8 @@ pub struct AdminState {
     pub token: Option<Vec<u8>>,
     /// With `[etcd]`: route writes go to the shared store.
     pub etcd: Option<Arc<EtcdWriter>>,
+    /// The reconciler's watchdog, for `/healthz`.
+    pub health: Health,
 }
 
 /// Reads the token named by the config. A named file or variable that
@@ -51,8 +55,11 @@ pub fn load_token(source: &TokenSource) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
+    // Every body is read whole before it is parsed: the cap bounds what one
+    // request can make the process hold (`limits.max_admin_body_bytes`).
+    let body_cap = state.shared.config.control_limits.admin_body_bytes;
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/readyz/writes", get(readyz_writes))
         .route("/metrics", get(metrics))
@@ -63,6 +70,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/reload", post(reload))
         .merge(crate::admin_apps::routes())
+        .layer(DefaultBodyLimit::max(body_cap))
         .with_state(state)
 }
 
@@ -163,6 +171,18 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
+/// 200 while the process can still change routes; 503 once the reconciler
+/// has failed (the process is about to exit for a restart).
+async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    match s.health.failure() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+    }
+}
+
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     if s.control.stats.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
@@ -224,9 +244,10 @@ async fn put_route(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers)?;
+    let body = body.map_err(|e| body_refused(&s, e))?;
     let spec: RouteSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not a route: {e}")))?;
     if spec.name != name {
@@ -256,6 +277,21 @@ async fn delete_route(
     }
     let applied = s.control.delete(name).await?;
     Ok(Json(json!({ "applied": applied })).into_response())
+}
+
+/// A body that could not be read: over the cap (413, naming the key that
+/// sets it), or cut off by the client.
+pub(crate) fn body_refused(s: &AdminState, e: BytesRejection) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        let cap = s.shared.config.control_limits.admin_body_bytes;
+        ApiError::new(
+            status,
+            format!("the body is over {cap} bytes (limits.max_admin_body_bytes)"),
+        )
+    } else {
+        ApiError::new(status, format!("the body could not be read: {e}"))
+    }
 }
 
 /// An etcd write: 200 once this instance serves it, 202 if it is in etcd

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::config::{routes, Config, ConfigError, ConfigErrors};
 use crate::proxy::{fds, ProxyHandle};
+use crate::routing::reconciler::watchdog::{self, Health};
 use crate::routing::reconciler::{Control, Reconciler};
 use crate::routing::reload::{self, ApplyOptions};
 use crate::routing::sources::certificates::{self, CertWatch};
@@ -29,7 +30,7 @@ use crate::tls::certs::CertStore;
 /// file), including that `no_sni_route` exists among them.
 pub fn load_routes(config: &Config) -> Result<Vec<Route>, ConfigErrors> {
     let routes = match &config.routes_file {
-        Some(path) => routes::load_file(path)?,
+        Some(path) => routes::load_file(path, &config.control_limits)?,
         None => Vec::new(),
     };
     if let Some(name) = &config.no_sni_route {
@@ -151,6 +152,9 @@ fn open_state(
 pub struct Server {
     pub proxy: ProxyHandle,
     pub control: Control,
+    /// Whether the control plane is alive (the reconciler's watchdog).
+    pub health: Health,
+    reconciler: tokio::task::AbortHandle,
     /// Where the admin API listens, if configured.
     pub admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
@@ -217,8 +221,15 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         state,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    tokio::spawn(reconciler.run());
     let admin_stop = CancellationToken::new();
+    let task = tokio::spawn(reconciler.run());
+    let reconciler = task.abort_handle();
+    let health = watchdog::supervise(
+        task,
+        control.clone(),
+        proxy.shared.config.reload.stall_timeout,
+        admin_stop.clone(),
+    );
     // With `[etcd]`, the table follows the shared store; the first etcd set
     // arrives asynchronously, so readiness waits for it.
     let etcd_writer = match (&proxy.shared.config.etcd, etcd_status) {
@@ -274,6 +285,7 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
                 control: control.clone(),
                 token,
                 etcd: etcd_writer,
+                health: health.clone(),
             });
             if state.token.is_none() {
                 tracing::warn!("no admin token configured: admin API writes are refused");
@@ -287,6 +299,8 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     Ok(Server {
         proxy,
         control,
+        health,
+        reconciler,
         admin_addr,
         admin_stop,
         _watch: watch,
@@ -295,6 +309,13 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
 }
 
 impl Server {
+    /// Test hook: ends the reconciler task, as a panic in it would, so
+    /// that supervision can be seen to act.
+    #[doc(hidden)]
+    pub fn kill_reconciler_for_tests(&self) {
+        self.reconciler.abort();
+    }
+
     /// Graceful stop: see [`ProxyHandle::shutdown`]; the admin API stops last.
     pub async fn shutdown(self, grace: std::time::Duration) -> usize {
         let cut = self.proxy.shutdown(grace).await;
@@ -305,12 +326,21 @@ impl Server {
 
 /// Serves until SIGTERM or SIGINT, re-reading routes on SIGHUP, then drains
 /// for the configured grace. A second SIGINT during the drain exits at once.
+/// A failed reconciler drains the same way, then is an error (the process
+/// exits non-zero, for its supervisor to restart it).
 pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let health = server.health.clone();
+    let mut failed = None;
     loop {
         tokio::select! {
+            why = health.failed() => {
+                tracing::error!(reason = %why, "control plane failed: draining, then exiting");
+                failed = Some(why);
+                break;
+            }
             _ = hup.recv() => {
                 // The reconciler logs the outcome either way.
                 let _ = server.control.reload_file().await;
@@ -330,5 +360,8 @@ pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     }
-    Ok(())
+    match failed {
+        Some(why) => Err(anyhow::anyhow!("control plane failed: {why}")),
+        None => Ok(()),
+    }
 }

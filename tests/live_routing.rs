@@ -438,7 +438,9 @@ async fn redeploy_with_keep_policy_leaves_old_connections() {
     let cfg = config(&format!(
         "routes_file = {path:?}\n[reload]\non_change = \"keep\"\nwatch = false\n"
     ));
-    let routes = mse_proxy::config::routes::load_file(&path).unwrap();
+    let routes =
+        mse_proxy::config::routes::load_file(&path, &mse_proxy::config::ControlLimits::default())
+            .unwrap();
     let server = mse_proxy::server::start(cfg, routes).unwrap();
     let mut on_old = EchoConn::open(server.local_addrs[0], "app.example.test", &ca).await;
     write_routes(&path, &[sp(new.addr.to_string())]);
@@ -475,19 +477,11 @@ async fn two_routes_on_one_host_are_rejected_by_check() {
             ),
         ],
     );
-    let cfg_path = dir.path().join("proxy.toml");
-    std::fs::write(
-        &cfg_path,
+    let (code, err) = run_check(
+        dir.path(),
         "routes_file = \"routes.toml\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
-        .args(["check", "--config"])
-        .arg(&cfg_path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(3));
     assert!(
         err.contains("routes.toml: route[1].hosts: host `same.example.test` of route `b` is already claimed by route `a`"),
         "{err}"

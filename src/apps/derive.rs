@@ -122,8 +122,11 @@ fn public_spec(app: &App, name: &str, backends: &[&str]) -> RouteSpec {
 pub fn routes(app: &App, specs: &[RouteSpec]) -> Result<Vec<Route>, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     let mut out = Vec::with_capacity(specs.len());
+    // A derived route has at most two hosts and one backend: the default
+    // caps never bind, whatever `[limits]` says.
+    let limits = crate::config::ControlLimits::default();
     for s in specs {
-        match routes::validate_one(Path::new(SOURCE), &format!("app `{}`", app.key), s) {
+        match routes::validate_one(Path::new(SOURCE), &format!("app `{}`", app.key), s, &limits) {
             Ok(r) => out.push(r),
             Err(e) => errs.0.extend(e.0),
         }
@@ -166,7 +169,13 @@ mod tests {
                 &["127.0.0.1:1"],
             );
             assert!(
-                routes::validate_one(Path::new("t"), "t", &spec).is_ok(),
+                routes::validate_one(
+                    Path::new("t"),
+                    "t",
+                    &spec,
+                    &crate::config::ControlLimits::default()
+                )
+                .is_ok(),
                 "{n}"
             );
         }

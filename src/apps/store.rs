@@ -4,7 +4,7 @@
 //! a change builds a new [`Apps`] that the reconciler keeps only if the
 //! whole route set it yields applies.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -79,6 +79,9 @@ enum Admission {
 #[derive(Debug, Clone, Default)]
 pub struct Apps {
     entries: BTreeMap<AppKey, Arc<AppEntry>>,
+    /// Which key holds each app id, so admitting one app checks its id in
+    /// one probe rather than a scan (loading n apps from etcd stays linear).
+    ids: HashMap<Uuid, AppKey>,
 }
 
 impl Apps {
@@ -114,6 +117,20 @@ impl Apps {
         certs: &CertStore,
         now: DateTime<Utc>,
     ) -> Result<Apps, ControlError> {
+        let mut next = self.clone();
+        next.admit_into(put, policy, certs, now)?;
+        Ok(next)
+    }
+
+    /// [`Apps::admit`] in place, for building a set app by app without a
+    /// copy per app; on an error the set is unchanged.
+    pub fn admit_into(
+        &mut self,
+        put: AppPut,
+        policy: &AppsConfig,
+        certs: &CertStore,
+        now: DateTime<Utc>,
+    ) -> Result<(), ControlError> {
         self.admit_as(put, policy, certs, now, Admission::New)
     }
 
@@ -130,26 +147,24 @@ impl Apps {
         certs: &CertStore,
         now: DateTime<Utc>,
     ) -> Result<Apps, ControlError> {
-        self.admit_as(put, policy, certs, now, Admission::Restored)
+        let mut next = self.clone();
+        next.admit_as(put, policy, certs, now, Admission::Restored)?;
+        Ok(next)
     }
 
     fn admit_as(
-        &self,
+        &mut self,
         put: AppPut,
         policy: &AppsConfig,
         certs: &CertStore,
         now: DateTime<Utc>,
         how: Admission,
-    ) -> Result<Apps, ControlError> {
+    ) -> Result<(), ControlError> {
         let AppPut { key, record, cname } = put;
-        if let Some(other) = self
-            .entries
-            .values()
-            .find(|e| e.app.record.id == record.id && e.app.key != key)
-        {
+        if let Some(other) = self.ids.get(&record.id).filter(|k| **k != key) {
             return Err(ControlError::Conflict(format!(
-                "app id {} already belongs to app `{}`",
-                record.id, other.app.key
+                "app id {} already belongs to app `{other}`",
+                record.id
             )));
         }
         let ctx = Context {
@@ -202,29 +217,62 @@ impl Apps {
             return Err(invalid(v));
         }
         let entry = AppEntry::build(app, states, policy).map_err(ControlError::Invalid)?;
-        let mut next = self.clone();
-        next.entries.insert(key, Arc::new(entry));
-        Ok(next)
+        self.insert(key, entry);
+        Ok(())
+    }
+
+    /// Registers `entry` under `key`, keeping the id index true.
+    fn insert(&mut self, key: AppKey, entry: AppEntry) {
+        self.ids.insert(entry.app.record.id, key.clone());
+        if let Some(old) = self.entries.insert(key, Arc::new(entry)) {
+            self.forget_id(&old);
+        }
+    }
+
+    /// Removes `key`, returning whether it was registered.
+    pub fn remove(&mut self, key: &AppKey) -> bool {
+        match self.entries.remove(key) {
+            Some(old) => {
+                self.forget_id(&old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops `old`'s id from the index unless another key holds it now.
+    fn forget_id(&mut self, old: &AppEntry) {
+        let id = old.app.record.id;
+        let still = self
+            .entries
+            .get(&old.app.key)
+            .is_some_and(|e| e.app.record.id == id);
+        if !still && self.ids.get(&id) == Some(&old.app.key) {
+            self.ids.remove(&id);
+        }
     }
 
     /// A set of `key` alone (empty if it is not registered).
     pub fn only(&self, key: &AppKey) -> Apps {
-        Apps {
-            entries: self
-                .entries
-                .get_key_value(key)
-                .map(|(k, e)| (k.clone(), Arc::clone(e)))
-                .into_iter()
-                .collect(),
-        }
+        let entries: BTreeMap<_, _> = self
+            .entries
+            .get_key_value(key)
+            .map(|(k, e)| (k.clone(), Arc::clone(e)))
+            .into_iter()
+            .collect();
+        let ids = entries
+            .values()
+            .map(|e| (e.app.record.id, e.app.key.clone()))
+            .collect();
+        Apps { entries, ids }
     }
 
     /// The set without `key`.
     pub fn without(&self, key: &AppKey) -> Result<Apps, ControlError> {
         let mut next = self.clone();
-        match next.entries.remove(key) {
-            Some(_) => Ok(next),
-            None => Err(ControlError::NotFound(format!("no app `{key}`"))),
+        match next.remove(key) {
+            true => Ok(next),
+            false => Err(ControlError::NotFound(format!("no app `{key}`"))),
         }
     }
 
@@ -257,7 +305,7 @@ impl Apps {
         }
         let built = AppEntry::build(entry.app.clone(), states, policy).map(|e| {
             let mut next = self.clone();
-            next.entries.insert(report.key, Arc::new(e));
+            next.insert(report.key, e);
             next
         });
         Some(built)
@@ -280,6 +328,8 @@ impl Apps {
             }
             live
         });
+        let entries = &self.entries;
+        self.ids.retain(|_, k| entries.contains_key(k));
         before - self.entries.len()
     }
 }
@@ -389,6 +439,41 @@ mod tests {
             ControlError::Invalid(errs) => errs.0.into_iter().map(|e| e.field).collect(),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn an_app_id_belongs_to_one_key_until_it_is_redeployed_or_deleted() {
+        let (p, certs, now) = (policy(CnamePolicy::Off), CertStore::default(), Utc::now());
+        let shop = put(1, "shop.apps.example.com", &[]);
+        let mut other = put(1, "other.apps.example.com", &[]);
+        other.key.name = "other".into();
+        let other_again = || {
+            let mut o = put(1, "other.apps.example.com", &[]);
+            o.key.name = "other".into();
+            o
+        };
+        let apps = Apps::default().admit(shop, &p, &certs, now).unwrap();
+        let e = apps.admit(other, &p, &certs, now).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "conflict: app id 00000000-0000-0000-0000-000000000001 already belongs to app `p/shop`"
+        );
+        // Redeployed under a new id, the old one is free.
+        let redeployed = apps
+            .admit(put(2, "shop.apps.example.com", &[]), &p, &certs, now)
+            .unwrap();
+        assert!(redeployed.admit(other_again(), &p, &certs, now).is_ok());
+        // Deleted, likewise.
+        let key = AppKey {
+            project: "p".into(),
+            name: "shop".into(),
+        };
+        let gone = apps.without(&key).unwrap();
+        assert!(gone.admit(other_again(), &p, &certs, now).is_ok());
+        // In place, a refusal leaves the set as it was.
+        let mut same = apps.clone();
+        assert!(same.admit_into(other_again(), &p, &certs, now).is_err());
+        assert_eq!(route_names(&same), route_names(&apps));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod certificates;
 mod error;
 pub mod etcd;
+pub mod limits;
 mod raw;
 pub mod routes;
 pub mod terminate;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 pub use certificates::CertificateFiles;
 pub use error::{ConfigError, ConfigErrors};
+pub use limits::ControlLimits;
 use raw::RawConfig;
 
 /// What the proxy answers a ClientHello whose SNI matches no route.
@@ -75,6 +77,8 @@ pub struct ReloadConfig {
     pub watch: bool,
     pub close_grace: Duration,
     pub on_change: OnChange,
+    /// How long the reconciler may go without answering the watchdog.
+    pub stall_timeout: Duration,
 }
 
 /// Where the admin API's write token comes from.
@@ -128,6 +132,8 @@ pub struct Config {
     /// Passthrough relay through splice(2) (Linux) rather than a buffer copy.
     pub splice: bool,
     pub max_client_hello_bytes: usize,
+    /// Caps on route sets and admin requests (`[limits]`).
+    pub control_limits: ControlLimits,
     pub unknown_sni: UnknownSniAction,
     pub no_sni_route: Option<String>,
     pub dns: DnsConfig,
@@ -294,6 +300,8 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         );
     }
 
+    let control_limits = ControlLimits::validate(path, &raw.limits, &mut errs);
+
     let unknown_sni = match raw.refusal.unknown_sni.as_deref() {
         None | Some("alert") => UnknownSniAction::Alert,
         Some("close") => UnknownSniAction::Close,
@@ -359,6 +367,10 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
     if raw.reload.debounce.is_zero() {
         errs.push(path, "reload.debounce", "must be greater than zero");
     }
+    // The watchdog pings every second: below that, one slow ping fails.
+    if raw.reload.stall_timeout < Duration::from_secs(1) {
+        errs.push(path, "reload.stall_timeout", "must be at least 1s");
+    }
     let on_change = match raw.reload.on_change.as_str() {
         "close" => OnChange::Close,
         "keep" => OnChange::Keep,
@@ -423,6 +435,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         failure_cooldown: raw.health.failure_cooldown,
         splice: raw.relay.splice,
         max_client_hello_bytes: cap,
+        control_limits,
         unknown_sni,
         no_sni_route: raw.refusal.no_sni_route,
         dns: DnsConfig {
@@ -440,6 +453,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             watch: raw.reload.watch,
             close_grace: raw.reload.close_grace,
             on_change,
+            stall_timeout: raw.reload.stall_timeout,
         },
         admin,
         certificates,
@@ -517,6 +531,42 @@ mod tests {
             );
         }
         assert_eq!(errs.0.len(), 6);
+    }
+
+    #[test]
+    fn control_limits_have_defaults_and_refuse_zero() {
+        let c = load("[[listener]]\naddress = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(c.control_limits, ControlLimits::default());
+        assert_eq!(c.control_limits.hosts_per_route, 100);
+        assert_eq!(c.control_limits.backends_per_route, 64);
+        assert_eq!(c.control_limits.routes, 1_000_000);
+        assert_eq!(c.control_limits.admin_body_bytes, 1 << 20);
+        assert_eq!(c.reload.stall_timeout, Duration::from_secs(30));
+        let e =
+            load("[[listener]]\naddress = \"127.0.0.1:1\"\n[reload]\nstall_timeout = \"500ms\"\n")
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            e,
+            "/etc/mse/proxy.toml: reload.stall_timeout: must be at least 1s"
+        );
+        let c =
+            load("[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nmax_hosts_per_route = 3\n")
+                .unwrap();
+        assert_eq!(c.control_limits.hosts_per_route, 3);
+        let errs = load(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nmax_hosts_per_route = 0\n\
+             max_backends_per_route = 0\nmax_routes = 0\nmax_admin_body_bytes = 10\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            errs,
+            "/etc/mse/proxy.toml: limits.max_hosts_per_route: must be at least 1\n\
+             /etc/mse/proxy.toml: limits.max_backends_per_route: must be at least 1\n\
+             /etc/mse/proxy.toml: limits.max_routes: must be at least 1\n\
+             /etc/mse/proxy.toml: limits.max_admin_body_bytes: 10 is below 4096"
+        );
     }
 
     #[test]

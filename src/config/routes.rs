@@ -1,7 +1,7 @@
 //! The routes schema, shared by the routes file (TOML or JSON), the admin API
 //! and any other source: raw [`RouteSpec`]s in, validated [`Route`]s out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::terminate::{self, UpstreamSpec};
-use super::{ConfigError, ConfigErrors};
+use super::{ConfigError, ConfigErrors, ControlLimits};
 use crate::routing::route::{AppMeta, Backend, BackendHost, HostPattern, Mode, Route};
 
 /// One app's route as written by an operator or a platform.
@@ -79,6 +79,10 @@ fn default_mode() -> String {
     "passthrough".into()
 }
 
+/// Largest routes file read: a million routes of a few hosts each fit
+/// many times over; past it the file is a mistake.
+pub const MAX_ROUTES_FILE: u64 = 1 << 30;
+
 /// The routes file: `[[route]]` tables in TOML, or `{"route": [...]}` in JSON.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,12 +92,16 @@ pub struct RoutesFile {
 }
 
 /// Reads a routes file (JSON when it ends in `.json`, TOML otherwise) and
-/// validates every route in it; nothing is returned unless all are valid.
-pub fn load_file(path: &Path) -> Result<Vec<Route>, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+/// validates every route in it under `limits`; nothing is returned unless
+/// all are valid. Only a regular file is read (a FIFO would hold the
+/// reconciler until a writer came; `/dev/zero` would never end).
+pub fn load_file(path: &Path, limits: &ControlLimits) -> Result<Vec<Route>, ConfigErrors> {
+    let bytes = crate::tls::pem_file::read_at_most(path, MAX_ROUTES_FILE)
+        .map_err(|why| ConfigError::new(path, "", why))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| ConfigError::new(path, "", format!("not UTF-8 text: {e}")))?;
     let specs = parse_file(path, &text)?;
-    validate_all(path, &specs, "route")
+    validate_all(path, &specs, "route", limits)
 }
 
 /// Parses routes file text without validating it.
@@ -113,20 +121,24 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<RouteSpec>, ConfigError
 }
 
 /// Validates a whole route set: each route alone, then across routes (names
-/// unique, no host claimed twice). `list` names the array in error fields
-/// (`route` for the file).
+/// unique, no host claimed twice), in time linear in the hosts. `list`
+/// names the array in error fields (`route` for the file).
 pub fn validate_all(
     file: &Path,
     specs: &[RouteSpec],
     list: &str,
+    limits: &ControlLimits,
 ) -> Result<Vec<Route>, ConfigErrors> {
     let mut errs = ConfigErrors::default();
+    // Over the cap, nothing else is looked at: the work stays bounded.
+    ControlLimits::check(specs.len(), limits.routes, "routes", "max_routes")
+        .map_err(|why| ConfigError::new(file, list, why))?;
     let mut routes = Vec::with_capacity(specs.len());
     // Position in `specs` of each valid route, so conflict errors name the
     // right entry even when earlier ones were invalid.
     let mut at = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
-        match validate_one(file, &format!("{list}[{i}]"), spec) {
+        match validate_one(file, &format!("{list}[{i}]"), spec, limits) {
             Ok(r) => {
                 routes.push(r);
                 at.push(i);
@@ -185,9 +197,35 @@ pub fn check_conflicts(
     }
 }
 
-/// Validates one route; `at` is its position for error fields.
-pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, ConfigErrors> {
+/// Validates one route under `limits`; `at` is its position for error
+/// fields. A list over its cap is refused before any entry of it is parsed.
+pub fn validate_one(
+    file: &Path,
+    at: &str,
+    spec: &RouteSpec,
+    limits: &ControlLimits,
+) -> Result<Route, ConfigErrors> {
     let mut errs = ConfigErrors::default();
+    let hosts_cap = ControlLimits::check(
+        spec.hosts.len(),
+        limits.hosts_per_route,
+        "hosts",
+        "max_hosts_per_route",
+    );
+    let backends_cap = ControlLimits::check(
+        spec.backends.len(),
+        limits.backends_per_route,
+        "backends",
+        "max_backends_per_route",
+    );
+    if hosts_cap.is_err() || backends_cap.is_err() {
+        for (field, r) in [("hosts", hosts_cap), ("backends", backends_cap)] {
+            if let Err(why) = r {
+                errs.push(file, format!("{at}.{field}"), why);
+            }
+        }
+        return Err(errs);
+    }
     if !valid_route_name(&spec.name) {
         errs.push(
             file,
@@ -203,9 +241,10 @@ pub fn validate_one(file: &Path, at: &str, spec: &RouteSpec) -> Result<Route, Co
         errs.push(file, format!("{at}.hosts"), "at least one host is required");
     }
     let mut hosts = Vec::with_capacity(spec.hosts.len());
+    let mut seen = HashSet::with_capacity(spec.hosts.len());
     for (i, h) in spec.hosts.iter().enumerate() {
         match parse_host_pattern(h) {
-            Ok(p) if hosts.contains(&p) => errs.push(
+            Ok(p) if !seen.insert(p.clone()) => errs.push(
                 file,
                 format!("{at}.hosts[{i}]"),
                 format!("`{h}` listed twice"),
@@ -435,11 +474,75 @@ mod tests {
             spec("a", &["x.example.com"], &["127.0.0.1:1"]),
             spec("b", &["X.example.com."], &["127.0.0.1:2"]),
         ];
-        let errs = validate_all(Path::new("routes.toml"), &specs, "route").unwrap_err();
+        let errs = validate_all(
+            Path::new("routes.toml"),
+            &specs,
+            "route",
+            &ControlLimits::default(),
+        )
+        .unwrap_err();
         assert_eq!(errs.0.len(), 1);
         assert_eq!(
             errs.to_string(),
             "routes.toml: route[1].hosts: host `x.example.com` of route `b` is already claimed by route `a`"
+        );
+    }
+
+    #[test]
+    fn lists_over_their_caps_are_refused_by_field_naming_the_key() {
+        let limits = ControlLimits {
+            hosts_per_route: 2,
+            backends_per_route: 1,
+            routes: 2,
+            ..ControlLimits::default()
+        };
+        let ok = spec("a", &["a.example.com", "b.example.com"], &["127.0.0.1:1"]);
+        assert!(validate_all(
+            Path::new("r.toml"),
+            std::slice::from_ref(&ok),
+            "route",
+            &limits
+        )
+        .is_ok());
+        let wide = spec(
+            "w",
+            &["a.example.com", "b.example.com", "c.example.com"],
+            &["127.0.0.1:1", "127.0.0.1:2"],
+        );
+        let errs = validate_all(Path::new("r.toml"), &[ok.clone(), wide], "route", &limits)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            errs,
+            "r.toml: route[1].hosts: 3 hosts, at most 2 (limits.max_hosts_per_route)\n\
+             r.toml: route[1].backends: 2 backends, at most 1 (limits.max_backends_per_route)"
+        );
+        let three = [ok.clone(), ok.clone(), ok];
+        let errs = validate_all(Path::new("r.toml"), &three, "route", &limits)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            errs,
+            "r.toml: route: 3 routes, at most 2 (limits.max_routes)"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_among_many_hosts_is_found_and_named() {
+        let limits = ControlLimits {
+            hosts_per_route: 50_000,
+            ..ControlLimits::default()
+        };
+        let mut hosts: Vec<String> = (0..50_000).map(|i| format!("h{i}.example.com")).collect();
+        hosts[49_999] = "H7.Example.com.".into();
+        let mut s = spec("a", &[], &["127.0.0.1:1"]);
+        s.hosts = hosts;
+        let errs = validate_all(Path::new("r.toml"), &[s], "route", &limits)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            errs,
+            "r.toml: route[0].hosts[49999]: `H7.Example.com.` listed twice"
         );
     }
 
@@ -449,7 +552,13 @@ mod tests {
             spec("a", &["x.example.com"], &["127.0.0.1:1"]),
             spec("a", &["y.example.com"], &["127.0.0.1:2"]),
         ];
-        let errs = validate_all(Path::new("r.toml"), &specs, "route").unwrap_err();
+        let errs = validate_all(
+            Path::new("r.toml"),
+            &specs,
+            "route",
+            &ControlLimits::default(),
+        )
+        .unwrap_err();
         assert!(errs.to_string().contains("route[1].name"), "{errs}");
     }
 
@@ -458,7 +567,13 @@ mod tests {
         let mut s = spec("bad name!", &[], &["nope"]);
         s.mode = "teleport".into();
         s.expires_at = Some("tomorrow".into());
-        let errs = validate_all(Path::new("r.toml"), &[s], "route").unwrap_err();
+        let errs = validate_all(
+            Path::new("r.toml"),
+            &[s],
+            "route",
+            &ControlLimits::default(),
+        )
+        .unwrap_err();
         let text = errs.to_string();
         for f in [
             "route[0].name",
@@ -488,7 +603,13 @@ name = "shop"
 hardware = "4g-eu-001"
 "#;
         let specs = parse_file(Path::new("routes.toml"), text).unwrap();
-        let routes = validate_all(Path::new("routes.toml"), &specs, "route").unwrap();
+        let routes = validate_all(
+            Path::new("routes.toml"),
+            &specs,
+            "route",
+            &ControlLimits::default(),
+        )
+        .unwrap();
         assert_eq!(routes[0].backends.len(), 2);
         assert_eq!(routes[0].mode, Mode::Passthrough);
         assert_eq!(

@@ -86,6 +86,7 @@ fn validate_alpn(
     };
     let before = errs.0.len();
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(list.len());
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
     for (i, p) in list.iter().enumerate() {
         if p.is_empty() || p.len() > 255 {
             errs.push(
@@ -93,7 +94,7 @@ fn validate_alpn(
                 format!("{at}.alpn[{i}]"),
                 "an ALPN protocol name is 1-255 bytes",
             );
-        } else if out.iter().any(|o| o == p.as_bytes()) {
+        } else if !seen.insert(p.as_str()) {
             errs.push(
                 file,
                 format!("{at}.alpn[{i}]"),
@@ -221,7 +222,13 @@ mod tests {
             "[[route]]\nname = \"t\"\nhosts = [\"t.example.test\"]\nbackends = [\"127.0.0.1:1\"]\n{toml_route}"
         );
         let specs = parse_file(file, &text)?;
-        validate_all(file, &specs, "route").map(|mut v| v.remove(0))
+        validate_all(
+            file,
+            &specs,
+            "route",
+            &crate::config::ControlLimits::default(),
+        )
+        .map(|mut v| v.remove(0))
     }
 
     fn err(toml_route: &str) -> String {

@@ -23,13 +23,15 @@ use arc_swap::ArcSwap;
 
 mod certificates;
 mod state;
+mod waiting;
+pub mod watchdog;
 
 use super::reload::{self, Applied, ApplyOptions};
 use super::route::Route;
 use super::table::{Snapshot, Source};
 use crate::apps::{AppKey, AppPut, Apps, CnameReport};
 use crate::config::routes::{self, check_conflicts, RouteSpec};
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::{ConfigError, ConfigErrors, ControlLimits};
 use crate::proxy::Shared;
 use crate::routing::route::HostPattern;
 use crate::routing::sources::etcd::follow::Origin;
@@ -58,6 +60,14 @@ pub enum ControlError {
 
 type Reply = oneshot::Sender<Result<Applied, ControlError>>;
 
+/// A route spec as validated off the reconciler task.
+type Validated = Result<Box<Route>, ConfigErrors>;
+
+/// Longest wait for a route's files (its `ca_file`) to be read. Only
+/// regular files of bounded size are read, so only a stuck file system
+/// gets here; the thread may stay blocked, but no change waits on it.
+const READ_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The etcd route set, as read at one revision.
 struct EtcdSet {
     routes: BTreeMap<String, Route>,
@@ -85,7 +95,9 @@ enum Command {
     /// The file is being written in place: re-read once it is closed, or
     /// after a longer wait if the writer keeps it open.
     FileWriting,
-    Put(Box<RouteSpec>, Reply),
+    /// An API route, validated (or refused) before it was sent: its files
+    /// (a `ca_file`) are read on a blocking thread, never in this task.
+    Put(Validated, Reply),
     Delete(String, Reply),
     /// Register an app deployment, replacing the one under its key.
     PutApp(Box<AppPut>, Reply),
@@ -95,12 +107,16 @@ enum Command {
     /// The whole etcd route set, after a change or a full read.
     Etcd(Box<EtcdSet>, Reply),
     /// Would this route apply here? (An etcd write checks before it writes.)
-    CheckPut(Box<RouteSpec>, oneshot::Sender<Result<Route, ControlError>>),
+    CheckPut(Validated, oneshot::Sender<Result<Route, ControlError>>),
     /// Would this app be admitted here?
     CheckApp(Box<AppPut>, oneshot::Sender<Result<Admitted, ControlError>>),
     /// Certificates whose files changed on disk, read again: swap in those
     /// that loaded (answer: whether they were taken), refuse the others.
     Certificates(Vec<PairUpdate>, oneshot::Sender<bool>),
+    /// The watchdog's liveness check: answered at once.
+    Ping(oneshot::Sender<()>),
+    /// Tests only: stop answering for this long, as a stuck read would.
+    Stall(std::time::Duration),
 }
 
 /// Counters the reconciler keeps, for `/routes`, tests and metrics.
@@ -117,6 +133,8 @@ pub struct ReconcilerStats {
 #[derive(Clone, Debug)]
 pub struct Control {
     tx: mpsc::Sender<Command>,
+    /// What API routes are validated under (`[limits]`).
+    limits: crate::config::ControlLimits,
     pub stats: Arc<ReconcilerStats>,
     /// The registered apps, published after every change that applied.
     apps: Arc<ArcSwap<Apps>>,
@@ -137,7 +155,28 @@ impl Control {
     }
 
     pub async fn put(&self, spec: RouteSpec) -> Result<Applied, ControlError> {
-        self.ask(|r| Command::Put(Box::new(spec), r)).await
+        let route = self.validate(spec).await;
+        self.ask(|r| Command::Put(route, r)).await
+    }
+
+    /// Validates an API route spec on a blocking thread (it may read its
+    /// `ca_file`), within [`READ_BOUND`].
+    async fn validate(&self, spec: RouteSpec) -> Validated {
+        let limits = self.limits;
+        let at = format!("route `{}`", spec.name);
+        let field = at.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            routes::validate_one(Path::new(API), &at, &spec, &limits).map(Box::new)
+        });
+        let refused = |why: String| Err(ConfigError::new(Path::new(API), field, why).into());
+        match tokio::time::timeout(READ_BOUND, read).await {
+            Ok(Ok(validated)) => validated,
+            Ok(Err(e)) => refused(format!("validation failed: {e}")),
+            Err(_) => refused(format!(
+                "its files took over {}s to read; refused",
+                READ_BOUND.as_secs()
+            )),
+        }
     }
 
     pub async fn delete(&self, name: String) -> Result<Applied, ControlError> {
@@ -172,9 +211,10 @@ impl Control {
     /// Checks that `spec` would apply here, as `put` would, without
     /// applying it; returns the validated route.
     pub async fn check_put(&self, spec: RouteSpec) -> Result<Route, ControlError> {
+        let route = self.validate(spec).await;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::CheckPut(Box::new(spec), reply))
+            .send(Command::CheckPut(route, reply))
             .await
             .map_err(|_| ControlError::Stopped)?;
         rx.await.map_err(|_| ControlError::Stopped)?
@@ -214,6 +254,24 @@ impl Control {
             .await
             .map_err(|_| ControlError::Stopped)?;
         rx.await.map_err(|_| ControlError::Stopped)
+    }
+
+    /// Answers once the reconciler has taken the command: it is alive and
+    /// not stuck on anything.
+    pub async fn ping(&self) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Ping(reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+
+    /// Test hook: makes the reconciler stop answering for `d`, as a
+    /// blocked read inside it would, so the watchdog can be seen to act.
+    #[doc(hidden)]
+    pub async fn stall_for_tests(&self, d: std::time::Duration) {
+        let _ = self.tx.send(Command::Stall(d)).await;
     }
 
     /// From the file watcher (any thread): never blocks; if the queue is
@@ -256,6 +314,8 @@ pub struct Reconciler {
     reread_at: Option<Instant>,
     stats: Arc<ReconcilerStats>,
     rx: mpsc::Receiver<Command>,
+    /// Commands received while waiting for a file read (`waiting.rs`).
+    deferred: std::collections::VecDeque<Command>,
 }
 
 impl Reconciler {
@@ -274,6 +334,7 @@ impl Reconciler {
         let stats = Arc::new(ReconcilerStats::default());
         let apps_view = Arc::new(ArcSwap::from_pointee(Apps::default()));
         let (state, stored) = state.unzip();
+        let limits = shared.config.control_limits;
         let mut r = Reconciler {
             shared,
             file_routes,
@@ -286,6 +347,7 @@ impl Reconciler {
             reread_at: None,
             stats: Arc::clone(&stats),
             rx,
+            deferred: Default::default(),
         };
         if let Some(stored) = stored {
             r.forget_at_start = r.restore(stored);
@@ -307,6 +369,7 @@ impl Reconciler {
             r,
             Control {
                 tx,
+                limits,
                 stats,
                 apps: apps_view,
             },
@@ -318,18 +381,12 @@ impl Reconciler {
         let forget = std::mem::take(&mut self.forget_at_start);
         self.forget_in_state(forget).await;
         loop {
-            // Apps count too: one without a route (stopped) is still
-            // forgotten at its expiry.
-            let next = reload::next_expiry(&self.shared.router.load());
-            let expiry = next
-                .into_iter()
-                .chain(self.apps.next_expiry())
-                .min()
-                .map(|t| {
-                    // +1 ms: wake just after the instant, never just before it.
-                    let left = (t - Utc::now()).to_std().unwrap_or_default();
-                    Instant::now() + left + std::time::Duration::from_millis(1)
-                });
+            // Commands that came while a file was read go first, in order.
+            if let Some(cmd) = self.deferred.pop_front() {
+                self.handle(cmd).await;
+                continue;
+            }
+            let expiry = self.next_expiry_wake();
             let reread = self.reread_at;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -367,8 +424,8 @@ impl Reconciler {
             Command::FileTouched => {
                 self.reread_at = Some(Instant::now() + self.shared.config.reload.debounce);
             }
-            Command::Put(spec, reply) => {
-                let _ = reply.send(self.put(*spec).await);
+            Command::Put(route, reply) => {
+                let _ = reply.send(self.put(route).await);
             }
             Command::Delete(name, reply) => {
                 let _ = reply.send(self.delete(&name).await);
@@ -395,8 +452,8 @@ impl Reconciler {
                 }
                 let _ = reply.send(r);
             }
-            Command::CheckPut(spec, reply) => {
-                let _ = reply.send(self.check_put(*spec).map(|(r, _)| r));
+            Command::CheckPut(route, reply) => {
+                let _ = reply.send(self.check_put(route).map(|(r, _)| r));
             }
             Command::CheckApp(put, reply) => {
                 let _ = reply.send(self.check_app(*put));
@@ -404,6 +461,10 @@ impl Reconciler {
             Command::Certificates(updates, reply) => {
                 let _ = reply.send(self.certificates_read(updates));
             }
+            Command::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            Command::Stall(d) => tokio::time::sleep(d).await,
         }
     }
 
@@ -418,7 +479,11 @@ impl Reconciler {
         };
         let debounce = self.shared.config.reload.debounce;
         let at = path.clone();
-        let stamp = tokio::task::spawn_blocking(move || super::sources::file::stamp(&at))
+        let stamp = self
+            .off_task(
+                tokio::task::spawn_blocking(move || super::sources::file::stamp(&at)),
+                waiting::FILE_READ_BOUND,
+            )
             .await
             .unwrap_or_default();
         match stamp {
@@ -456,19 +521,19 @@ impl Reconciler {
             ));
         };
         // Certificates are re-read with the routes and swap with them. The
-        // reads block, so they run on a blocking thread (the reconciler
-        // waits, as it would have for reads done in place).
+        // reads block, so they run on a blocking thread; meanwhile the
+        // reconciler answers pings and expires routes (`waiting.rs`).
         let shared = Arc::clone(&self.shared);
         let at = path.clone();
-        let read = tokio::task::spawn_blocking(move || {
+        let work = tokio::task::spawn_blocking(move || {
             let cfg = &shared.config;
-            let read = routes::load_file(&at).and_then(|file_routes| {
+            let read = routes::load_file(&at, &cfg.control_limits).and_then(|file_routes| {
                 let certs = CertStore::load(&cfg.source, &cfg.certificates)?;
                 Ok((file_routes, Arc::new(certs)))
             });
             (read, super::sources::file::stamp(&at))
-        })
-        .await;
+        });
+        let read = self.off_task(work, waiting::FILE_READ_BOUND).await;
         let result = read
             .map_err(|e| {
                 ControlError::Invalid(
@@ -517,8 +582,8 @@ impl Reconciler {
             .inc();
     }
 
-    async fn put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
-        let r = self.try_put(spec).await;
+    async fn put(&mut self, route: Validated) -> Result<Applied, ControlError> {
+        let r = self.try_put(route).await;
         if r.is_err() {
             self.refused("api");
         }
@@ -533,8 +598,8 @@ impl Reconciler {
         r
     }
 
-    async fn try_put(&mut self, spec: RouteSpec) -> Result<Applied, ControlError> {
-        let (route, merged) = self.check_put(spec)?;
+    async fn try_put(&mut self, route: Validated) -> Result<Applied, ControlError> {
+        let (route, merged) = self.check_put(route)?;
         if self.etcd.is_some() {
             return Err(etcd_owns(&route.name));
         }
@@ -550,12 +615,11 @@ impl Reconciler {
         Ok(applied)
     }
 
-    /// Validates `spec` and merges it with the live sources; returns the
+    /// Merges a validated API route with the live sources; returns the
     /// route and the merged set, checked for certificates too.
-    fn check_put(&self, spec: RouteSpec) -> Result<(Route, Vec<(Route, Source)>), ControlError> {
+    fn check_put(&self, route: Validated) -> Result<(Route, Vec<(Route, Source)>), ControlError> {
         let file = Path::new(API);
-        let route = routes::validate_one(file, &format!("route `{}`", spec.name), &spec)
-            .map_err(ControlError::Invalid)?;
+        let route = *route.map_err(ControlError::Invalid)?;
         if route.expired_at(Utc::now()) {
             return Err(ControlError::Invalid(
                 ConfigError::new(
@@ -673,6 +737,12 @@ impl Reconciler {
             .filter(|(r, _)| !r.expired_at(now))
             .map(|(r, _)| r.clone())
             .collect();
+        let cap = self.shared.config.control_limits.routes;
+        if let Err(why) = ControlLimits::check(live.len(), cap, "live routes", "max_routes") {
+            return Err(ControlError::Invalid(
+                ConfigError::new(Path::new(API), "routes", why).into(),
+            ));
+        }
         let mut errs = ConfigErrors::default();
         check_conflicts(
             Path::new(API),
@@ -988,18 +1058,25 @@ impl Reconciler {
         };
         let mut left_out = Vec::new();
         let mut apps = Apps::default();
+        // Admitted in place, one probe each: a copy of the set per app
+        // would make loading n apps quadratic.
         for put in puts {
             let key = put.key.clone();
-            let next = match apps.admit(put, &self.shared.config.apps, &certs, now) {
-                Ok(n) => n,
-                Err(e) => {
-                    left_out.push(format!("app `{key}`: {e}"));
-                    continue;
-                }
+            if apps.get(&key).is_some() {
+                // Two etcd keys holding one (project, name): the first wins.
+                left_out.push(format!("app `{key}`: listed twice in etcd"));
+                continue;
+            }
+            if let Err(e) = apps.admit_into(put, &self.shared.config.apps, &certs, now) {
+                left_out.push(format!("app `{key}`: {e}"));
+                continue;
+            }
+            let Some(entry) = apps.get(&key).cloned() else {
+                continue;
             };
-            let entry = next.get(&key).expect("just admitted");
             if let Some(why) = entry.routes.iter().find_map(|r| taken(r, &claimed, &names)) {
                 left_out.push(format!("app `{key}`: {why}"));
+                apps.remove(&key);
                 continue;
             }
             for r in &entry.routes {
@@ -1008,7 +1085,6 @@ impl Reconciler {
                     claimed.insert(h.clone(), r.name.clone());
                 }
             }
-            apps = next;
         }
         let mut kept = BTreeMap::new();
         for (name, r) in routes {

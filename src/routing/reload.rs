@@ -72,16 +72,13 @@ pub fn apply(
                 applied.unchanged += 1;
                 entries.push(Arc::clone(e));
             }
-            Some(e) if e.route == r => {
-                // Same definition, moved between sources: hand the
-                // connections over untouched.
+            Some(e) if e.route.acts_like(&r) => {
+                // Does the same, but written differently (host case, order,
+                // a trailing dot, metadata, grace) or moved between
+                // sources: the new definition takes the connections over
+                // untouched.
                 applied.unchanged += 1;
-                entries.push(RouteEntry::with_inherited(
-                    r,
-                    source,
-                    router.closers(),
-                    e.all_closers(),
-                ));
+                entries.push(RouteEntry::successor(r, source, router.closers(), e));
             }
             Some(e) => {
                 applied.changed += 1;
@@ -91,12 +88,7 @@ pub fn apply(
                         changed_old.push(Arc::clone(e));
                     }
                     OnChange::Keep => {
-                        entries.push(RouteEntry::with_inherited(
-                            r,
-                            source,
-                            router.closers(),
-                            e.all_closers(),
-                        ));
+                        entries.push(RouteEntry::successor(r, source, router.closers(), e));
                     }
                 }
             }
@@ -171,6 +163,7 @@ pub fn next_expiry(snapshot: &Snapshot) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use crate::config::routes::{validate_all, RouteSpec};
+    use crate::config::ControlLimits;
     use std::path::Path;
 
     fn routes(list: &[(&str, &str, &str)]) -> Vec<(Route, Source)> {
@@ -178,7 +171,7 @@ mod tests {
             .iter()
             .map(|(name, host, backend)| RouteSpec::passthrough(name, &[host], &[backend]))
             .collect();
-        validate_all(Path::new("t"), &specs, "route")
+        validate_all(Path::new("t"), &specs, "route", &ControlLimits::default())
             .unwrap()
             .into_iter()
             .map(|r| (r, Source::File))

@@ -112,8 +112,74 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether `other` does what this route does: the same name, hosts
+    /// (already normalised; in any order), mode, terminate settings,
+    /// backends (in order: they are tried in order), expiry and PROXY
+    /// header. The spec as written, app metadata and the close grace are
+    /// left out: an edit of only those is cosmetic, and a reload keeps the
+    /// route's connections through it.
+    pub fn acts_like(&self, other: &Route) -> bool {
+        self.name == other.name
+            && self.mode == other.mode
+            && self.terminate == other.terminate
+            && self.backends == other.backends
+            && self.expires_at == other.expires_at
+            && self.proxy_protocol == other.proxy_protocol
+            && same_hosts(&self.hosts, &other.hosts)
+    }
+
     /// Whether the route has expired at `now`.
     pub fn expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|t| now >= t)
+    }
+}
+
+/// The same host patterns in any order. Validation refuses a host listed
+/// twice, so equal lengths and one inside the other means equal sets.
+fn same_hosts(a: &[HostPattern], b: &[HostPattern]) -> bool {
+    a.len() == b.len() && {
+        let set: std::collections::HashSet<&HostPattern> = a.iter().collect();
+        b.iter().all(|h| set.contains(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::routes::{validate_one, RouteSpec};
+    use crate::config::ControlLimits;
+    use std::path::Path;
+
+    fn route(spec: &RouteSpec) -> super::Route {
+        validate_one(Path::new("t"), "t", spec, &ControlLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn only_what_a_route_does_makes_it_act_differently() {
+        let base =
+            RouteSpec::passthrough("a", &["a.test", "b.test"], &["127.0.0.1:1", "127.0.0.1:2"]);
+        let a = route(&base);
+        let mut cosmetic =
+            RouteSpec::passthrough("a", &["B.TEST.", "a.Test"], &["127.0.0.1:1", "127.0.0.1:2"]);
+        cosmetic.close_grace = Some("5s".into());
+        cosmetic.app = Some(Default::default());
+        assert!(a.acts_like(&route(&cosmetic)));
+        assert_ne!(a, route(&cosmetic), "still a different definition to show");
+
+        let both = ["127.0.0.1:1", "127.0.0.1:2"];
+        let mut real = vec![
+            RouteSpec::passthrough("a", &["a.test"], &both),
+            RouteSpec::passthrough("a", &["a.test", "c.test"], &both),
+            RouteSpec::passthrough("a", &["a.test", "b.test"], &["127.0.0.1:2", "127.0.0.1:1"]),
+            RouteSpec::passthrough("b", &["a.test", "b.test"], &both),
+        ];
+        let mut expiring = base.clone();
+        expiring.expires_at = Some("2030-01-01T00:00:00Z".into());
+        real.push(expiring);
+        let mut proxied = base.clone();
+        proxied.proxy_protocol = Some("v2".into());
+        real.push(proxied);
+        for s in &real {
+            assert!(!a.acts_like(&route(s)), "{s:?} is a real change");
+        }
     }
 }

@@ -44,7 +44,8 @@ pub struct RouteEntry {
     /// kept across a change (`reload.on_change = "keep"`, or a move between
     /// sources): they close with this one.
     inherited: Vec<CancellationToken>,
-    open: AtomicUsize,
+    /// Open connections, shared with the entries this one succeeds.
+    open: Arc<AtomicUsize>,
     /// Metric handles, resolved on the route's first connection.
     metrics: OnceLock<RouteMetrics>,
 }
@@ -53,21 +54,31 @@ impl RouteEntry {
     /// `parent`: the router's [`Router::closers`]; the entry's closer is its
     /// child, so cancelling the root closes every route's connections.
     pub fn new(route: Route, source: Source, parent: &CancellationToken) -> Arc<Self> {
-        Self::with_inherited(route, source, parent, Vec::new())
+        Arc::new(Self {
+            route,
+            source,
+            closer: parent.child_token(),
+            inherited: Vec::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+            metrics: OnceLock::new(),
+        })
     }
 
-    pub fn with_inherited(
+    /// An entry that takes over `old`'s connections: closing it closes
+    /// them too, and they count among its open connections (so a grace
+    /// given at its removal is not skipped as if it had none).
+    pub fn successor(
         route: Route,
         source: Source,
         parent: &CancellationToken,
-        inherited: Vec<CancellationToken>,
+        old: &RouteEntry,
     ) -> Arc<Self> {
         Arc::new(Self {
             route,
             source,
             closer: parent.child_token(),
-            inherited,
-            open: AtomicUsize::new(0),
+            inherited: old.all_closers(),
+            open: Arc::clone(&old.open),
             metrics: OnceLock::new(),
         })
     }
@@ -285,7 +296,13 @@ mod tests {
             .iter()
             .map(|(name, hosts)| RouteSpec::passthrough(name, hosts, &["127.0.0.1:1"]))
             .collect();
-        let routes = validate_all(Path::new("t"), &specs, "route").unwrap();
+        let routes = validate_all(
+            Path::new("t"),
+            &specs,
+            "route",
+            &crate::config::ControlLimits::default(),
+        )
+        .unwrap();
         Snapshot::build(
             routes
                 .into_iter()
@@ -375,7 +392,13 @@ mod properties {
             .iter()
             .map(|(name, h)| RouteSpec::passthrough(name, &[h.as_str()], &["127.0.0.1:1"]))
             .collect();
-        let routes = validate_all(Path::new("p"), &specs, "route").unwrap();
+        let routes = validate_all(
+            Path::new("p"),
+            &specs,
+            "route",
+            &crate::config::ControlLimits::default(),
+        )
+        .unwrap();
         Snapshot::build(
             routes
                 .into_iter()

@@ -315,9 +315,10 @@ pub fn served_names(cert: &CertificateDer<'_>) -> Result<Vec<HostPattern>, Strin
     let ee = webpki::EndEntityCert::try_from(cert)
         .map_err(|e| format!("the first certificate does not parse: {e}"))?;
     let mut names = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for n in ee.valid_dns_names() {
         if let Ok(p) = parse_host_pattern(n) {
-            if !names.contains(&p) {
+            if seen.insert(p.clone()) {
                 names.push(p);
             }
         }

@@ -1,6 +1,7 @@
 //! Reading a certificate or key file the config names, as a renewal may have
 //! left it: only a regular file (symlinks followed), and at most
-//! [`MAX_PEM_FILE`] bytes. A FIFO would hold the reading thread until some
+//! [`MAX_PEM_FILE`] bytes (the routes file goes through the same read, with
+//! its own cap). A FIFO would hold the reading thread until some
 //! writer came, and a device such as `/dev/zero` never ends; both are
 //! refused, as is a file too large, with an error naming the file.
 
@@ -13,27 +14,30 @@ pub const MAX_PEM_FILE: u64 = 1024 * 1024;
 
 /// The file's bytes, or why not: one sentence naming the file.
 pub fn read(path: &Path) -> Result<Vec<u8>, String> {
-    let shown = path.display();
-    let file = open(path).map_err(|e| format!("`{shown}`: cannot read: {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("`{shown}`: cannot read: {e}"))?;
+    read_at_most(path, MAX_PEM_FILE).map_err(|why| format!("`{}`: {why}", path.display()))
+}
+
+/// The bytes of a regular file of at most `cap` bytes, or why not (the
+/// reason alone: the caller names the file).
+pub fn read_at_most(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    let file = open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {
         return Err(format!(
-            "`{shown}`: not a regular file ({}); refusing to read it",
+            "not a regular file ({}); refusing to read it",
             kind(&meta)
         ));
     }
-    let too_large = || format!("`{shown}`: larger than {MAX_PEM_FILE} bytes; refusing to read it");
-    if meta.len() > MAX_PEM_FILE {
+    let too_large = || format!("larger than {cap} bytes; refusing to read it");
+    if meta.len() > cap {
         return Err(too_large());
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_PEM_FILE + 1)
+    file.take(cap + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("`{shown}`: cannot read: {e}"))?;
+        .map_err(|e| format!("cannot read: {e}"))?;
     // It may have grown since its size was taken.
-    if bytes.len() as u64 > MAX_PEM_FILE {
+    if bytes.len() as u64 > cap {
         return Err(too_large());
     }
     Ok(bytes)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mse_proxy::config::routes::{validate_all, RouteSpec};
-use mse_proxy::config::Config;
+use mse_proxy::config::{Config, ControlLimits};
 use mse_proxy::proxy::ProxyHandle;
 use mse_proxy::routing::Route;
 pub use mse_proxy::standin::{Ca, Enclave};
@@ -47,7 +47,13 @@ pub fn spec(name: &str, hosts: &[&str], backends: &[String]) -> RouteSpec {
 }
 
 pub fn routes(specs: &[RouteSpec]) -> Vec<Route> {
-    validate_all(Path::new("test-routes"), specs, "route").expect("valid test routes")
+    validate_all(
+        Path::new("test-routes"),
+        specs,
+        "route",
+        &ControlLimits::default(),
+    )
+    .expect("valid test routes")
 }
 
 /// A config listening on an ephemeral loopback port; `extra` is more TOML
@@ -167,6 +173,23 @@ pub async fn eventually(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 pub type Shared = Arc<mse_proxy::proxy::Shared>;
 
+/// Runs `mse-proxy check` on a config file written into `dir` from
+/// `text` (its `routes_file` relative to `dir`); returns the exit code and
+/// stderr.
+pub fn run_check(dir: &Path, text: &str) -> (Option<i32>, String) {
+    let cfg_path = dir.join("proxy.toml");
+    std::fs::write(&cfg_path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+        .args(["check", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Writes a routes file atomically (write a sibling, rename over), as deploy
 /// tools do.
 pub fn write_routes(path: &Path, specs: &[RouteSpec]) {
@@ -210,7 +233,8 @@ impl Live {
             routes_path, token_path
         ));
         init_logs();
-        let routes = mse_proxy::config::routes::load_file(&routes_path).unwrap();
+        let routes =
+            mse_proxy::config::routes::load_file(&routes_path, &cfg.control_limits).unwrap();
         let server = mse_proxy::server::start(cfg, routes).expect("proxy starts");
         Live {
             dir,

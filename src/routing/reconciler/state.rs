@@ -93,7 +93,9 @@ impl Reconciler {
         let mut api = BTreeMap::new();
         for spec in stored.routes {
             let name = spec.name.clone();
-            match routes::validate_one(Path::new(STATE), &format!("route `{name}`"), &spec) {
+            let limits = &self.shared.config.control_limits;
+            match routes::validate_one(Path::new(STATE), &format!("route `{name}`"), &spec, limits)
+            {
                 Ok(r) if r.expired_at(now) => forget.push(Change::DeleteRoute(name)),
                 Ok(r) => {
                     api.insert(name, r);

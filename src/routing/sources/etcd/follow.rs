@@ -30,6 +30,7 @@ use crate::apps::AppPut;
 use crate::config::etcd::EtcdConfig;
 use crate::config::routes::{self, RouteSpec};
 use crate::config::ConfigError;
+use crate::config::ControlLimits;
 use crate::proxy::Shared;
 use crate::routing::reconciler::Control;
 use crate::routing::route::Route;
@@ -77,11 +78,11 @@ fn kind(cfg: &EtcdConfig, key: &str) -> Kind {
 }
 
 impl Mirror {
-    fn put(&mut self, cfg: &EtcdConfig, kv: &KeyValue) {
+    fn put(&mut self, cfg: &EtcdConfig, limits: &ControlLimits, kv: &KeyValue) {
         let key = String::from_utf8_lossy(&kv.key).into_owned();
         self.remove(cfg, &key);
         let parsed = match kind(cfg, &key) {
-            Kind::Route(name) => parse(&key, &name, &kv.value).map(|r| {
+            Kind::Route(name) => parse(&key, &name, &kv.value, limits).map(|r| {
                 self.routes.insert(name, r);
             }),
             Kind::App => serde_json::from_slice::<StoredApp>(&kv.value)
@@ -132,7 +133,7 @@ struct FallbackFile {
 
 /// One key's value as a route: valid JSON of the route schema whose name is
 /// the key's last segment.
-fn parse(key: &str, name: &str, value: &[u8]) -> Result<Route, String> {
+fn parse(key: &str, name: &str, value: &[u8], limits: &ControlLimits) -> Result<Route, String> {
     let file = Path::new(key);
     let spec: RouteSpec = serde_json::from_slice(value)
         .map_err(|e| ConfigError::new(file, "", format!("not a route: {e}")).to_string())?;
@@ -144,7 +145,7 @@ fn parse(key: &str, name: &str, value: &[u8]) -> Result<Route, String> {
         )
         .to_string());
     }
-    routes::validate_one(file, "route", &spec).map_err(|e| e.to_string())
+    routes::validate_one(file, "route", &spec, limits).map_err(|e| e.to_string())
 }
 
 /// Largest watch answer accepted.
@@ -294,7 +295,7 @@ impl Follower {
                 rev = resp.header.as_ref().map_or(0, |h| h.revision);
             }
             for kv in &resp.kvs {
-                mirror.put(&self.cfg, kv);
+                mirror.put(&self.cfg, &self.shared.config.control_limits, kv);
             }
             match resp.kvs.last() {
                 Some(last) if resp.more => {
@@ -488,7 +489,7 @@ impl Follower {
             }
             relevant = true;
             match ev.r#type() {
-                EventType::Put => m.put(&self.cfg, kv),
+                EventType::Put => m.put(&self.cfg, &self.shared.config.control_limits, kv),
                 EventType::Delete => m.remove(&self.cfg, &key),
             }
         }
@@ -501,7 +502,7 @@ impl Follower {
         let Some(path) = &self.cfg.fallback_file else {
             return;
         };
-        let (routes, apps) = match read_fallback(path) {
+        let (routes, apps) = match read_fallback(path, &self.shared.config.control_limits) {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "etcd fallback file not loaded");
@@ -549,12 +550,16 @@ impl Follower {
 
 /// Reads and validates a fallback file (routes as a whole, like a routes
 /// file; apps are admitted by the reconciler).
-fn read_fallback(path: &Path) -> Result<(BTreeMap<String, Route>, Vec<AppPut>), String> {
+fn read_fallback(
+    path: &Path,
+    limits: &ControlLimits,
+) -> Result<(BTreeMap<String, Route>, Vec<AppPut>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file: FallbackFile = serde_json::from_str(&text).map_err(|e| {
         ConfigError::new(path, format!("line {}", e.line()), e.to_string()).to_string()
     })?;
-    let routes = routes::validate_all(path, &file.route, "route").map_err(|e| e.to_string())?;
+    let routes =
+        routes::validate_all(path, &file.route, "route", limits).map_err(|e| e.to_string())?;
     Ok((
         routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
         file.app.into_iter().map(StoredApp::into_put).collect(),
@@ -618,13 +623,33 @@ mod tests {
     #[test]
     fn a_value_must_be_a_valid_route_named_like_its_key() {
         let ok = br#"{"name":"a","hosts":["a.example.com"],"backends":["127.0.0.1:1"]}"#;
-        assert_eq!(parse("/p/routes/a", "a", ok).unwrap().name, "a");
-        let e = parse("/p/routes/b", "b", ok).unwrap_err();
+        assert_eq!(
+            parse("/p/routes/a", "a", ok, &ControlLimits::default())
+                .unwrap()
+                .name,
+            "a"
+        );
+        let e = parse("/p/routes/b", "b", ok, &ControlLimits::default()).unwrap_err();
         assert!(e.contains("/p/routes/b: name: "), "{e}");
-        let e = parse("/p/routes/a", "a", b"{").unwrap_err();
+        let e = parse("/p/routes/a", "a", b"{", &ControlLimits::default()).unwrap_err();
         assert!(e.contains("not a route"), "{e}");
         let bad = br#"{"name":"a","hosts":[],"backends":["127.0.0.1:1"]}"#;
-        let e = parse("/p/routes/a", "a", bad).unwrap_err();
+        let e = parse("/p/routes/a", "a", bad, &ControlLimits::default()).unwrap_err();
         assert!(e.contains("hosts"), "{e}");
+    }
+
+    #[test]
+    fn a_value_over_a_cap_is_refused_like_in_a_file() {
+        let wide =
+            br#"{"name":"a","hosts":["a.example.com","b.example.com"],"backends":["127.0.0.1:1"]}"#;
+        let one_host = ControlLimits {
+            hosts_per_route: 1,
+            ..ControlLimits::default()
+        };
+        assert!(parse("/p/routes/a", "a", wide, &ControlLimits::default()).is_ok());
+        assert_eq!(
+            parse("/p/routes/a", "a", wide, &one_host).unwrap_err(),
+            "/p/routes/a: route.hosts: 2 hosts, at most 1 (limits.max_hosts_per_route)"
+        );
     }
 }

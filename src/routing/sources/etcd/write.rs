@@ -238,7 +238,8 @@ impl EtcdWriter {
                 ops.push(put_op(hk.as_str(), owner.as_bytes(), lease));
             }
             let old = current.value.as_deref().map(old_hosts).unwrap_or_default();
-            let gone = old.into_iter().filter(|h| !hosts.contains(h));
+            let kept: std::collections::HashSet<&String> = hosts.iter().collect();
+            let gone = old.into_iter().filter(|h| !kept.contains(h));
             self.release(&mut client, gone, &owner, &mut when, &mut ops)
                 .await?;
             if let Some(rev) = self.commit(&mut client, when, ops).await? {

@@ -1,0 +1,80 @@
+//! Caps on what one change of the route set may hold. They bound the work
+//! the one reconciler task does for any change, whatever its source (the
+//! routes file, `check`, the admin API, etcd), so a single oversized write
+//! cannot stall every other change behind it.
+
+use std::path::Path;
+
+use super::ConfigErrors;
+
+/// The caps, validated (`[limits]` in the static config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// `limits.max_hosts_per_route`: one app has a public and a
+    /// configuration hostname; a hundred leaves room for aliases.
+    pub hosts_per_route: usize,
+    /// `limits.max_backends_per_route`: backends are tried in order, so
+    /// more than a few dozen is a mistake, not a deployment.
+    pub backends_per_route: usize,
+    /// `limits.max_routes`: live routes across every source.
+    pub routes: usize,
+    /// `limits.max_admin_body_bytes`: the largest admin API request body.
+    pub admin_body_bytes: usize,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        Self {
+            hosts_per_route: 100,
+            backends_per_route: 64,
+            routes: 1_000_000,
+            admin_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Smallest accepted `limits.max_admin_body_bytes`: below it an ordinary
+/// terminate route with a pinned certificate no longer fits.
+const MIN_BODY: usize = 4096;
+
+impl ControlLimits {
+    /// Validates the raw values; `path` names the config file in errors.
+    pub(super) fn validate(
+        path: &Path,
+        raw: &super::raw::RawLimits,
+        errs: &mut ConfigErrors,
+    ) -> ControlLimits {
+        for (field, value) in [
+            ("limits.max_hosts_per_route", raw.max_hosts_per_route),
+            ("limits.max_backends_per_route", raw.max_backends_per_route),
+            ("limits.max_routes", raw.max_routes),
+        ] {
+            if value == 0 {
+                errs.push(path, field, "must be at least 1");
+            }
+        }
+        if raw.max_admin_body_bytes < MIN_BODY {
+            errs.push(
+                path,
+                "limits.max_admin_body_bytes",
+                format!("{} is below {MIN_BODY}", raw.max_admin_body_bytes),
+            );
+        }
+        ControlLimits {
+            hosts_per_route: raw.max_hosts_per_route,
+            backends_per_route: raw.max_backends_per_route,
+            routes: raw.max_routes,
+            admin_body_bytes: raw.max_admin_body_bytes,
+        }
+    }
+
+    /// `Err(reason)` when `count` `what`s exceed `cap`, named by its key
+    /// (`120 hosts, at most 100 (limits.max_hosts_per_route)`).
+    pub fn check(count: usize, cap: usize, what: &str, key: &str) -> Result<(), String> {
+        if count > cap {
+            Err(format!("{count} {what}, at most {cap} (limits.{key})"))
+        } else {
+            Ok(())
+        }
+    }
+}
