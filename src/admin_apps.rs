@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::admin::{authorize, AdminState, ApiError};
+use crate::admin::{authorize, body_refused, AdminState, ApiError};
 use crate::apps::cname::{check_all, custom_hosts};
 use crate::apps::store::AppView;
 use crate::apps::{AppKey, AppPut, AppRecord};
@@ -61,11 +62,15 @@ async fn put_app(
     State(s): State<Arc<AdminState>>,
     Path((project, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(e) = authorize(&s, &headers) {
         return e.into_response();
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_refused(&s, e).into_response(),
+    };
     let record = match parse_record(&body) {
         Ok(r) => r,
         Err((field, message)) => return violations(vec![(field, message)]),

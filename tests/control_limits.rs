@@ -79,6 +79,25 @@ async fn a_body_over_the_cap_is_refused_with_413_naming_the_key() {
 }
 
 #[tokio::test]
+async fn an_app_record_over_the_body_cap_is_refused_the_same_way() {
+    let live = Live::start(&[], "[limits]\nmax_admin_body_bytes = 4096\n");
+    let r = reqwest::Client::new()
+        .put(live.admin("/apps/p/shop"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "the body is over 4096 bytes (limits.max_admin_body_bytes)"
+    );
+}
+
+#[tokio::test]
 async fn backends_over_the_cap_are_refused_by_the_api() {
     let live = Live::start(&[], "[limits]\nmax_backends_per_route = 2\n");
     let s = spec(
