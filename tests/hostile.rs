@@ -1,4 +1,4 @@
-//! Hostile clients and load balancers: slowloris, per-IP limits, PROXY
+//! Hostile clients and load balancers: slowloris, per-client limits, PROXY
 //! protocol in both directions, passive health.
 
 mod common;
@@ -17,7 +17,12 @@ async fn two_thousand_slowloris_connections_do_not_starve_a_normal_client() {
     let ca = Ca::new("test CA").unwrap();
     let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
     let p = proxy(
-        config("[timeouts]\nclient_hello = \"4s\"\n"),
+        // One client holding 2,000 unrouted connections: the per-client caps
+        // (their own test below) are off, so this is the deadline's test.
+        config(
+            "[timeouts]\nclient_hello = \"4s\"\n[limits]\nmax_unrouted_per_client = 0\n\
+             max_connections_per_client = 0\n",
+        ),
         &[spec("ok", &["ok.example.test"], &[e.addr.to_string()])],
     );
     let hello = captured_hello();
@@ -52,7 +57,7 @@ async fn two_thousand_slowloris_connections_do_not_starve_a_normal_client() {
 }
 
 #[tokio::test]
-async fn per_ip_limit_on_unrouted_connections() {
+async fn per_client_limit_on_unrouted_connections() {
     let ca = Ca::new("test CA").unwrap();
     let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
     let p = proxy(
@@ -65,11 +70,7 @@ async fn per_ip_limit_on_unrouted_connections() {
         s.write_all(&captured_hello()[..20]).await.unwrap();
         held.push(s);
     }
-    assert!(
-        eventually(Duration::from_secs(5), || p.shared.unrouted.addresses()
-            == 1)
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || p.shared.unrouted.clients() == 1).await);
     let mut fourth = TcpStream::connect(addr(&p)).await.unwrap();
     let (_, closed) = read_to_close(&mut fourth, Duration::from_secs(5)).await;
     assert!(
@@ -87,11 +88,7 @@ async fn per_ip_limit_on_unrouted_connections() {
     );
     // Routed connections do not hold a slot.
     drop(held);
-    assert!(
-        eventually(Duration::from_secs(5), || p.shared.unrouted.addresses()
-            == 0)
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || p.shared.unrouted.clients() == 0).await);
     let mut routed = Vec::new();
     for _ in 0..5 {
         routed.push(EchoConn::open(addr(&p), "ok.example.test", &ca).await);
@@ -100,6 +97,72 @@ async fn per_ip_limit_on_unrouted_connections() {
         get(addr(&p), "ok.example.test", &ca).await.unwrap().0,
         "hello from ok"
     );
+}
+
+/// A connection to `to` from the loopback address `from`.
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((from, 0))).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_with_a_thousand_idle_connections_leaves_room_for_another() {
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["ok.example.test", CAPTURED_SNI], "ok").await;
+    let p = proxy(
+        config(
+            "[limits]\nmax_connections = 1000\nmax_unrouted_per_client = 50\n\
+             max_connections_per_client = 100\n",
+        ),
+        &[spec(
+            "ok",
+            &["ok.example.test", CAPTURED_SNI],
+            &[e.addr.to_string()],
+        )],
+    );
+    let hello = captured_hello();
+    // 127.0.0.2: 1,000 connections that send a whole hello (routed: each
+    // then holds a backend socket) and go quiet; 127.0.0.4: 1,000 that never
+    // finish one.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let mut s = connect_from([127, 0, 0, 2], addr(&p)).await;
+        let _ = s.write_all(&hello).await;
+        held.push(s);
+    }
+    for _ in 0..1000 {
+        let mut s = connect_from([127, 0, 0, 4], addr(&p)).await;
+        let _ = s.write_all(&hello[..20]).await;
+        held.push(s);
+    }
+    let refused = |outcome| outcomes(&p, "(none)", "(none)", outcome);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            refused("client_total_limit") == 900 && refused("client_limit") == 950
+        })
+        .await,
+        "refusals: {} over the total cap, {} over the unrouted cap",
+        refused("client_total_limit"),
+        refused("client_limit"),
+    );
+    assert_eq!(p.open_connections(), 150);
+    // 127.0.0.3 is another client: served at once.
+    let mut s = connect_from([127, 0, 0, 3], addr(&p)).await;
+    let tls = tokio::time::timeout(Duration::from_secs(1), async {
+        let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[b"http/1.1"]));
+        let name = rustls::pki_types::ServerName::try_from("ok.example.test").unwrap();
+        let mut t = connector.connect(name, &mut s).await.unwrap();
+        t.write_all(b"GET / HTTP/1.1\r\nhost: ok.example.test\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        t.read_to_string(&mut answer).await.unwrap();
+        answer
+    })
+    .await
+    .expect("a second client waited more than a second");
+    assert!(tls.contains("\r\n\r\nhello from ok"), "{tls}");
 }
 
 /// A plain TCP backend that records the first bytes of each connection.

@@ -230,7 +230,10 @@ address = "127.0.0.1:$PROXY_PORT"
 cert = "$TT_HOST.crt"
 key = "$TT_HOST.key"
 [limits]
-max_connections = 100000
+# All load comes from one client (loopback): no per-client caps. The
+# connection limit is left to what the fds hold (checked above).
+max_unrouted_per_client = 0
+max_connections_per_client = 0
 [log]
 level = "warn"
 access_log = $ACCESS_LOG

@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod certificates;
+pub mod clients;
 mod error;
 pub mod etcd;
 pub mod limits;
@@ -125,8 +126,8 @@ pub struct Config {
     /// value the file descriptors cannot hold is then an error, where the
     /// default is lowered to fit.
     pub max_connections_set: bool,
-    /// Per client IP, connections whose hello is not read yet (0: off).
-    pub max_unrouted_per_ip: usize,
+    /// Per client: connections whose hello is not read yet, and in all.
+    pub clients: clients::ClientLimits,
     /// Passive health: how long a failing backend address is tried last.
     pub failure_cooldown: Duration,
     /// Passthrough relay through splice(2) (Linux) rather than a buffer copy.
@@ -301,6 +302,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     let control_limits = ControlLimits::validate(path, &raw.limits, &mut errs);
+    let clients = clients::ClientLimits::validate(path, &raw.limits, &mut errs);
 
     let unknown_sni = match raw.refusal.unknown_sni.as_deref() {
         None | Some("alert") => UnknownSniAction::Alert,
@@ -431,7 +433,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         },
         max_connections,
         max_connections_set: raw.limits.max_connections.is_some(),
-        max_unrouted_per_ip: raw.limits.max_unrouted_per_ip,
+        clients,
         failure_cooldown: raw.health.failure_cooldown,
         splice: raw.relay.splice,
         max_client_hello_bytes: cap,

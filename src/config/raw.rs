@@ -190,8 +190,15 @@ pub struct RawLimits {
     /// Unset: 100,000, or fewer if the file descriptors hold fewer.
     pub max_connections: Option<usize>,
     pub max_client_hello_bytes: usize,
-    /// Connections one client IP may hold before its hello is read; 0: no limit.
-    pub max_unrouted_per_ip: usize,
+    /// Connections one client may hold before its hello is read; 0: no
+    /// limit (`max_unrouted_per_ip`, its old name, still read).
+    #[serde(alias = "max_unrouted_per_ip")]
+    pub max_unrouted_per_client: usize,
+    /// Connections one client may hold in all; 0: no limit.
+    pub max_connections_per_client: usize,
+    /// Prefix lengths that group addresses into one client.
+    pub client_ipv4_prefix: u8,
+    pub client_ipv6_prefix: u8,
     /// Caps on route sets (`crate::config::limits`).
     pub max_hosts_per_route: usize,
     pub max_backends_per_route: usize,
@@ -204,7 +211,10 @@ impl Default for RawLimits {
         let d = super::limits::ControlLimits::default();
         Self {
             max_connections: None,
-            max_unrouted_per_ip: 0,
+            max_unrouted_per_client: super::clients::DEFAULT_UNROUTED,
+            max_connections_per_client: super::clients::DEFAULT_CONNECTIONS,
+            client_ipv4_prefix: 32,
+            client_ipv6_prefix: 64,
             max_client_hello_bytes: 16 * 1024,
             max_hosts_per_route: d.hosts_per_route,
             max_backends_per_route: d.backends_per_route,

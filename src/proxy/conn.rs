@@ -162,7 +162,13 @@ fn serve<'a>(
             }
             None => Vec::new(),
         };
-        // Held until the hello is in: one address cannot fill the proxy with
+        // Held for the whole connection: one client cannot take every slot
+        // with connections it routes and then leaves idle. Counted by the
+        // client the PROXY header names, if a trusted balancer sent one.
+        let Some(_client) = shared.per_client.try_acquire(log.client.ip()) else {
+            return Outcome::ClientTotalLimit;
+        };
+        // Held until the hello is in: one client cannot fill the proxy with
         // connections that never say what they want.
         let Some(slot) = shared.unrouted.try_acquire(log.client.ip()) else {
             return Outcome::ClientLimit;

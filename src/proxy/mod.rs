@@ -41,7 +41,10 @@ pub struct Shared {
     /// Passive health of backend addresses.
     pub health: health::Health,
     /// Per-client-IP slots for connections whose hello is not read yet.
-    pub unrouted: limits::PerIpLimit,
+    /// Per client, connections whose hello is not read yet.
+    pub unrouted: limits::PerClientLimit,
+    /// Per client, connections in all.
+    pub per_client: limits::PerClientLimit,
     /// One permit per open connection, moved into the connection's task.
     pub limit: Arc<Semaphore>,
     /// Cancelled when the shutdown grace runs out: live connections close.
@@ -107,7 +110,11 @@ impl ProxyHandle {
         let shared = Arc::new(Shared {
             metrics,
             health: health::Health::new(config.failure_cooldown),
-            unrouted: limits::PerIpLimit::new(config.max_unrouted_per_ip),
+            unrouted: limits::PerClientLimit::new(config.clients.unrouted, config.clients.prefixes),
+            per_client: limits::PerClientLimit::new(
+                config.clients.connections,
+                config.clients.prefixes,
+            ),
             limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
             router,

@@ -43,8 +43,10 @@ pub enum Outcome {
     /// A PROXY protocol header from an untrusted source, or a missing or
     /// broken one from a trusted load balancer.
     ProxyHeaderRefused,
-    /// The per-client-IP limit on connections not yet routed was reached.
+    /// The per-client limit on connections not yet routed was reached.
     ClientLimit,
+    /// The per-client limit on connections in all was reached.
+    ClientTotalLimit,
     /// No byte either way for the idle timeout.
     Idle,
     /// The connection limit was reached at accept.
@@ -62,7 +64,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for pre-registering metric label values.
-    pub const ALL: [Outcome; 24] = [
+    pub const ALL: [Outcome; 25] = [
         Outcome::Ok,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -81,6 +83,7 @@ impl Outcome {
         Outcome::UpstreamError,
         Outcome::ProxyHeaderRefused,
         Outcome::ClientLimit,
+        Outcome::ClientTotalLimit,
         Outcome::Idle,
         Outcome::Limit,
         Outcome::LocalResourceExhausted,
@@ -109,6 +112,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::ProxyHeaderRefused => "proxy_header_refused",
             Outcome::ClientLimit => "client_limit",
+            Outcome::ClientTotalLimit => "client_total_limit",
             Outcome::Idle => "idle_timeout",
             Outcome::Limit => "limit",
             Outcome::LocalResourceExhausted => "local_resource_exhausted",

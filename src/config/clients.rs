@@ -1,0 +1,112 @@
+//! Per-client limits (`[limits]`): what one client may hold. A client is
+//! an address aggregated to a prefix (IPv4 /32 and IPv6 /64 by default):
+//! one IPv6 host is given a whole /64 and can pick any address in it, so
+//! counting exact IPv6 addresses would limit nothing. An IPv4 address
+//! written as IPv6 (`::ffff:a.b.c.d`, from a dual-stack listener) counts as
+//! the IPv4 address.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::raw::RawLimits;
+use super::ConfigErrors;
+
+/// The per-client limits, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// `limits.max_unrouted_per_client`: connections whose hello is not
+    /// read yet (0: off).
+    pub unrouted: usize,
+    /// `limits.max_connections_per_client`: connections in all (0: off).
+    pub connections: usize,
+    pub prefixes: ClientPrefixes,
+}
+
+/// Defaults: room for a large office or a carrier-grade NAT behind one
+/// IPv4 address, far from what one client could take from 100,000 slots.
+pub const DEFAULT_UNROUTED: usize = 256;
+pub const DEFAULT_CONNECTIONS: usize = 4096;
+
+impl ClientLimits {
+    pub fn validate(path: &Path, raw: &RawLimits, errs: &mut ConfigErrors) -> ClientLimits {
+        let prefixes = ClientPrefixes {
+            ipv4: raw.client_ipv4_prefix,
+            ipv6: raw.client_ipv6_prefix,
+        };
+        if !(8..=32).contains(&prefixes.ipv4) {
+            errs.push(path, "limits.client_ipv4_prefix", "must be from 8 to 32");
+        }
+        if !(16..=128).contains(&prefixes.ipv6) {
+            errs.push(path, "limits.client_ipv6_prefix", "must be from 16 to 128");
+        }
+        ClientLimits {
+            unrouted: raw.max_unrouted_per_client,
+            connections: raw.max_connections_per_client,
+            prefixes,
+        }
+    }
+}
+
+/// How client addresses are grouped into clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPrefixes {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl Default for ClientPrefixes {
+    fn default() -> Self {
+        Self { ipv4: 32, ipv6: 64 }
+    }
+}
+
+impl ClientPrefixes {
+    /// The client `ip` belongs to: its network under the prefix.
+    pub fn client(self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => IpAddr::V4(mask_v4(u32::from(v4), self.ipv4).into()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(mask_v4(u32::from(v4), self.ipv4).into()),
+                None => {
+                    let bits = u128::from(v6);
+                    let kept = match self.ipv6 {
+                        0 => 0,
+                        p if p >= 128 => bits,
+                        p => bits & (u128::MAX << (128 - u32::from(p))),
+                    };
+                    IpAddr::V6(kept.into())
+                }
+            },
+        }
+    }
+}
+
+fn mask_v4(bits: u32, prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p if p >= 32 => bits,
+        p => bits & (u32::MAX << (32 - u32::from(p))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn prefixes_group_addresses() {
+        let p = ClientPrefixes { ipv4: 24, ipv6: 48 };
+        assert_eq!(p.client(ip("198.51.100.77")), ip("198.51.100.0"));
+        assert_eq!(p.client(ip("2001:db8:aa:bb::1")), ip("2001:db8:aa::"));
+        let exact = ClientPrefixes {
+            ipv4: 32,
+            ipv6: 128,
+        };
+        assert_eq!(exact.client(ip("::1")), ip("::1"));
+        assert_eq!(ClientPrefixes::default().client(ip("::1")), ip("::"));
+    }
+}
