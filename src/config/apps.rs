@@ -186,6 +186,7 @@ pub(crate) fn validate(path: &Path, raw: RawApps, errs: &mut ConfigErrors) -> Ap
             ),
         );
     }
+    super::bounds::check(path, "apps.cname_recheck", raw.cname_recheck, errs);
     if raw.cname_recheck.is_zero() {
         errs.push(path, "apps.cname_recheck", "must be greater than zero");
     }

@@ -3,6 +3,7 @@
 //! error names its file and field.
 
 pub mod apps;
+pub mod bounds;
 pub mod certificates;
 pub mod clients;
 mod error;
@@ -276,6 +277,18 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         if d.is_zero() {
             errs.push(path, name, "must be greater than zero");
         }
+    }
+    for (name, d) in [
+        ("timeouts.client_hello", t.client_hello),
+        ("timeouts.upstream_connect", t.upstream_connect),
+        ("timeouts.idle", t.idle),
+        ("timeouts.shutdown_grace", t.shutdown_grace),
+        ("reload.debounce", raw.reload.debounce),
+        ("reload.close_grace", raw.reload.close_grace),
+        ("reload.stall_timeout", raw.reload.stall_timeout),
+        ("health.failure_cooldown", raw.health.failure_cooldown),
+    ] {
+        bounds::check(path, name, d, &mut errs);
     }
 
     let max_connections = raw

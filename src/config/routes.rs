@@ -300,6 +300,16 @@ pub fn validate_one(
     let close_grace = match &spec.close_grace {
         None => None,
         Some(g) => match humantime::parse_duration(g) {
+            Ok(d) if d > super::bounds::CLOSE_GRACE_MAX => {
+                super::bounds::check_max(
+                    file,
+                    format!("{at}.close_grace"),
+                    d,
+                    super::bounds::CLOSE_GRACE_MAX,
+                    &mut errs,
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 errs.push(
@@ -560,6 +570,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(errs.to_string().contains("route[1].name"), "{errs}");
+    }
+
+    #[test]
+    fn a_close_grace_past_an_hour_is_refused() {
+        let mut s = spec("r", &["r.example.test"], &["127.0.0.1:1"]);
+        s.close_grace = Some("100years".into());
+        let e = validate_one(Path::new("api"), "route `r`", &s, &ControlLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("route `r`.close_grace: "), "{e}");
+        assert!(e.contains("the most allowed, 1h"), "{e}");
+        s.close_grace = Some("1h".into());
+        assert!(validate_one(Path::new("api"), "route `r`", &s, &ControlLimits::default()).is_ok());
     }
 
     #[test]

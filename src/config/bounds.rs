@@ -1,0 +1,82 @@
+//! Upper bounds on every duration an operator (or, through the admin API, a
+//! writer of routes) sets: a value far past any sane use is a mistake or an
+//! attack, and some hold connections open (`close_grace = "100years"` kept
+//! an expired app's connection alive). Each refusal names the field and the
+//! bound.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::ConfigErrors;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86400);
+
+/// How long a removed or changed route's connections may finish, in the
+/// config and per route: an expired app must vanish soon.
+pub const CLOSE_GRACE_MAX: Duration = HOUR;
+
+/// The bound of each duration field of the static config.
+pub const DURATION_MAX: &[(&str, Duration)] = &[
+    ("timeouts.client_hello", MINUTE),
+    ("timeouts.upstream_connect", MINUTE),
+    ("timeouts.idle", Duration::from_secs(7 * 86400)),
+    ("timeouts.shutdown_grace", DAY),
+    ("reload.debounce", MINUTE),
+    ("reload.close_grace", CLOSE_GRACE_MAX),
+    ("reload.stall_timeout", Duration::from_secs(600)),
+    ("health.failure_cooldown", HOUR),
+    ("apps.cname_recheck", Duration::from_secs(7 * 86400)),
+];
+
+/// Records an error if `value` of `field` is past its bound.
+pub fn check(path: &Path, field: &str, value: Duration, errs: &mut ConfigErrors) {
+    let Some((_, max)) = DURATION_MAX.iter().find(|(f, _)| *f == field) else {
+        return;
+    };
+    check_max(path, field, value, *max, errs);
+}
+
+/// Records an error if `value` is past `max`.
+pub fn check_max(
+    path: &Path,
+    field: impl Into<String>,
+    value: Duration,
+    max: Duration,
+    errs: &mut ConfigErrors,
+) {
+    if value > max {
+        errs.push(
+            path,
+            field,
+            format!(
+                "{} is more than the most allowed, {}",
+                humantime::format_duration(value),
+                humantime::format_duration(max)
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_century_of_grace_is_refused_naming_field_and_bound() {
+        let mut errs = ConfigErrors::default();
+        let century = humantime::parse_duration("100years").unwrap();
+        check(
+            Path::new("p.toml"),
+            "reload.close_grace",
+            century,
+            &mut errs,
+        );
+        check(Path::new("p.toml"), "timeouts.idle", DAY, &mut errs);
+        assert_eq!(errs.0.len(), 1, "{errs:?}");
+        let e = errs.0[0].to_string();
+        assert!(e.starts_with("p.toml: reload.close_grace: "), "{e}");
+        assert!(e.ends_with("the most allowed, 1h"), "{e}");
+    }
+}
