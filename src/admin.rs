@@ -1,13 +1,19 @@
-//! The admin HTTP listener (axum): health, readiness and the routes API.
-//! Reads are open; writes need `Authorization: Bearer <token>`, and with no
-//! token configured every write is refused rather than left open.
+//! The admin HTTP listener (axum): health, readiness, metrics and the
+//! routes API. Who may do what is decided from the request's head before
+//! any handler runs ([`auth`]); every write leaves an audit line
+//! ([`audit`]); bearer tokens come from files re-read as they change
+//! ([`tokens`]).
+
+pub mod audit;
+pub mod auth;
+pub mod tokens;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,7 +22,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::routes::RouteSpec;
-use crate::config::TokenSource;
 use crate::proxy::Shared;
 use crate::routing::reconciler::{Control, ControlError};
 use crate::routing::sources::etcd::write::{EtcdWriter, Written};
@@ -26,31 +31,17 @@ use crate::routing::{RouteEntry, Source};
 pub struct AdminState {
     pub shared: Arc<Shared>,
     pub control: Control,
-    /// The write token; `None` refuses all writes.
-    pub token: Option<Vec<u8>>,
+    /// Tokens and certificate roles, checked by [`auth::guard`].
+    pub auth: auth::Auth,
+    /// Body caps of `PUT /routes/..` and `PUT /apps/..`, in bytes.
+    pub max_route_body: usize,
+    pub max_app_body: usize,
     /// With `[etcd]`: route writes go to the shared store.
     pub etcd: Option<Arc<EtcdWriter>>,
 }
 
-/// Reads the token named by the config. A named file or variable that
-/// cannot be read is a startup error, not a silently open API.
-pub fn load_token(source: &TokenSource) -> anyhow::Result<Option<Vec<u8>>> {
-    let token = match source {
-        TokenSource::None => return Ok(None),
-        TokenSource::File(path) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?,
-        TokenSource::Env(var) => std::env::var(var).map_err(|_| {
-            anyhow::anyhow!("admin.token_env: environment variable {var} is not set")
-        })?,
-    };
-    let token = token.trim();
-    if token.is_empty() {
-        anyhow::bail!("admin token is empty");
-    }
-    Ok(Some(token.as_bytes().to_vec()))
-}
-
 pub fn router(state: Arc<AdminState>) -> Router {
+    let route_body = DefaultBodyLimit::max(state.max_route_body);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -59,10 +50,19 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/routes", get(list_routes))
         .route(
             "/routes/{name}",
-            get(get_route).put(put_route).delete(delete_route),
+            get(get_route)
+                .put(put_route)
+                .delete(delete_route)
+                .layer(route_body),
         )
         .route("/reload", post(reload))
-        .merge(crate::admin_apps::routes())
+        .merge(crate::admin_apps::routes(state.max_app_body))
+        // Outermost: runs before every handler and so before any body
+        // extractor reads a byte.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::guard,
+        ))
         .with_state(state)
 }
 
@@ -85,6 +85,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     details: Vec<String>,
+    /// `WWW-Authenticate` of a 401.
+    challenge: Option<&'static str>,
 }
 
 impl ApiError {
@@ -93,6 +95,15 @@ impl ApiError {
             status,
             message: message.into(),
             details: Vec::new(),
+            challenge: None,
+        }
+    }
+
+    /// 401 with the `WWW-Authenticate` challenge to send.
+    pub(crate) fn unauthorized(message: impl Into<String>, challenge: &'static str) -> Self {
+        Self {
+            challenge: Some(challenge),
+            ..Self::new(StatusCode::UNAUTHORIZED, message)
         }
     }
 }
@@ -104,6 +115,7 @@ impl From<ControlError> for ApiError {
                 status: StatusCode::BAD_REQUEST,
                 message: "invalid route".into(),
                 details: errs.0.iter().map(ToString::to_string).collect(),
+                challenge: None,
             },
             ControlError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             ControlError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
@@ -122,28 +134,12 @@ impl From<ControlError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.message, "details": self.details }));
-        if self.status == StatusCode::UNAUTHORIZED {
-            (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        if let Some(challenge) = self.challenge {
+            (self.status, [(header::WWW_AUTHENTICATE, challenge)], body).into_response()
         } else {
             (self.status, body).into_response()
         }
     }
-}
-
-pub(crate) fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "writes are disabled: no admin token is configured",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
-    aws_lc_rs::constant_time::verify_slices_are_equal(given.trim().as_bytes(), token)
-        .map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "wrong token"))
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
@@ -223,10 +219,8 @@ async fn get_route(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -
 async fn put_route(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers)?;
     let spec: RouteSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not a route: {e}")))?;
     if spec.name != name {
@@ -248,9 +242,7 @@ async fn put_route(
 async fn delete_route(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers)?;
     if let Some(etcd) = &s.etcd {
         return Ok(written(etcd.delete(&name).await?));
     }
@@ -269,11 +261,7 @@ pub(crate) fn written(w: Written) -> Response {
     (status, Json(w)).into_response()
 }
 
-async fn reload(
-    State(s): State<Arc<AdminState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&s, &headers)?;
+async fn reload(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     let applied = s.control.reload_file().await?;
     Ok(Json(json!({ "applied": applied })).into_response())
 }

@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::tokens::{self, TokenWatch, Tokens};
 use crate::admin::{self, AdminState};
 use crate::config::{routes, Config, ConfigError, ConfigErrors};
 use crate::proxy::ProxyHandle;
@@ -67,23 +68,38 @@ fn check_coverage(
 }
 
 /// What `mse-proxy check` validates: the config file, its routes, its
-/// certificates, and that the certificates serve the terminate routes.
-/// Problems with routes and with certificates are reported together.
+/// certificates, that the certificates serve the terminate routes, and the
+/// admin API's token files. Problems with routes, certificates and the
+/// admin API are reported together.
 pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
     let config = Config::load(path)?;
     let routes = load_routes(&config);
     let certs = CertStore::load(&config.source, &config.certificates);
+    let admin = match &config.admin {
+        Some(a) => tokens::load(&config.source, a).map(drop),
+        None => Ok(()),
+    };
+    let mut errs = ConfigErrors::default();
     match (routes, certs) {
         (Ok(routes), Ok(store)) => {
-            check_coverage(&config, &store, &routes)?;
-            Ok((config, routes))
+            if let Err(e) = check_coverage(&config, &store, &routes) {
+                errs.0.extend(e.0);
+            }
+            if let Err(e) = admin {
+                errs.0.extend(e.0);
+            }
+            return errs.into_result((config, routes));
         }
-        (Err(mut a), Err(b)) => {
-            a.0.extend(b.0);
-            Err(a)
+        (routes, certs) => {
+            for e in [routes.err(), certs.err(), admin.err()]
+                .into_iter()
+                .flatten()
+            {
+                errs.0.extend(e.0);
+            }
         }
-        (Err(e), _) | (_, Err(e)) => Err(e),
     }
+    Err(errs)
 }
 
 /// A running proxy with its control plane.
@@ -92,7 +108,10 @@ pub struct Server {
     pub control: Control,
     /// Where the admin API listens, if configured.
     pub admin_addr: Option<SocketAddr>,
+    /// The admin API's tokens, re-read on SIGHUP and as their files change.
+    pub admin_tokens: Option<Arc<Tokens>>,
     admin_stop: CancellationToken,
+    _token_watch: Option<TokenWatch>,
     _watch: Option<FileWatch>,
     _cert_watch: Option<CertWatch>,
 }
@@ -107,8 +126,11 @@ impl Deref for Server {
 /// Starts everything: listeners (all bound before anything is served), the
 /// first route table, the reconciler, the file watch and the admin API.
 pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
-    let token = match &config.admin {
-        Some(a) => admin::load_token(&a.token)?,
+    let first_tokens = match &config.admin {
+        Some(a) => Some(
+            tokens::load(&config.source, a)
+                .map_err(|e| anyhow::anyhow!("invalid admin tokens:\n{e}"))?,
+        ),
         None => None,
     };
     let admin_listener = match &config.admin {
@@ -192,29 +214,58 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         control.clone(),
         admin_stop.clone(),
     ));
-    let admin_addr = match admin_listener {
-        Some(l) => {
+    let mut admin_tokens = None;
+    let mut token_watch = None;
+    let admin_addr = match (admin_listener, &proxy.shared.config.admin, first_tokens) {
+        (Some(l), Some(cfg), Some(first)) => {
             let addr = l.local_addr()?;
+            let tokens = Tokens::new(
+                &proxy.shared.config.source,
+                cfg.clone(),
+                first,
+                proxy.shared.metrics.admin_token_reloads.clone(),
+            );
+            if proxy.shared.config.reload.watch && tokens.has_files() {
+                token_watch = Some(
+                    tokens::watch(Arc::clone(&tokens), proxy.shared.config.reload.debounce)
+                        .context("watching the admin token files")?,
+                );
+            }
             let state = Arc::new(AdminState {
                 shared: Arc::clone(&proxy.shared),
                 control: control.clone(),
-                token,
+                auth: admin::auth::Auth {
+                    tokens: Arc::clone(&tokens),
+                    metrics_auth: cfg.metrics_auth,
+                    client_roles: cfg
+                        .tls
+                        .as_ref()
+                        .map(|t| t.client_roles.clone())
+                        .unwrap_or_default(),
+                },
+                max_route_body: cfg.http.max_route_body,
+                max_app_body: cfg.http.max_app_body,
                 etcd: etcd_writer,
             });
-            if state.token.is_none() {
-                tracing::warn!("no admin token configured: admin API writes are refused");
+            if !tokens.load().grants(crate::config::Role::Write)
+                && state.auth.client_roles.is_empty()
+            {
+                tracing::warn!("no admin write token configured: admin API writes are refused");
             }
+            admin_tokens = Some(tokens);
             tokio::spawn(admin::serve(l, state, admin_stop.clone()));
             tracing::info!(address = %addr, "admin API listening");
             Some(addr)
         }
-        None => None,
+        _ => None,
     };
     Ok(Server {
         proxy,
         control,
         admin_addr,
+        admin_tokens,
         admin_stop,
+        _token_watch: token_watch,
         _watch: watch,
         _cert_watch: cert_watch,
     })
@@ -238,8 +289,11 @@ pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                // The reconciler logs the outcome either way.
+                // The reconciler and the token store log the outcome either way.
                 let _ = server.control.reload_file().await;
+                if let Some(t) = &server.admin_tokens {
+                    t.reload().await;
+                }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining (again to exit at once)"); break; }

@@ -85,7 +85,22 @@ fn docker_config_is_valid_and_listens_on_443() {
 fn docker_config_passes_check_with_the_example_routes_beside_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, read("config/docker.toml")).unwrap();
+    // `check` reads the admin token file as the proxy would: mounted where
+    // the README's `docker run ... check` mounts it, owner-only.
+    let token = dir.path().join("mse-proxy-admin-token");
+    std::fs::write(&token, "ops:0123456789abcdef0123456789abcdef\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let text = read("config/docker.toml");
+    assert!(text.contains("/run/secrets/mse-proxy-admin-token"));
+    std::fs::write(
+        &config,
+        text.replace(
+            "/run/secrets/mse-proxy-admin-token",
+            &token.display().to_string(),
+        ),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("routes.toml"),
         read("config/routes.example.toml"),

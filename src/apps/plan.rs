@@ -330,10 +330,16 @@ fn run_inner(
         return Ok(());
     };
     let token = match &args.token_file {
-        Some(f) => std::fs::read_to_string(f)
-            .map_err(|e| Failure::Apply(format!("--token-file {}: {e}", f.display())))?
-            .trim()
-            .to_string(),
+        // The proxy's own token file format (`name:token` lines allowed):
+        // the first token is sent.
+        Some(f) => {
+            std::fs::read_to_string(f)
+                .map_err(|e| e.to_string())
+                .and_then(|text| crate::admin::tokens::parse("token", &text))
+                .map_err(|e| Failure::Apply(format!("--token-file {}: {e}", f.display())))?
+                .swap_remove(0)
+                .1
+        }
         None => return Err(Failure::Apply("--apply needs --token-file".into())),
     };
     // Plan first: a file that breaks the rules is never sent.
@@ -387,6 +393,7 @@ impl Apply {
         let resp = self
             .client
             .get(self.url.clone())
+            .bearer_auth(&self.token)
             .send()
             .await
             .map_err(|e| Failure::Apply(format!("GET {}: {e}", self.url)))?;

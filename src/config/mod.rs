@@ -2,6 +2,7 @@
 //! [`Config`]; every check runs here, at load, never under traffic, and every
 //! error names its file and field.
 
+pub mod admin;
 pub mod apps;
 pub mod certificates;
 mod error;
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use admin::{AdminConfig, Role, TokenSource};
 pub use certificates::CertificateFiles;
 pub use error::{ConfigError, ConfigErrors};
 use raw::RawConfig;
@@ -75,21 +77,6 @@ pub struct ReloadConfig {
     pub watch: bool,
     pub close_grace: Duration,
     pub on_change: OnChange,
-}
-
-/// Where the admin API's write token comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    File(PathBuf),
-    Env(String),
-    /// No token configured: every write is refused.
-    None,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub address: SocketAddr,
-    pub token: TokenSource,
 }
 
 /// One listening address and how it treats a PROXY protocol header.
@@ -333,34 +320,9 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     };
 
-    let admin = raw.admin.and_then(|a| {
-        let address = match a.address.parse::<SocketAddr>() {
-            Ok(addr) => addr,
-            Err(_) => {
-                errs.push(
-                    path,
-                    "admin.address",
-                    format!("`{}` is not `ip:port`", a.address),
-                );
-                return None;
-            }
-        };
-        let token = match (a.token_file, a.token_env) {
-            (Some(_), Some(_)) => {
-                errs.push(
-                    path,
-                    "admin.token_file",
-                    "give token_file or token_env, not both",
-                );
-                TokenSource::None
-            }
-            (Some(f), None) => TokenSource::File(base.join(f)),
-            (None, Some(v)) => TokenSource::Env(v),
-            (None, None) => TokenSource::None,
-        };
-        Some(AdminConfig { address, token })
-    });
-
+    let admin = raw
+        .admin
+        .and_then(|a| admin::validate(path, base, a, &mut errs));
     let certificates = certificates::validate(path, base, &raw.certificate, &mut errs);
     let apps = apps::validate(path, raw.apps, &mut errs);
     let etcd = raw

@@ -31,7 +31,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub reload: RawReload,
     /// Absent: no admin listener.
-    pub admin: Option<RawAdmin>,
+    pub admin: Option<super::admin::RawAdmin>,
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
@@ -114,16 +114,6 @@ impl Default for RawReload {
             on_change: "close".into(),
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub address: String,
-    /// File holding the bearer token for writes (trailing newline ignored).
-    pub token_file: Option<PathBuf>,
-    /// Environment variable holding the bearer token for writes.
-    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,250 @@
+//! Who may do what on the admin API, decided from the request's head alone.
+//!
+//! [`guard`] is a middleware around every route: it runs before any
+//! handler, so before any body extractor, and answers 401 or 403 without
+//! reading one byte of the body (a client that declares 100 MB and sends
+//! none of it is answered at once, and the connection is closed since its
+//! body was not read).
+//!
+//! - `/healthz`, `/readyz`, `/readyz/writes`: open (load balancers,
+//!   orchestrators' probes).
+//! - `/metrics`: open, or a `metrics` credential or better when
+//!   `admin.metrics_token_file` is set.
+//! - any other `GET`/`HEAD`: `read` or better.
+//! - everything else (`PUT`, `DELETE`, `POST`): `write`.
+//!
+//! A credential is a bearer token (`Authorization: Bearer ...`, the scheme
+//! matched case-insensitively as RFC 9110 says) or, over TLS, a client
+//! certificate whose subject CN `admin.tls.client_roles` maps to a role. A
+//! request carrying a token is judged by the token alone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::audit;
+use super::tokens::Tokens;
+use super::{AdminState, ApiError};
+use crate::config::Role;
+
+/// What the admin API knows of its credentials.
+pub struct Auth {
+    pub tokens: Arc<Tokens>,
+    /// `/metrics` needs a credential.
+    pub metrics_auth: bool,
+    /// Client certificate subject CN → role.
+    pub client_roles: BTreeMap<String, Role>,
+}
+
+/// The verified client certificate of the connection a request came on,
+/// put in the request's extensions by the TLS listener.
+#[derive(Debug, Clone)]
+pub struct PeerCert {
+    /// The subject, as text (`CN=orchestrator, O=platform`).
+    pub subject: String,
+    pub common_name: Option<String>,
+}
+
+/// Who made a request, for handlers and the audit line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `token:NAME`, `cert:SUBJECT`, or `-` (no credential needed or given).
+    pub who: String,
+}
+
+/// The role a request needs; `None`: open.
+pub fn required(method: &Method, path: &str, metrics_auth: bool) -> Option<Role> {
+    let read = method == Method::GET || method == Method::HEAD;
+    match path {
+        "/healthz" | "/readyz" | "/readyz/writes" if read => None,
+        "/metrics" if read => metrics_auth.then_some(Role::Metrics),
+        _ if read => Some(Role::Read),
+        _ => Some(Role::Write),
+    }
+}
+
+/// The token of an `Authorization: Bearer` header: `None` without the
+/// header, `Some(Err)` for another scheme or a malformed value.
+pub fn bearer(headers: &HeaderMap) -> Option<Result<&[u8], ()>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    let text = match value.to_str() {
+        Ok(t) => t.trim(),
+        Err(_) => return Some(Err(())),
+    };
+    let Some((scheme, token)) = text.split_once(' ') else {
+        return Some(Err(()));
+    };
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Some(Err(()));
+    }
+    Some(Ok(token.as_bytes()))
+}
+
+impl Auth {
+    /// Whether any credential (token or certificate mapping) may do `role`.
+    fn configured(&self, role: Role) -> bool {
+        self.tokens.load().grants(role) || self.client_roles.values().any(|r| *r >= role)
+    }
+
+    /// Decides a request that needs `role`: who it is, or the refusal.
+    pub fn decide(
+        &self,
+        role: Role,
+        headers: &HeaderMap,
+        peer: Option<&PeerCert>,
+    ) -> Result<Identity, ApiError> {
+        let disabled = || {
+            let what = if role == Role::Write {
+                "writes"
+            } else {
+                "reads"
+            };
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{what} are disabled: no admin token is configured for them"),
+            )
+        };
+        match bearer(headers) {
+            Some(Ok(given)) => {
+                let set = self.tokens.load();
+                match set.find(given) {
+                    Some(c) if c.role >= role => Ok(Identity {
+                        who: format!("token:{}", c.name),
+                    }),
+                    Some(c) => Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "the token `{}` may {} only; this needs a {} token",
+                            c.name,
+                            c.role.as_str(),
+                            role.as_str()
+                        ),
+                    )),
+                    None if !self.configured(role) => Err(disabled()),
+                    None => Err(ApiError::unauthorized(
+                        "unknown token",
+                        r#"Bearer error="invalid_token""#,
+                    )),
+                }
+            }
+            Some(Err(())) => Err(ApiError::unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+                "Bearer",
+            )),
+            None => {
+                if let Some(p) = peer {
+                    match p
+                        .common_name
+                        .as_ref()
+                        .and_then(|cn| self.client_roles.get(cn))
+                    {
+                        Some(r) if *r >= role => {
+                            return Ok(Identity {
+                                who: format!("cert:{}", p.subject),
+                            })
+                        }
+                        Some(r) => {
+                            return Err(ApiError::new(
+                                StatusCode::FORBIDDEN,
+                                format!(
+                                    "the client certificate `{}` may {} only",
+                                    p.subject,
+                                    r.as_str()
+                                ),
+                            ))
+                        }
+                        None => {}
+                    }
+                }
+                if !self.configured(role) {
+                    return Err(disabled());
+                }
+                Err(ApiError::unauthorized(
+                    "a bearer token is required",
+                    "Bearer",
+                ))
+            }
+        }
+    }
+}
+
+/// The middleware: authenticates from the head, then runs the handler,
+/// then counts the answer and writes the audit line of a write.
+pub async fn guard(State(s): State<Arc<AdminState>>, mut req: Request, next: Next) -> Response {
+    let need = required(req.method(), req.uri().path(), s.auth.metrics_auth);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let peer = req.extensions().get::<PeerCert>().cloned();
+    let decided = match need {
+        None => Ok(Identity { who: "-".into() }),
+        Some(role) => s.auth.decide(role, req.headers(), peer.as_ref()),
+    };
+    let (who, resp) = match decided {
+        Ok(id) => {
+            let who = id.who.clone();
+            req.extensions_mut().insert(id);
+            (who, next.run(req).await)
+        }
+        Err(e) => {
+            let who = match (bearer(req.headers()), &peer) {
+                (Some(_), _) => "token:?".to_string(),
+                (None, Some(p)) => format!("cert:{}", p.subject),
+                (None, None) => "-".to_string(),
+            };
+            (who, e.into_response())
+        }
+    };
+    audit::record(&s.shared.metrics, need, &who, &method, &path, resp.status());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_the_token_whole() {
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc ", "bEaReR abc"] {
+            assert_eq!(bearer(&headers(v)), Some(Ok(&b"abc"[..])), "{v}");
+        }
+        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(bearer(&headers(v)), Some(Err(())), "{v}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn roles_by_method_and_path() {
+        let get = Method::GET;
+        assert_eq!(required(&get, "/healthz", true), None);
+        assert_eq!(required(&get, "/readyz/writes", true), None);
+        assert_eq!(required(&get, "/metrics", false), None);
+        assert_eq!(required(&get, "/metrics", true), Some(Role::Metrics));
+        assert_eq!(required(&get, "/routes", false), Some(Role::Read));
+        assert_eq!(required(&get, "/nowhere", false), Some(Role::Read));
+        assert_eq!(
+            required(&Method::PUT, "/routes/a", false),
+            Some(Role::Write)
+        );
+        assert_eq!(
+            required(&Method::POST, "/healthz", false),
+            Some(Role::Write)
+        );
+        assert_eq!(
+            required(&Method::DELETE, "/apps/p/n", false),
+            Some(Role::Write)
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! The admin plane: roles, token rotation without a restart, refusal from
+//! the head before the body, token files refused at `check`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A GET with `token` (or none); the status.
+async fn get_with(live: &Live, path: &str, token: Option<&str>) -> u16 {
+    let mut r = reqwest::Client::new().get(live.admin(path));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
+async fn put_with(live: &Live, name: &str, token: &str) -> u16 {
+    let s = spec(
+        name,
+        &[&format!("{name}.example.test")],
+        &["127.0.0.1:1".into()],
+    );
+    reqwest::Client::new()
+        .put(live.admin(&format!("/routes/{name}")))
+        .header("authorization", format!("Bearer {token}"))
+        .json(&s)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn reads_need_a_read_token_and_writes_a_write_token() {
+    let live = Live::start(&[], "");
+    for path in ["/routes", "/apps", "/routes/x", "/apps/p/n"] {
+        assert_eq!(get_with(&live, path, None).await, 401, "{path}");
+        assert_eq!(
+            get_with(&live, path, Some("unknown-token-0123456789")).await,
+            401,
+            "{path}"
+        );
+    }
+    assert_eq!(get_with(&live, "/routes", Some(READ_TOKEN)).await, 200);
+    assert_eq!(get_with(&live, "/apps", Some(READ_TOKEN)).await, 200);
+    // A write token reads too.
+    assert_eq!(get_with(&live, "/routes", Some(TOKEN)).await, 200);
+    // Probes and metrics stay open (no metrics_token_file).
+    for path in ["/healthz", "/readyz", "/readyz/writes", "/metrics"] {
+        assert_eq!(get_with(&live, path, None).await, 200, "{path}");
+    }
+
+    // Writes: the read token is forbidden, the write token writes.
+    let r = reqwest::Client::new()
+        .put(live.admin("/routes/a"))
+        .bearer_auth(READ_TOKEN)
+        .json(&spec("a", &["a.example.test"], &["127.0.0.1:1".into()]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("`reader` may read only"),
+        "{body}"
+    );
+    assert_eq!(put_with(&live, "a", READ_TOKEN).await, 403);
+    assert_eq!(get_with(&live, "/routes/a", Some(READ_TOKEN)).await, 404);
+    // The scheme is case-insensitive (RFC 9110).
+    assert_eq!(
+        reqwest::Client::new()
+            .post(live.admin("/reload"))
+            .header("authorization", format!("bearer {READ_TOKEN}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(put_with(&live, "a", TOKEN).await, 200);
+    assert_eq!(get_with(&live, "/routes/a", Some(READ_TOKEN)).await, 200);
+    let r = reqwest::Client::new()
+        .get(live.admin("/routes"))
+        .header("authorization", format!("BEARER {READ_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let text = live.scrape().await;
+    let n = |series: &str| sample(&text, series).unwrap_or(-1.0);
+    assert!(n(r#"mse_proxy_admin_requests_total{access="write",outcome="forbidden"}"#) >= 3.0);
+    assert!(n(r#"mse_proxy_admin_requests_total{access="read",outcome="unauthenticated"}"#) >= 8.0);
+    assert!(n(r#"mse_proxy_admin_requests_total{access="write",outcome="ok"}"#) >= 1.0);
+}
+
+#[tokio::test]
+async fn metrics_behind_their_own_token_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("metrics-token");
+    write_secret(&m, "prometheus:scrape-token-0123456789\n");
+    let live = Live::start(&[], &format!("metrics_token_file = {m:?}\n"));
+    assert_eq!(get_with(&live, "/metrics", None).await, 401);
+    assert_eq!(
+        get_with(&live, "/metrics", Some("scrape-token-0123456789")).await,
+        200
+    );
+    assert_eq!(get_with(&live, "/metrics", Some(READ_TOKEN)).await, 200);
+    // A metrics token reads nothing else.
+    assert_eq!(
+        get_with(&live, "/routes", Some("scrape-token-0123456789")).await,
+        403
+    );
+    assert_eq!(get_with(&live, "/healthz", None).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotates_without_a_restart() {
+    let live = Live::start(&[], "");
+    let file = live.dir.path().join("token");
+    let new = "rotated-token-9876543210";
+    assert_eq!(put_with(&live, "one", TOKEN).await, 200);
+    assert_eq!(put_with(&live, "one", new).await, 401);
+
+    // Overlap: both in the file, both valid.
+    write_secret(&file, &format!("old:{TOKEN}\nnew:{new}\n"));
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            put_with(&live, "two", new).await == 200
+        })
+        .await,
+        "the new token was not taken from the file"
+    );
+    assert_eq!(put_with(&live, "three", TOKEN).await, 200);
+
+    // The old one removed: refused, with no signal and no restart.
+    write_secret(&file, &format!("new:{new}\n"));
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            put_with(&live, "four", TOKEN).await == 401
+        })
+        .await,
+        "the removed token is still accepted"
+    );
+    assert_eq!(put_with(&live, "five", new).await, 200);
+
+    // A broken file (empty, or readable by others) changes nothing: the
+    // tokens in service stay, and the refusal is counted.
+    let errors = || async {
+        sample(
+            &live.scrape().await,
+            r#"mse_proxy_admin_token_reloads_total{result="error"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    write_secret(&file, "");
+    assert!(eventually_async(Duration::from_secs(5), || async { errors().await >= 1.0 }).await);
+    assert_eq!(put_with(&live, "six", new).await, 200);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(eventually_async(Duration::from_secs(5), || async { errors().await >= 2.0 }).await);
+    assert_eq!(put_with(&live, "seven", new).await, 200);
+    assert_eq!(put_with(&live, "seven", TOKEN).await, 401);
+}
+
+/// A PUT that declares a 100 MB body, sends 2 KB of it and no token, is
+/// answered 401 at once: the body is never waited for.
+#[tokio::test]
+async fn a_huge_body_without_a_token_is_refused_from_the_head() {
+    let live = Live::start(&[], "");
+    let mut s = TcpStream::connect(live.server.admin_addr.unwrap())
+        .await
+        .unwrap();
+    let head = "PUT /routes/big HTTP/1.1\r\nhost: admin\r\ncontent-type: application/json\r\n\
+                content-length: 100000000\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b' '; 2048]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+        .await
+        .expect("no answer within 1 s: the body was waited for")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // And the connection is closed, not left to read 100 MB.
+    let (_, closed) = read_to_close(&mut s, Duration::from_secs(2)).await;
+    assert!(
+        closed,
+        "the connection stayed open for the rest of the body"
+    );
+}
+
+#[tokio::test]
+async fn bodies_are_capped_per_endpoint() {
+    let live = Live::start(&[], "max_route_body = 1024\n");
+    let mut s = spec("big", &["big.example.test"], &["127.0.0.1:1".into()]);
+    s.backends = (0..200)
+        .map(|i| format!("10.0.0.{}:443", i % 250))
+        .collect();
+    let r = live.put_route("big", &s).await;
+    assert_eq!(r.status(), 413);
+    let ok = spec("ok", &["ok.example.test"], &["127.0.0.1:1".into()]);
+    assert_eq!(live.put_route("ok", &ok).await.status(), 200);
+}
+
+/// `mse-proxy check` on a config whose token file is `text` with `mode`.
+async fn check_with_token(text: &str, mode: u32) -> (bool, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, text).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         token_file = \"admin-token\"\n",
+    )
+    .unwrap();
+    run_tool(
+        env!("CARGO_BIN_EXE_mse-proxy"),
+        &[
+            "check".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        true,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn check_refuses_empty_and_shared_token_files_naming_them() {
+    let (ok, out) = check_with_token("ops:good-token-0123456789\n", 0o600).await;
+    assert!(ok, "{out}");
+    let (ok, out) = check_with_token("", 0o600).await;
+    assert!(!ok);
+    assert!(
+        out.contains("admin.token_file: `") && out.contains("admin-token`: holds no token"),
+        "{out}"
+    );
+    let (ok, out) = check_with_token("good-token-0123456789\n", 0o644).await;
+    assert!(!ok);
+    assert!(
+        out.contains("admin-token`: accessible to its group or others (mode 0644)"),
+        "{out}"
+    );
+    let (ok, out) = check_with_token("good-token-0123456789\n", 0o640).await;
+    assert!(!ok, "{out}");
+}
