@@ -6,6 +6,8 @@
 
 pub mod audit;
 pub mod auth;
+pub mod serve;
+pub mod tls;
 pub mod tokens;
 
 use std::sync::atomic::Ordering;
@@ -36,6 +38,8 @@ pub struct AdminState {
     /// Body caps of `PUT /routes/..` and `PUT /apps/..`, in bytes.
     pub max_route_body: usize,
     pub max_app_body: usize,
+    /// From a request's head to its answer (408 beyond).
+    pub request_timeout: std::time::Duration,
     /// With `[etcd]`: route writes go to the shared store.
     pub etcd: Option<Arc<EtcdWriter>>,
 }
@@ -66,18 +70,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin API on `listener` until `stop` is cancelled.
+/// Serves the admin API on `listener` until `stop` is cancelled, with the
+/// limits of `http` and over TLS if `tls` is given ([`serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
+    http: crate::config::admin::AdminHttp,
+    tls: Option<tls::AdminTlsAcceptor>,
     stop: CancellationToken,
 ) {
-    if let Err(e) = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "admin listener failed");
-    }
+    serve::serve(listener, router(state), http, tls, stop).await;
 }
 
 /// A JSON error answer.

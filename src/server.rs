@@ -76,7 +76,21 @@ pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
     let routes = load_routes(&config);
     let certs = CertStore::load(&config.source, &config.certificates);
     let admin = match &config.admin {
-        Some(a) => tokens::load(&config.source, a).map(drop),
+        Some(a) => {
+            let t = tokens::load(&config.source, a).map(drop);
+            let tls = match &a.tls {
+                Some(tls) => admin::tls::load(&config.source, tls).map(drop),
+                None => Ok(()),
+            };
+            match (t, tls) {
+                (Err(mut a), Err(b)) => {
+                    a.0.extend(b.0);
+                    Err(a)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                _ => Ok(()),
+            }
+        }
         None => Ok(()),
     };
     let mut errs = ConfigErrors::default();
@@ -133,6 +147,21 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         ),
         None => None,
     };
+    let admin_tls = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        Some(t) => {
+            admin::tls::warn_if_shared(&t.key);
+            Some(
+                admin::tls::load(&config.source, t)
+                    .map_err(|e| anyhow::anyhow!("invalid admin TLS settings:\n{e}"))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(a) = config.admin.as_ref().filter(|a| a.tls.is_none()) {
+        if !a.address.ip().is_loopback() {
+            tracing::warn!(address = %a.address, "admin.allow_plaintext: the admin API is plain HTTP on a non-loopback address; tokens cross the network in clear");
+        }
+    }
     let admin_listener = match &config.admin {
         Some(a) => {
             let l = std::net::TcpListener::bind(a.address)
@@ -245,6 +274,7 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
                 },
                 max_route_body: cfg.http.max_route_body,
                 max_app_body: cfg.http.max_app_body,
+                request_timeout: cfg.http.request_timeout,
                 etcd: etcd_writer,
             });
             if !tokens.load().grants(crate::config::Role::Write)
@@ -253,8 +283,15 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
                 tracing::warn!("no admin write token configured: admin API writes are refused");
             }
             admin_tokens = Some(tokens);
-            tokio::spawn(admin::serve(l, state, admin_stop.clone()));
-            tracing::info!(address = %addr, "admin API listening");
+            let scheme = if admin_tls.is_some() { "https" } else { "http" };
+            tokio::spawn(admin::serve(
+                l,
+                state,
+                cfg.http.clone(),
+                admin_tls,
+                admin_stop.clone(),
+            ));
+            tracing::info!(address = %addr, scheme, "admin API listening");
             Some(addr)
         }
         _ => None,

@@ -259,3 +259,108 @@ async fn check_refuses_empty_and_shared_token_files_naming_them() {
     let (ok, out) = check_with_token("good-token-0123456789\n", 0o640).await;
     assert!(!ok, "{out}");
 }
+
+/// Opens a connection and sends the start of a request head, never its end.
+async fn slow_header(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /routes HTTP/1.1\r\nhost: admin\r\nx-slow: ")
+        .await
+        .unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_closed_by_the_timeout_while_others_are_served() {
+    let live = Live::start(
+        &[],
+        "header_read_timeout = \"1500ms\"\nmax_connections = 200\n",
+    );
+    let addr = live.server.admin_addr.unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        slow.push(slow_header(addr).await);
+    }
+    let opened = std::time::Instant::now();
+    // A normal request meanwhile: served at once.
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(1), live.get("/routes"))
+        .await
+        .expect("a normal request waited behind the slow ones");
+    assert_eq!(r.status(), 200);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Every slow one is closed by the header timeout, not before it.
+    for (i, s) in slow.iter_mut().enumerate() {
+        let (_, closed) = read_to_close(s, Duration::from_secs(5)).await;
+        assert!(closed, "slow connection {i} is still open after 5 s");
+    }
+    let took = opened.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "closed after {took:?}: too early"
+    );
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_slot() {
+    let live = Live::start(&[], "header_read_timeout = \"1s\"\nmax_connections = 2\n");
+    let addr = live.server.admin_addr.unwrap();
+    let _a = slow_header(addr).await;
+    let _b = slow_header(addr).await;
+    // Both slots held: a third is not served until the timeout frees one.
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), live.get("/routes"))
+        .await
+        .expect("never served");
+    assert_eq!(r.status(), 200);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "served after {waited:?}: the cap did not hold"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let live = Live::start(
+        &[],
+        "header_read_timeout = \"10s\"\nidle_timeout = \"500ms\"\n",
+    );
+    let mut s = TcpStream::connect(live.server.admin_addr.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t = std::time::Instant::now();
+    let (_, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "the idle connection stayed open");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_408_after_the_request_timeout() {
+    let live = Live::start(&[], "request_timeout = \"500ms\"\n");
+    let mut s = TcpStream::connect(live.server.admin_addr.unwrap())
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /routes/slow HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("no answer: the slow body held the request")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}

@@ -188,7 +188,15 @@ pub async fn guard(State(s): State<Arc<AdminState>>, mut req: Request, next: Nex
         Ok(id) => {
             let who = id.who.clone();
             req.extensions_mut().insert(id);
-            (who, next.run(req).await)
+            let resp = match tokio::time::timeout(s.request_timeout, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request took longer than admin.request_timeout",
+                )
+                .into_response(),
+            };
+            (who, resp)
         }
         Err(e) => {
             let who = match (bearer(req.headers()), &peer) {
