@@ -60,7 +60,8 @@ pub struct PlanArgs {
     #[arg(long, value_name = "DOMAIN")]
     pub app_domain: Option<String>,
     /// The base URL of a running proxy's admin API (e.g.
-    /// `http://127.0.0.1:9901`): register the planned app there. An app
+    /// `https://10.0.0.5:9090`, with `--ca`; or `http://127.0.0.1:9090`):
+    /// register the planned app there. An app
     /// already registered under the same project and name keeps its
     /// generated hostnames (a redeploy keeps the hostname).
     #[arg(long, value_name = "URL", requires = "token_file")]
@@ -68,6 +69,16 @@ pub struct PlanArgs {
     /// The file holding the admin API's bearer token, for `--apply`.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM CA bundle that signs the admin API's certificate, for an
+    /// `https://` `--apply` (required with it: no system roots are used).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// How long connecting to the admin API may take.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+    /// How long each request to the admin API may take, connecting included.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// A planned app: the record to register and what it yields.
@@ -349,7 +360,7 @@ fn run_inner(
         .build()
         .map_err(|e| Failure::Apply(format!("cannot start a runtime: {e}")))?;
     rt.block_on(async {
-        let client = Apply::new(url, &first.project, &first.name, token)?;
+        let client = Apply::new(url, &first.project, &first.name, token, args)?;
         input.keep = client.registered_hosts().await?;
         let p = if input.keep.is_some() {
             plan(&cfg, &input, &policy)?
@@ -366,6 +377,47 @@ fn print_json(out: &mut dyn Write, v: &impl Serialize) {
     let _ = writeln!(out, "{text}");
 }
 
+/// The HTTP client for `--apply`: timeouts always; for `https://`, rustls
+/// trusting only `--ca` (the admin API's own CA, not the system's roots).
+fn http_client(url: &reqwest::Url, args: &PlanArgs) -> Result<reqwest::Client, Failure> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(args.connect_timeout)
+        .timeout(args.timeout);
+    match (url.scheme(), &args.ca) {
+        ("https", Some(ca)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in crate::tls::certs::read_certs(ca)
+                .map_err(|e| Failure::Apply(format!("--ca {e}")))?
+            {
+                roots
+                    .add(c)
+                    .map_err(|e| Failure::Apply(format!("--ca `{}`: {e}", ca.display())))?;
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(
+                crate::tls::provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Failure::Apply(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            b = b.use_preconfigured_tls(tls).https_only(true);
+        }
+        ("https", None) => {
+            return Err(Failure::Apply(format!(
+                "--apply `{url}` is https: give --ca FILE, the CA of the admin API's certificate"
+            )))
+        }
+        (_, Some(_)) => {
+            return Err(Failure::Apply(format!(
+                "--ca is for an https:// --apply, not `{url}`"
+            )))
+        }
+        _ => {}
+    }
+    b.build()
+        .map_err(|e| Failure::Apply(format!("cannot build the HTTP client: {e}")))
+}
+
 /// The admin API of a running proxy, for one app.
 struct Apply {
     client: reqwest::Client,
@@ -374,7 +426,13 @@ struct Apply {
 }
 
 impl Apply {
-    fn new(base: &str, project: &str, name: &str, token: String) -> Result<Self, Failure> {
+    fn new(
+        base: &str,
+        project: &str,
+        name: &str,
+        token: String,
+        args: &PlanArgs,
+    ) -> Result<Self, Failure> {
         let mut url = reqwest::Url::parse(base)
             .map_err(|e| Failure::Apply(format!("--apply `{base}`: {e}")))?;
         url.path_segments_mut()
@@ -382,7 +440,7 @@ impl Apply {
             .pop_if_empty()
             .extend(["apps", project, name]);
         Ok(Self {
-            client: reqwest::Client::new(),
+            client: http_client(&url, args)?,
             url,
             token,
         })

@@ -33,8 +33,11 @@ pub fn captured_hello() -> Vec<u8> {
     .expect("captured hello")
 }
 
-/// Logs to the test's output when `RUST_LOG` is set.
+/// Logs to the test's output when `RUST_LOG` is set; installs the crypto
+/// provider reqwest needs.
 pub fn init_logs() {
+    // reqwest's clients need a process-wide crypto provider.
+    mse_proxy::tls::install_default_provider();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
