@@ -91,13 +91,25 @@ impl Auth {
         self.tokens.load().grants(role) || self.client_roles.values().any(|r| *r >= role)
     }
 
-    /// Decides a request that needs `role`: who it is, or the refusal.
+    /// Decides a request that needs `role`: who it is, and whether it may.
     pub fn decide(
         &self,
         role: Role,
         headers: &HeaderMap,
         peer: Option<&PeerCert>,
-    ) -> Result<Identity, ApiError> {
+    ) -> (Identity, Result<(), ApiError>) {
+        let (who, result) = self.judge(role, headers, peer);
+        (Identity { who }, result)
+    }
+
+    /// [`Auth::decide`]'s work: `who` is named even when refused (a known
+    /// token's name, a certificate's subject), for the audit line.
+    fn judge(
+        &self,
+        role: Role,
+        headers: &HeaderMap,
+        peer: Option<&PeerCert>,
+    ) -> (String, Result<(), ApiError>) {
         let disabled = || {
             let what = if role == Role::Write {
                 "writes"
@@ -113,61 +125,73 @@ impl Auth {
             Some(Ok(given)) => {
                 let set = self.tokens.load();
                 match set.find(given) {
-                    Some(c) if c.role >= role => Ok(Identity {
-                        who: format!("token:{}", c.name),
-                    }),
-                    Some(c) => Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        format!(
-                            "the token `{}` may {} only; this needs a {} token",
-                            c.name,
-                            c.role.as_str(),
-                            role.as_str()
-                        ),
-                    )),
-                    None if !self.configured(role) => Err(disabled()),
-                    None => Err(ApiError::unauthorized(
-                        "unknown token",
-                        r#"Bearer error="invalid_token""#,
-                    )),
+                    Some(c) if c.role >= role => (format!("token:{}", c.name), Ok(())),
+                    Some(c) => (
+                        format!("token:{}", c.name),
+                        Err(ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            format!(
+                                "the token `{}` may {} only; this needs a {} token",
+                                c.name,
+                                c.role.as_str(),
+                                role.as_str()
+                            ),
+                        )),
+                    ),
+                    None if !self.configured(role) => ("token:?".into(), Err(disabled())),
+                    None => (
+                        "token:?".into(),
+                        Err(ApiError::unauthorized(
+                            "unknown token",
+                            r#"Bearer error="invalid_token""#,
+                        )),
+                    ),
                 }
             }
-            Some(Err(())) => Err(ApiError::unauthorized(
-                "the Authorization header must be `Bearer <token>`",
-                "Bearer",
-            )),
+            Some(Err(())) => (
+                "-".into(),
+                Err(ApiError::unauthorized(
+                    "the Authorization header must be `Bearer <token>`",
+                    "Bearer",
+                )),
+            ),
             None => {
                 if let Some(p) = peer {
+                    let who = format!("cert:{}", p.subject);
                     match p
                         .common_name
                         .as_ref()
                         .and_then(|cn| self.client_roles.get(cn))
                     {
-                        Some(r) if *r >= role => {
-                            return Ok(Identity {
-                                who: format!("cert:{}", p.subject),
-                            })
-                        }
+                        Some(r) if *r >= role => return (who, Ok(())),
                         Some(r) => {
-                            return Err(ApiError::new(
+                            let e = ApiError::new(
                                 StatusCode::FORBIDDEN,
                                 format!(
                                     "the client certificate `{}` may {} only",
                                     p.subject,
                                     r.as_str()
                                 ),
-                            ))
+                            );
+                            return (who, Err(e));
                         }
-                        None => {}
+                        None if !self.configured(role) => return (who, Err(disabled())),
+                        None => {
+                            let e = ApiError::unauthorized("a bearer token is required", "Bearer");
+                            return (who, Err(e));
+                        }
                     }
                 }
                 if !self.configured(role) {
-                    return Err(disabled());
+                    return ("-".into(), Err(disabled()));
                 }
-                Err(ApiError::unauthorized(
-                    "a bearer token is required",
-                    "Bearer",
-                ))
+                (
+                    "-".into(),
+                    Err(ApiError::unauthorized(
+                        "a bearer token is required",
+                        "Bearer",
+                    )),
+                )
             }
         }
     }
@@ -180,32 +204,24 @@ pub async fn guard(State(s): State<Arc<AdminState>>, mut req: Request, next: Nex
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let peer = req.extensions().get::<PeerCert>().cloned();
-    let decided = match need {
-        None => Ok(Identity { who: "-".into() }),
+    let (id, decided) = match need {
+        None => (Identity { who: "-".into() }, Ok(())),
         Some(role) => s.auth.decide(role, req.headers(), peer.as_ref()),
     };
-    let (who, resp) = match decided {
-        Ok(id) => {
-            let who = id.who.clone();
+    let who = id.who.clone();
+    let resp = match decided {
+        Ok(()) => {
             req.extensions_mut().insert(id);
-            let resp = match tokio::time::timeout(s.request_timeout, next.run(req)).await {
+            match tokio::time::timeout(s.request_timeout, next.run(req)).await {
                 Ok(r) => r,
                 Err(_) => ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     "the request took longer than admin.request_timeout",
                 )
                 .into_response(),
-            };
-            (who, resp)
+            }
         }
-        Err(e) => {
-            let who = match (bearer(req.headers()), &peer) {
-                (Some(_), _) => "token:?".to_string(),
-                (None, Some(p)) => format!("cert:{}", p.subject),
-                (None, None) => "-".to_string(),
-            };
-            (who, e.into_response())
-        }
+        Err(e) => e.into_response(),
     };
     audit::record(&s.shared.metrics, need, &who, &method, &path, resp.status());
     resp

@@ -265,8 +265,10 @@ impl Tokens {
         let read = tokio::task::spawn_blocking(move || load(&this.config_file, &this.cfg)).await;
         match read {
             Ok(Ok(set)) => {
-                tracing::info!(tokens = set.len(), "admin tokens re-read");
+                let n = set.len();
+                // In service before it is said to be.
                 self.current.store(Arc::new(set));
+                tracing::info!(tokens = n, "admin tokens re-read");
                 self.reloads.with_label_values(&["ok"]).inc();
             }
             Ok(Err(errs)) => {
