@@ -29,6 +29,9 @@
 //! `routing::sources::etcd` makes etcd the store several instances share
 //! (a follower feeding the same reconciler, transactional writes), over
 //! the small gRPC client in `etcd`;
+//! `admin` serves the admin API (roles from tokens or client certificates
+//! decided before a body is read, TLS, timeouts and a connection cap, an
+//! audit line per write);
 //! `server` wires signals (SIGHUP reload, SIGTERM graceful stop) around a
 //! running `proxy::ProxyHandle`.
 
