@@ -228,16 +228,7 @@ async fn check_with_token(text: &str, mode: u32) -> (bool, String) {
          token_file = \"admin-token\"\n",
     )
     .unwrap();
-    run_tool(
-        env!("CARGO_BIN_EXE_mse-proxy"),
-        &[
-            "check".into(),
-            "--config".into(),
-            config.display().to_string(),
-        ],
-        true,
-    )
-    .await
+    check_binary(&config).await
 }
 
 #[tokio::test]

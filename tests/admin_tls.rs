@@ -114,72 +114,25 @@ async fn client_certificates_are_given_their_role_over_tls() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    assert_eq!(
-        http.get(url(admin, "/routes/a"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(http.get(url(admin, "/routes/a"))).await, 200);
 
     // A metrics certificate scrapes but does not read routes.
     let http = pki.http(admin, Some(&prometheus));
-    assert_eq!(
-        http.get(url(admin, "/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(url(admin, "/routes"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(status(http.get(url(admin, "/metrics"))).await, 200);
+    assert_eq!(status(http.get(url(admin, "/routes"))).await, 403);
 
     // A valid certificate with no role authenticates nobody; a token does.
     let http = pki.http(admin, Some(&stranger));
+    assert_eq!(status(http.get(url(admin, "/routes"))).await, 401);
     assert_eq!(
-        http.get(url(admin, "/routes"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        http.get(url(admin, "/routes"))
-            .bearer_auth(READ_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(http.get(url(admin, "/routes")).bearer_auth(READ_TOKEN)).await,
         200
     );
 
     // No certificate: tokens and the open probes still work over TLS.
     let http = pki.http(admin, None);
-    assert_eq!(
-        http.get(url(admin, "/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(url(admin, "/routes"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(status(http.get(url(admin, "/healthz"))).await, 200);
+    assert_eq!(status(http.get(url(admin, "/routes"))).await, 401);
     let r = http
         .put(url(admin, "/routes/b"))
         .bearer_auth(TOKEN)
@@ -269,16 +222,7 @@ async fn check(admin: &str) -> (bool, String) {
         ),
     )
     .unwrap();
-    run_tool(
-        env!("CARGO_BIN_EXE_mse-proxy"),
-        &[
-            "check".into(),
-            "--config".into(),
-            config.display().to_string(),
-        ],
-        true,
-    )
-    .await
+    check_binary(&config).await
 }
 
 #[tokio::test]

@@ -16,7 +16,6 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,6 +33,7 @@ use tower_service::Service;
 use super::auth::PeerCert;
 use super::tls::AdminTlsAcceptor;
 use crate::config::admin::AdminHttp;
+use crate::proxy::relay::Activity;
 
 /// Serves `router` on `listener` until `stop` is cancelled; connections
 /// then finish the request in flight and close.
@@ -120,7 +120,7 @@ async fn connection<S>(
     let idle = http.idle_timeout;
     tokio::select! {
         _ = conn.as_mut() => return,
-        () = activity.idle_for(idle) => {}
+        () = idle_for(&activity, idle) => {}
         () = stop.cancelled() => {}
     }
     // Finish the request in flight, if any, within the request timeout.
@@ -128,35 +128,14 @@ async fn connection<S>(
     let _ = tokio::time::timeout(http.request_timeout, conn).await;
 }
 
-/// When a byte last moved on a connection, in milliseconds since `base`.
-struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
+/// Resolves once nothing has moved on `activity` for `idle`.
+async fn idle_for(activity: &Activity, idle: Duration) {
+    loop {
+        let deadline = activity.idle_deadline(idle);
+        if Instant::now() >= deadline {
+            return;
         }
-    }
-
-    fn touch(&self) {
-        let ms = self.base.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing has moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
+        tokio::time::sleep_until(deadline).await;
     }
 }
 

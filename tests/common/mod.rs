@@ -150,6 +150,26 @@ pub async fn run_tool(cmd: &str, args: &[String], stdin_null: bool) -> (bool, St
     (out.status.success(), text)
 }
 
+/// `mse-proxy check --config CONFIG` with the real binary: success and
+/// its output.
+pub async fn check_binary(config: &Path) -> (bool, String) {
+    run_tool(
+        env!("CARGO_BIN_EXE_mse-proxy"),
+        &[
+            "check".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        true,
+    )
+    .await
+}
+
+/// The status of one request (any client, any scheme).
+pub async fn status(r: reqwest::RequestBuilder) -> u16 {
+    r.send().await.unwrap().status().as_u16()
+}
+
 /// Polls `f` until true or `bound` passes (for state changes in other tasks).
 pub async fn eventually(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = tokio::time::Instant::now() + bound;
