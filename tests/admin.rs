@@ -127,6 +127,26 @@ async fn a_token_rotates_without_a_restart() {
     let live = Live::start(&[], "");
     let file = live.dir.path().join("token");
     let new = "rotated-token-9876543210";
+    let reloads = |result: &'static str| {
+        let live = &live;
+        async move {
+            sample(
+                &live.scrape().await,
+                &format!("mse_proxy_admin_token_reloads_total{{result=\"{result}\"}}"),
+            )
+            .unwrap_or(-1.0)
+        }
+    };
+    // Other files changing beside the tokens (a log) re-read nothing, and
+    // a re-read that finds the same tokens is not a reload.
+    for i in 0..5 {
+        std::fs::write(live.dir.path().join("proxy.log"), format!("line {i}\n")).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    write_secret(&file, &format!("{TOKEN}\n"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reloads("ok").await, 0.0);
+    assert_eq!(reloads("error").await, 0.0);
     assert_eq!(put_with(&live, "one", TOKEN).await, 200);
     assert_eq!(put_with(&live, "one", new).await, 401);
 
@@ -154,19 +174,20 @@ async fn a_token_rotates_without_a_restart() {
 
     // A broken file (empty, or readable by others) changes nothing: the
     // tokens in service stay, and the refusal is counted.
-    let errors = || async {
-        sample(
-            &live.scrape().await,
-            r#"mse_proxy_admin_token_reloads_total{result="error"}"#,
-        )
-        .unwrap_or(0.0)
-    };
+    assert_eq!(
+        reloads("ok").await,
+        2.0,
+        "one reload per change of the file"
+    );
+    let errors = || reloads("error");
     write_secret(&file, "");
     assert!(eventually_async(Duration::from_secs(5), || async { errors().await >= 1.0 }).await);
     assert_eq!(put_with(&live, "six", new).await, 200);
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let tmp = file.with_extension("shared");
+    std::fs::write(&tmp, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
     assert!(eventually_async(Duration::from_secs(5), || async { errors().await >= 2.0 }).await);
     assert_eq!(put_with(&live, "seven", new).await, 200);
     assert_eq!(put_with(&live, "seven", TOKEN).await, 401);

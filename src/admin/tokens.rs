@@ -36,7 +36,7 @@ const TOKEN_LEN: (usize, usize) = (16, 512);
 const NAME_LEN: usize = 64;
 
 /// One valid token.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     /// What the audit log calls whoever holds it.
     pub name: String,
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Credential {
 }
 
 /// Every token valid now.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TokenSet {
     tokens: Vec<Credential>,
 }
@@ -233,6 +233,10 @@ pub struct Tokens {
     config_file: std::path::PathBuf,
     cfg: AdminConfig,
     reloads: IntCounterVec,
+    /// The last refusal said, so that a directory that keeps changing
+    /// (a log file beside the tokens) does not repeat it at every debounce.
+    /// Never held across an `.await`.
+    last_refusal: std::sync::Mutex<Option<String>>,
 }
 
 impl Tokens {
@@ -250,6 +254,7 @@ impl Tokens {
             config_file: config_file.to_path_buf(),
             cfg,
             reloads,
+            last_refusal: std::sync::Mutex::new(None),
         })
     }
 
@@ -263,23 +268,35 @@ impl Tokens {
     pub async fn reload(self: &Arc<Self>) {
         let this = Arc::clone(self);
         let read = tokio::task::spawn_blocking(move || load(&this.config_file, &this.cfg)).await;
-        match read {
+        let refusal = match read {
             Ok(Ok(set)) => {
+                self.set_refusal(None);
+                if *self.current.load_full() == set {
+                    tracing::debug!("admin token files re-read: unchanged");
+                    return;
+                }
                 let n = set.len();
                 // In service before it is said to be.
                 self.current.store(Arc::new(set));
                 tracing::info!(tokens = n, "admin tokens re-read");
                 self.reloads.with_label_values(&["ok"]).inc();
+                return;
             }
-            Ok(Err(errs)) => {
-                tracing::error!(error = %errs, "admin token files refused; the tokens in service stay");
-                self.reloads.with_label_values(&["error"]).inc();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reading the admin token files failed");
-                self.reloads.with_label_values(&["error"]).inc();
-            }
+            Ok(Err(errs)) => errs.to_string(),
+            Err(e) => format!("reading the admin token files failed: {e}"),
+        };
+        if self.set_refusal(Some(refusal.clone())) {
+            tracing::error!(error = %refusal, "admin token files refused; the tokens in service stay");
+            self.reloads.with_label_values(&["error"]).inc();
         }
+    }
+
+    /// Records the refusal now in force; true if it differs from the last.
+    fn set_refusal(&self, now: Option<String>) -> bool {
+        let mut last = self.last_refusal.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = *last != now;
+        *last = now;
+        changed
     }
 
     /// Whether any token file is configured (and so worth watching).
@@ -298,16 +315,24 @@ pub struct TokenWatch {
 /// things have been quiet for `debounce`.
 pub fn watch(tokens: Arc<Tokens>, debounce: std::time::Duration) -> notify::Result<TokenWatch> {
     let mut dirs = Vec::new();
+    let mut names = Vec::new();
     for f in &tokens.cfg.token_files {
         let d = parent_dir(&f.path);
         if !dirs.contains(&d) {
             dirs.push(d);
         }
+        names.extend(f.path.file_name().map(|n| n.to_os_string()));
     }
+    // A token file itself, or a secret volume's `..data` symlink and its
+    // `..2026_12_01...` version directories: not every file beside them.
+    let ours = move |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| names.iter().any(|m| m == n) || n.to_string_lossy().starts_with(".."))
+    };
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) if change(&ev.kind).is_some() => {
+            Ok(ev) if change(&ev.kind).is_some() && ev.paths.iter().any(|p| ours(p)) => {
                 let _ = tx.try_send(());
             }
             Ok(_) => {}
