@@ -249,6 +249,72 @@ mod tests {
         assert_eq!(bearer(&HeaderMap::new()), None);
     }
 
+    /// An `Auth` with a read token `reader` and certificate roles.
+    fn auth(tokens: &[(&str, Role, &str)], certs: &[(&str, Role)]) -> Auth {
+        let config = crate::config::Config::from_toml(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let reloads =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["result"]).unwrap();
+        Auth {
+            tokens: Tokens::new(
+                std::path::Path::new("t.toml"),
+                config.admin.unwrap(),
+                super::super::tokens::TokenSet::of(tokens),
+                reloads,
+            ),
+            metrics_auth: false,
+            client_roles: certs.iter().map(|(c, r)| (c.to_string(), *r)).collect(),
+        }
+    }
+
+    fn peer(cn: &str) -> PeerCert {
+        PeerCert {
+            subject: format!("CN={cn}"),
+            common_name: Some(cn.into()),
+        }
+    }
+
+    fn status(r: &Result<(), ApiError>) -> u16 {
+        r.as_ref().map_or_else(|e| e.status.as_u16(), |()| 200)
+    }
+
+    #[test]
+    fn who_is_named_even_when_refused() {
+        let a = auth(
+            &[("reader", Role::Read, "read-token-0123456789")],
+            &[("orchestrator", Role::Write), ("prometheus", Role::Metrics)],
+        );
+        let none = HeaderMap::new();
+        let (id, r) = a.decide(Role::Write, &none, Some(&peer("orchestrator")));
+        assert_eq!((id.who.as_str(), status(&r)), ("cert:CN=orchestrator", 200));
+        let (id, r) = a.decide(Role::Read, &none, Some(&peer("prometheus")));
+        assert_eq!((id.who.as_str(), status(&r)), ("cert:CN=prometheus", 403));
+        let (id, r) = a.decide(Role::Read, &none, Some(&peer("stranger")));
+        assert_eq!((id.who.as_str(), status(&r)), ("cert:CN=stranger", 401));
+        // A token decides alone, even beside a certificate that could write.
+        let h = headers("Bearer read-token-0123456789");
+        let (id, r) = a.decide(Role::Write, &h, Some(&peer("orchestrator")));
+        assert_eq!((id.who.as_str(), status(&r)), ("token:reader", 403));
+        let (id, r) = a.decide(Role::Read, &headers("Basic eDp5"), None);
+        assert_eq!((id.who.as_str(), status(&r)), ("-", 401));
+        let (id, r) = a.decide(Role::Read, &headers("Bearer nope-nope-nope-nope"), None);
+        assert_eq!((id.who.as_str(), status(&r)), ("token:?", 401));
+    }
+
+    #[test]
+    fn nothing_configured_for_a_role_is_forbidden_not_open() {
+        let a = auth(&[("reader", Role::Read, "read-token-0123456789")], &[]);
+        let (_, r) = a.decide(Role::Write, &HeaderMap::new(), None);
+        assert_eq!(status(&r), 403);
+        let (_, r) = a.decide(Role::Read, &HeaderMap::new(), None);
+        assert_eq!(status(&r), 401);
+        let (_, r) = auth(&[], &[]).decide(Role::Metrics, &HeaderMap::new(), None);
+        assert_eq!(status(&r), 403);
+    }
+
     #[test]
     fn roles_by_method_and_path() {
         let get = Method::GET;

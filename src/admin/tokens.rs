@@ -70,6 +70,21 @@ impl TokenSet {
         found
     }
 
+    /// A set from `(name, role, token)`, for tests of what uses it.
+    #[cfg(test)]
+    pub(crate) fn of(list: &[(&str, Role, &str)]) -> TokenSet {
+        TokenSet {
+            tokens: list
+                .iter()
+                .map(|(name, role, token)| Credential {
+                    name: name.to_string(),
+                    role: *role,
+                    token: token.as_bytes().to_vec(),
+                })
+                .collect(),
+        }
+    }
+
     /// Whether any token may do what `role` needs.
     pub fn grants(&self, role: Role) -> bool {
         self.tokens.iter().any(|c| c.role >= role)
