@@ -124,6 +124,8 @@ pub struct Server {
     pub admin_addr: Option<SocketAddr>,
     /// The admin API's tokens, re-read on SIGHUP and as their files change.
     pub admin_tokens: Option<Arc<Tokens>>,
+    /// The admin listener's TLS files, re-read on SIGHUP.
+    admin_tls: Option<admin::tls::AdminTlsAcceptor>,
     admin_stop: CancellationToken,
     _token_watch: Option<TokenWatch>,
     _watch: Option<FileWatch>,
@@ -288,7 +290,7 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
                 l,
                 state,
                 cfg.http.clone(),
-                admin_tls,
+                admin_tls.clone(),
                 admin_stop.clone(),
             ));
             tracing::info!(address = %addr, scheme, "admin API listening");
@@ -301,6 +303,7 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         control,
         admin_addr,
         admin_tokens,
+        admin_tls,
         admin_stop,
         _token_watch: token_watch,
         _watch: watch,
@@ -309,6 +312,17 @@ pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
 }
 
 impl Server {
+    /// What SIGHUP re-reads for the admin API: its token files and its TLS
+    /// files. Each logs its outcome; a refused file keeps what is in service.
+    pub async fn reload_admin(&self) {
+        if let Some(t) = &self.admin_tokens {
+            t.reload().await;
+        }
+        if let Some(t) = &self.admin_tls {
+            t.reload().await;
+        }
+    }
+
     /// Graceful stop: see [`ProxyHandle::shutdown`]; the admin API stops last.
     pub async fn shutdown(self, grace: std::time::Duration) -> usize {
         let cut = self.proxy.shutdown(grace).await;
@@ -328,9 +342,7 @@ pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 // The reconciler and the token store log the outcome either way.
                 let _ = server.control.reload_file().await;
-                if let Some(t) = &server.admin_tokens {
-                    t.reload().await;
-                }
+                server.reload_admin().await;
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining (again to exit at once)"); break; }

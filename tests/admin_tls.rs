@@ -322,3 +322,43 @@ async fn app_plan_apply_speaks_https_with_the_ca_given() {
     assert!(err.contains("applied: PUT https://127.0.0.1"), "{err}");
     assert_eq!(registered().await, 200);
 }
+
+/// The leaf certificate the admin listener shows now.
+async fn served_cert(pki: &AdminPki, admin: SocketAddr) -> Vec<u8> {
+    let tls = tls_connect(admin, ADMIN_HOST, &pki.server_ca)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_admin_certificate_is_served_after_sighup_and_a_broken_one_is_not() {
+    let pki = AdminPki::new();
+    let live = Live::start(&[], &pki.toml());
+    let admin = live.server.admin_addr.unwrap();
+    let first = served_cert(&pki, admin).await;
+
+    let renewed = pki.server_ca.issue(&[ADMIN_HOST, "127.0.0.1"]).unwrap();
+    std::fs::write(pki.path("admin.crt"), &renewed.cert_pem).unwrap();
+    write_secret(&pki.path("admin.key"), &renewed.key_pem);
+    assert_eq!(served_cert(&pki, admin).await, first, "read before SIGHUP");
+    live.server.reload_admin().await;
+    assert_eq!(served_cert(&pki, admin).await, renewed.cert_der.as_ref());
+
+    // A certificate beside a key it does not go with: the renewed pair stays.
+    let other = pki.server_ca.issue(&[ADMIN_HOST]).unwrap();
+    std::fs::write(pki.path("admin.crt"), &other.cert_pem).unwrap();
+    live.server.reload_admin().await;
+    assert_eq!(served_cert(&pki, admin).await, renewed.cert_der.as_ref());
+    assert_eq!(
+        status(
+            pki.http(admin, None)
+                .get(url(admin, "/routes"))
+                .bearer_auth(READ_TOKEN)
+        )
+        .await,
+        200
+    );
+}

@@ -2,12 +2,16 @@
 //! and, with `client_ca`, client certificates verified against that CA.
 //! A client certificate is optional (tokens still work, and probes need
 //! none); a verified one whose subject CN `client_roles` maps to a role
-//! authenticates the request ([`super::auth`]). Read once at start.
+//! authenticates the request ([`super::auth`]). Read at start and again on
+//! SIGHUP ([`AdminTlsAcceptor::reload`]): a renewed admin certificate is
+//! served to new connections without a restart; a pair that does not load
+//! keeps the one in service.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -25,7 +29,9 @@ use crate::tls::certs::read_certs;
 /// Accepts admin TLS connections and names their client certificate.
 #[derive(Clone)]
 pub struct AdminTlsAcceptor {
-    acceptor: TlsAcceptor,
+    current: Arc<ArcSwap<TlsAcceptor>>,
+    config_file: Arc<Path>,
+    settings: Arc<AdminTls>,
 }
 
 impl AdminTlsAcceptor {
@@ -33,7 +39,8 @@ impl AdminTlsAcceptor {
         &self,
         tcp: TcpStream,
     ) -> std::io::Result<(TlsStream<TcpStream>, Option<PeerCert>)> {
-        let tls = self.acceptor.accept(tcp).await?;
+        let acceptor = TlsAcceptor::clone(&self.current.load());
+        let tls = acceptor.accept(tcp).await?;
         let peer = tls
             .get_ref()
             .1
@@ -59,9 +66,41 @@ fn peer_cert(der: &[u8]) -> Option<PeerCert> {
     })
 }
 
-/// Builds the server config: every problem as `config: admin.tls.FIELD:
+impl AdminTlsAcceptor {
+    /// Re-reads the certificate, key and client CA (on a blocking thread);
+    /// all or nothing: on an error the config in service stays, and the
+    /// error is logged. True if the new files are in service.
+    pub async fn reload(&self) -> bool {
+        let (file, t) = (Arc::clone(&self.config_file), Arc::clone(&self.settings));
+        match tokio::task::spawn_blocking(move || acceptor(&file, &t)).await {
+            Ok(Ok(a)) => {
+                self.current.store(Arc::new(a));
+                tracing::info!(cert = %self.settings.cert.display(), "admin TLS files re-read");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "admin TLS files refused; the certificate in service stays");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the admin TLS files failed");
+                false
+            }
+        }
+    }
+}
+
+/// Builds the acceptor: every problem as `config: admin.tls.FIELD:
 /// reason`, the reason naming the file.
 pub fn load(config_file: &Path, t: &AdminTls) -> Result<AdminTlsAcceptor, ConfigErrors> {
+    Ok(AdminTlsAcceptor {
+        current: Arc::new(ArcSwap::from_pointee(acceptor(config_file, t)?)),
+        config_file: Arc::from(config_file),
+        settings: Arc::new(t.clone()),
+    })
+}
+
+fn acceptor(config_file: &Path, t: &AdminTls) -> Result<TlsAcceptor, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     let chain = read_certs(&t.cert).map_err(|e| errs.push(config_file, "admin.tls.cert", e));
     let key = crate::tls::pem_file::read(&t.key)
@@ -108,9 +147,7 @@ pub fn load(config_file: &Path, t: &AdminTls) -> Result<AdminTlsAcceptor, Config
         ))
     })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(AdminTlsAcceptor {
-        acceptor: TlsAcceptor::from(Arc::new(cfg)),
-    })
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
 /// Verifies client certificates against `ca`, letting clients without one
