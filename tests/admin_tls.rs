@@ -277,15 +277,19 @@ async fn app_plan_apply_speaks_https_with_the_ca_given() {
         "/tests/data/apps/example/mse.toml"
     );
     let token = live.dir.path().join("token");
-    let run = |base: String, ca: Option<PathBuf>| {
+    // Authenticated by the token file, or by `auth` instead (other flags).
+    let run_as = |base: String, ca: Option<PathBuf>, auth: Vec<String>| {
         let token = token.clone();
         async move {
             let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"));
             c.args(["app", "plan", "--app-config", app_config])
                 .args(["--node", "127.0.0.1:1", "--app-domain", "apps.example.test"])
-                .args(["--apply", &base, "--token-file"])
-                .arg(&token)
+                .args(["--apply", &base])
                 .args(["--timeout", "10s"]);
+            if auth.is_empty() {
+                c.arg("--token-file").arg(&token);
+            }
+            c.args(&auth);
             if let Some(ca) = ca {
                 c.arg("--ca").arg(ca);
             }
@@ -296,6 +300,7 @@ async fn app_plan_apply_speaks_https_with_the_ca_given() {
             )
         }
     };
+    let run = |base: String, ca: Option<PathBuf>| run_as(base, ca, Vec::new());
     let base = format!("https://127.0.0.1:{}", admin.port());
     let (ok, err) = run(base.clone(), None).await;
     assert!(!ok);
@@ -317,10 +322,29 @@ async fn app_plan_apply_speaks_https_with_the_ca_given() {
     };
     assert_eq!(registered().await, 404);
     // With the admin CA: registered over https.
-    let (ok, err) = run(base, Some(pki.path("server-ca.pem"))).await;
+    let (ok, err) = run(base.clone(), Some(pki.path("server-ca.pem"))).await;
     assert!(ok, "{err}");
     assert!(err.contains("applied: PUT https://127.0.0.1"), "{err}");
     assert_eq!(registered().await, 200);
+
+    // The orchestrator's client certificate instead of a token; a metrics
+    // one may not write.
+    for (cn, want_ok) in [("orchestrator", true), ("prometheus", false)] {
+        let leaf = AdminPki::client(&pki.client_ca, cn);
+        std::fs::write(pki.path("client.crt"), &leaf.cert_pem).unwrap();
+        write_secret(&pki.path("client.key"), &leaf.key_pem);
+        let auth = vec![
+            "--cert".to_string(),
+            pki.path("client.crt").display().to_string(),
+            "--key".to_string(),
+            pki.path("client.key").display().to_string(),
+        ];
+        let (ok, err) = run_as(base.clone(), Some(pki.path("server-ca.pem")), auth).await;
+        assert_eq!(ok, want_ok, "{cn}: {err}");
+        if !want_ok {
+            assert!(err.contains("403"), "{err}");
+        }
+    }
 }
 
 /// The leaf certificate the admin listener shows now.

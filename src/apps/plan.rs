@@ -64,11 +64,19 @@ pub struct PlanArgs {
     /// register the planned app there. An app
     /// already registered under the same project and name keeps its
     /// generated hostnames (a redeploy keeps the hostname).
-    #[arg(long, value_name = "URL", requires = "token_file")]
+    #[arg(long, value_name = "URL")]
     pub apply: Option<String>,
-    /// The file holding the admin API's bearer token, for `--apply`.
+    /// The file holding the admin API's bearer token, for `--apply` (or
+    /// give a client certificate with `--cert` and `--key`).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for an https `--apply`, one the proxy
+    /// maps to `write` in `admin.tls.client_roles`.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// PEM CA bundle that signs the admin API's certificate, for an
     /// `https://` `--apply` (required with it: no system roots are used).
     #[arg(long, value_name = "FILE")]
@@ -341,17 +349,21 @@ fn run_inner(
         return Ok(());
     };
     let token = match &args.token_file {
+        None if args.cert.is_some() => None,
         // The proxy's own token file format (`name:token` lines allowed):
         // the first token is sent.
-        Some(f) => {
-            std::fs::read_to_string(f)
-                .map_err(|e| e.to_string())
-                .and_then(|text| crate::admin::tokens::parse("token", &text))
-                .map_err(|e| Failure::Apply(format!("--token-file {}: {e}", f.display())))?
-                .swap_remove(0)
-                .1
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|text| crate::admin::tokens::parse("token", &text))
+            .map_err(|e| Failure::Apply(format!("--token-file {}: {e}", f.display())))?
+            .swap_remove(0)
+            .1
+            .into(),
+        None => {
+            return Err(Failure::Apply(
+                "--apply needs --token-file, or --cert and --key".into(),
+            ))
         }
-        None => return Err(Failure::Apply("--apply needs --token-file".into())),
     };
     // Plan first: a file that breaks the rules is never sent.
     let first = plan(&cfg, &input, &policy)?;
@@ -398,8 +410,25 @@ fn http_client(url: &reqwest::Url, args: &PlanArgs) -> Result<reqwest::Client, F
             ))
             .with_safe_default_protocol_versions()
             .map_err(|e| Failure::Apply(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+            let tls = match (&args.cert, &args.key) {
+                (Some(cert), Some(key)) => {
+                    let chain = crate::tls::certs::read_certs(cert)
+                        .map_err(|e| Failure::Apply(format!("--cert {e}")))?;
+                    let key_der = crate::tls::pem_file::read(key)
+                        .and_then(|pem| {
+                            use rustls::pki_types::pem::PemObject;
+                            rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                                format!("`{}`: no PEM private key: {e}", key.display())
+                            })
+                        })
+                        .map_err(|e| Failure::Apply(format!("--key {e}")))?;
+                    tls.with_client_auth_cert(chain, key_der).map_err(|e| {
+                        Failure::Apply(format!("--cert and --key do not go together: {e}"))
+                    })?
+                }
+                _ => tls.with_no_client_auth(),
+            };
             b = b.use_preconfigured_tls(tls).https_only(true);
         }
         ("https", None) => {
@@ -412,6 +441,11 @@ fn http_client(url: &reqwest::Url, args: &PlanArgs) -> Result<reqwest::Client, F
                 "--ca is for an https:// --apply, not `{url}`"
             )))
         }
+        _ if args.cert.is_some() => {
+            return Err(Failure::Apply(format!(
+                "--cert is for an https:// --apply, not `{url}`"
+            )))
+        }
         _ => {}
     }
     b.build()
@@ -422,7 +456,8 @@ fn http_client(url: &reqwest::Url, args: &PlanArgs) -> Result<reqwest::Client, F
 struct Apply {
     client: reqwest::Client,
     url: reqwest::Url,
-    token: String,
+    /// `None`: the client certificate authenticates.
+    token: Option<String>,
 }
 
 impl Apply {
@@ -430,7 +465,7 @@ impl Apply {
         base: &str,
         project: &str,
         name: &str,
-        token: String,
+        token: Option<String>,
         args: &PlanArgs,
     ) -> Result<Self, Failure> {
         let mut url = reqwest::Url::parse(base)
@@ -446,12 +481,25 @@ impl Apply {
         })
     }
 
+    /// The `Authorization` header, if a token is used.
+    fn auth(&self) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(v) = self
+            .token
+            .as_ref()
+            .and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            h.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        h
+    }
+
     /// The hostnames of the deployment registered under this key, if any.
     async fn registered_hosts(&self) -> Result<Option<(String, Option<String>)>, Failure> {
         let resp = self
             .client
             .get(self.url.clone())
-            .bearer_auth(&self.token)
+            .headers(self.auth())
             .send()
             .await
             .map_err(|e| Failure::Apply(format!("GET {}: {e}", self.url)))?;
@@ -477,7 +525,7 @@ impl Apply {
         let resp = self
             .client
             .put(self.url.clone())
-            .bearer_auth(&self.token)
+            .headers(self.auth())
             .json(record)
             .send()
             .await
