@@ -61,13 +61,17 @@ VOLUME ["/var/lib/mse-proxy"]
 
 USER 10001:10001
 
-# 443: TLS from the public. 9090: admin API, /metrics, /healthz, /readyz
-# (publish it to the operators' network only).
+# 443: TLS from the public. 9090: admin API over TLS, /metrics, /healthz,
+# /readyz (every read and write needs a token; publish it to the operators'
+# network only all the same).
 EXPOSE 443 9090
 
 # Liveness of the process; /readyz additionally waits for the first route set.
+# The admin listener speaks TLS (config/docker.toml); --insecure because the
+# probe sends no secret and trusts the answer for nothing but "alive", and
+# the certificate names the operators' address, not 127.0.0.1.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["curl", "--fail", "--silent", "--show-error", "--max-time", "3", "--output", "/dev/null", "http://127.0.0.1:9090/healthz"]
+    CMD ["curl", "--fail", "--silent", "--show-error", "--insecure", "--max-time", "3", "--output", "/dev/null", "https://127.0.0.1:9090/healthz"]
 
 # SIGTERM drains live connections for timeouts.shutdown_grace (30s by
 # default): run with --stop-timeout above it.

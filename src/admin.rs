@@ -1,6 +1,14 @@
-//! The admin HTTP listener (axum): health, readiness and the routes API.
-//! Reads are open; writes need `Authorization: Bearer <token>`, and with no
-//! token configured every write is refused rather than left open.
+//! The admin HTTP listener (axum): health, readiness, metrics and the
+//! routes API. Who may do what is decided from the request's head before
+//! any handler runs ([`auth`]); every write leaves an audit line
+//! ([`audit`]); bearer tokens come from files re-read as they change
+//! ([`tokens`]).
+
+pub mod audit;
+pub mod auth;
+pub mod serve;
+pub mod tls;
+pub mod tokens;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,7 +16,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,7 +25,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::routes::RouteSpec;
-use crate::config::TokenSource;
 use crate::proxy::Shared;
 use crate::routing::reconciler::watchdog::Health;
 use crate::routing::reconciler::{Control, ControlError};
@@ -28,36 +35,21 @@ use crate::routing::{RouteEntry, Source};
 pub struct AdminState {
     pub shared: Arc<Shared>,
     pub control: Control,
-    /// The write token; `None` refuses all writes.
-    pub token: Option<Vec<u8>>,
+    /// Tokens and certificate roles, checked by [`auth::guard`].
+    pub auth: auth::Auth,
+    /// Body caps of `PUT /routes/..` and `PUT /apps/..`, in bytes.
+    pub max_route_body: usize,
+    pub max_app_body: usize,
+    /// From a request's head to its answer (408 beyond).
+    pub request_timeout: std::time::Duration,
     /// With `[etcd]`: route writes go to the shared store.
     pub etcd: Option<Arc<EtcdWriter>>,
     /// The reconciler's watchdog, for `/healthz`.
     pub health: Health,
 }
 
-/// Reads the token named by the config. A named file or variable that
-/// cannot be read is a startup error, not a silently open API.
-pub fn load_token(source: &TokenSource) -> anyhow::Result<Option<Vec<u8>>> {
-    let token = match source {
-        TokenSource::None => return Ok(None),
-        TokenSource::File(path) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?,
-        TokenSource::Env(var) => std::env::var(var).map_err(|_| {
-            anyhow::anyhow!("admin.token_env: environment variable {var} is not set")
-        })?,
-    };
-    let token = token.trim();
-    if token.is_empty() {
-        anyhow::bail!("admin token is empty");
-    }
-    Ok(Some(token.as_bytes().to_vec()))
-}
-
 pub fn router(state: Arc<AdminState>) -> Router {
-    // Every body is read whole before it is parsed: the cap bounds what one
-    // request can make the process hold (`limits.max_admin_body_bytes`).
-    let body_cap = state.shared.config.control_limits.admin_body_bytes;
+    let route_body = DefaultBodyLimit::max(state.max_route_body);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -66,26 +58,32 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/routes", get(list_routes))
         .route(
             "/routes/{name}",
-            get(get_route).put(put_route).delete(delete_route),
+            get(get_route)
+                .put(put_route)
+                .delete(delete_route)
+                .layer(route_body),
         )
         .route("/reload", post(reload))
-        .merge(crate::admin_apps::routes())
-        .layer(DefaultBodyLimit::max(body_cap))
+        .merge(crate::admin_apps::routes(state.max_app_body))
+        // Outermost: runs before every handler and so before any body
+        // extractor reads a byte.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::guard,
+        ))
         .with_state(state)
 }
 
-/// Serves the admin API on `listener` until `stop` is cancelled.
+/// Serves the admin API on `listener` until `stop` is cancelled, with the
+/// limits of `http` and over TLS if `tls` is given ([`serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
+    http: crate::config::admin::AdminHttp,
+    tls: Option<tls::AdminTlsAcceptor>,
     stop: CancellationToken,
 ) {
-    if let Err(e) = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "admin listener failed");
-    }
+    serve::serve(listener, router(state), http, tls, stop).await;
 }
 
 /// A JSON error answer.
@@ -93,6 +91,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     details: Vec<String>,
+    /// `WWW-Authenticate` of a 401.
+    challenge: Option<&'static str>,
 }
 
 impl ApiError {
@@ -101,6 +101,15 @@ impl ApiError {
             status,
             message: message.into(),
             details: Vec::new(),
+            challenge: None,
+        }
+    }
+
+    /// 401 with the `WWW-Authenticate` challenge to send.
+    pub(crate) fn unauthorized(message: impl Into<String>, challenge: &'static str) -> Self {
+        Self {
+            challenge: Some(challenge),
+            ..Self::new(StatusCode::UNAUTHORIZED, message)
         }
     }
 }
@@ -112,6 +121,7 @@ impl From<ControlError> for ApiError {
                 status: StatusCode::BAD_REQUEST,
                 message: "invalid route".into(),
                 details: errs.0.iter().map(ToString::to_string).collect(),
+                challenge: None,
             },
             ControlError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             ControlError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
@@ -130,28 +140,12 @@ impl From<ControlError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.message, "details": self.details }));
-        if self.status == StatusCode::UNAUTHORIZED {
-            (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        if let Some(challenge) = self.challenge {
+            (self.status, [(header::WWW_AUTHENTICATE, challenge)], body).into_response()
         } else {
             (self.status, body).into_response()
         }
     }
-}
-
-pub(crate) fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "writes are disabled: no admin token is configured",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
-    aws_lc_rs::constant_time::verify_slices_are_equal(given.trim().as_bytes(), token)
-        .map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "wrong token"))
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
@@ -169,18 +163,6 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         text,
     )
         .into_response()
-}
-
-/// 200 while the process can still change routes; 503 once the reconciler
-/// has failed (the process is about to exit for a restart).
-async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    match s.health.failure() {
-        None => (StatusCode::OK, "ok\n".to_string()),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("unhealthy: {why}\n"),
-        ),
-    }
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -243,11 +225,9 @@ async fn get_route(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -
 async fn put_route(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers)?;
-    let body = body.map_err(|e| body_refused(&s, e))?;
+    let body = body.map_err(|e| body_refused(e, s.max_route_body, "admin.max_route_body"))?;
     let spec: RouteSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not a route: {e}")))?;
     if spec.name != name {
@@ -269,9 +249,7 @@ async fn put_route(
 async fn delete_route(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers)?;
     if let Some(etcd) = &s.etcd {
         return Ok(written(etcd.delete(&name).await?));
     }
@@ -279,18 +257,26 @@ async fn delete_route(
     Ok(Json(json!({ "applied": applied })).into_response())
 }
 
-/// A body that could not be read: over the cap (413, naming the key that
-/// sets it), or cut off by the client.
-pub(crate) fn body_refused(s: &AdminState, e: BytesRejection) -> ApiError {
+/// A body that could not be read: over the endpoint's cap (413, naming the
+/// key that sets it), or cut off by the client.
+pub(crate) fn body_refused(e: BytesRejection, cap: usize, key: &str) -> ApiError {
     let status = e.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        let cap = s.shared.config.control_limits.admin_body_bytes;
-        ApiError::new(
-            status,
-            format!("the body is over {cap} bytes (limits.max_admin_body_bytes)"),
-        )
+        ApiError::new(status, format!("the body is over {cap} bytes ({key})"))
     } else {
         ApiError::new(status, format!("the body could not be read: {e}"))
+    }
+}
+
+/// 200 while the process can still change routes; 503 once the reconciler
+/// has failed (the process is about to exit for a restart).
+async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    match s.health.failure() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
     }
 }
 
@@ -305,11 +291,7 @@ pub(crate) fn written(w: Written) -> Response {
     (status, Json(w)).into_response()
 }
 
-async fn reload(
-    State(s): State<Arc<AdminState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&s, &headers)?;
+async fn reload(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     let applied = s.control.reload_file().await?;
     Ok(Json(json!({ "applied": applied })).into_response())
 }

@@ -7,7 +7,8 @@
 //!   replacing the one under that key; the answer is the app as registered;
 //! - `DELETE /apps/{project}/{name}`.
 //!
-//! Writes need the admin bearer token, as route writes do. Errors are JSON:
+//! Writes need a write credential, as route writes do (checked by
+//! `crate::admin::auth::guard` before the body is read). Errors are JSON:
 //! 400 lists every violation with its field (`violations: [{field,
 //! message}]`), 404 names what is missing, 409 says which route or app
 //! already holds a host, a route name or an id.
@@ -16,14 +17,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::admin::{authorize, body_refused, AdminState, ApiError};
+use crate::admin::{body_refused, AdminState, ApiError};
 use crate::apps::cname::{check_all, custom_hosts};
 use crate::apps::store::AppView;
 use crate::apps::{AppKey, AppPut, AppRecord};
@@ -32,11 +33,15 @@ use crate::config::ConfigErrors;
 use crate::routing::reconciler::ControlError;
 use crate::routing::HostPattern;
 
-/// The apps routes, merged into `crate::admin::router`.
-pub fn routes() -> Router<Arc<AdminState>> {
+/// The apps routes, merged into `crate::admin::router`; a record body is
+/// capped at `max_body` bytes (413 beyond).
+pub fn routes(max_body: usize) -> Router<Arc<AdminState>> {
     Router::new().route("/apps", get(list)).route(
         "/apps/{project}/{name}",
-        get(get_app).put(put_app).delete(delete_app),
+        get(get_app)
+            .put(put_app)
+            .delete(delete_app)
+            .layer(DefaultBodyLimit::max(max_body)),
     )
 }
 
@@ -61,15 +66,11 @@ async fn get_app(
 async fn put_app(
     State(s): State<Arc<AdminState>>,
     Path((project, name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&s, &headers) {
-        return e.into_response();
-    }
     let body = match body {
         Ok(b) => b,
-        Err(e) => return body_refused(&s, e).into_response(),
+        Err(e) => return body_refused(e, s.max_app_body, "admin.max_app_body").into_response(),
     };
     let record = match parse_record(&body) {
         Ok(r) => r,
@@ -126,11 +127,7 @@ async fn put_app(
 async fn delete_app(
     State(s): State<Arc<AdminState>>,
     Path((project, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = authorize(&s, &headers) {
-        return e.into_response();
-    }
     let key = AppKey { project, name };
     if let Some(etcd) = &s.etcd {
         return match etcd.delete_app(&key).await {

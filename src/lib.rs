@@ -31,6 +31,9 @@
 //! the small gRPC client in `etcd`; without it, `state` keeps what the
 //! admin API accepted on disk (redb), committed before the answer and
 //! loaded back at start;
+//! `admin` serves the admin API (roles from tokens or client certificates
+//! decided before a body is read, TLS, timeouts and a connection cap, an
+//! audit line per write);
 //! `server` wires signals (SIGHUP reload, SIGTERM graceful stop) around a
 //! running `proxy::ProxyHandle`.
 

@@ -28,6 +28,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per process: the size of the `App` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Validate the config and its routes, print every problem, exit non-zero if any.
@@ -59,6 +61,7 @@ enum AppCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    mse_proxy::tls::install_default_provider();
     if let Some(Command::App {
         command: AppCommand::Plan(args),
     }) = &cli.command

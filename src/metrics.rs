@@ -110,6 +110,12 @@ pub struct Metrics {
     pub etcd_invalid_keys: IntGauge,
     pub etcd_routes_left_out: IntGauge,
     pub etcd_on_fallback: IntGauge,
+    /// Admin API requests by the access they needed and their outcome
+    /// (`crate::admin::audit`).
+    pub admin_requests: IntCounterVec,
+    /// Re-reads of the admin token files: `ok` now in service, `error`
+    /// refused (the tokens in service stay).
+    pub admin_token_reloads: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -283,6 +289,22 @@ impl Metrics {
                 "1 while the table comes from the etcd fallback file (etcd unreachable since start)",
             ))
             .unwrap(),
+            admin_requests: IntCounterVec::new(
+                opts(
+                    "admin_requests_total",
+                    "Admin API requests, by the access they needed (open, metrics, read, write) and outcome",
+                ),
+                &["access", "outcome"],
+            )
+            .unwrap(),
+            admin_token_reloads: IntCounterVec::new(
+                opts(
+                    "admin_token_reloads_total",
+                    "Re-reads of the admin token files: taken (ok) or refused, the old tokens kept (error)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             registry,
             names: Vec::new(),
         };
@@ -313,6 +335,8 @@ impl Metrics {
             Box::new(m.etcd_invalid_keys.clone()),
             Box::new(m.etcd_routes_left_out.clone()),
             Box::new(m.etcd_on_fallback.clone()),
+            Box::new(m.admin_requests.clone()),
+            Box::new(m.admin_token_reloads.clone()),
             Box::new(build),
             Box::new(prometheus::process_collector::ProcessCollector::new(
                 std::process::id() as i32,
@@ -333,6 +357,11 @@ impl Metrics {
         }
         for s in REFUSING_SOURCES {
             m.reloads.with_label_values(&[s, "error"]);
+        }
+        for access in crate::admin::audit::ACCESS {
+            for outcome in crate::admin::audit::OUTCOMES {
+                m.admin_requests.with_label_values(&[access, outcome]);
+            }
         }
         for r in ["ok", "not_found", "unavailable"] {
             m.dns_lookups.with_label_values(&[r]);

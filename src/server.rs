@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::tokens::{self, TokenWatch, Tokens};
 use crate::admin::{self, AdminState};
 use crate::config::{routes, Config, ConfigError, ConfigErrors};
 use crate::proxy::{fds, ProxyHandle};
@@ -68,9 +69,10 @@ fn check_coverage(
 }
 
 /// What `mse-proxy check` validates: the config file, its routes, its
-/// certificates, that the certificates serve the terminate routes, and
-/// that the state directory can be created and written (without `[etcd]`).
-/// Problems with routes, certificates and state are reported together.
+/// certificates, that the certificates serve the terminate routes, the
+/// admin API's token and TLS files, and that the state directory can be
+/// created and written (without `[etcd]`). Problems with routes,
+/// certificates, the admin API and state are reported together.
 pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
     check_as(Config::load(path)?)
 }
@@ -95,6 +97,7 @@ fn check_as(mut config: Config) -> Result<(Config, Vec<Route>), ConfigErrors> {
     let routes = load_routes(&config);
     let certs = CertStore::load(&config.source, &config.certificates);
     let state = check_state_dir(&config);
+    let admin = check_admin(&config);
     let mut errs = ConfigErrors::default();
     let routes = match (routes, certs) {
         (Ok(routes), Ok(store)) => match check_coverage(&config, &store, &routes) {
@@ -118,9 +121,32 @@ fn check_as(mut config: Config) -> Result<(Config, Vec<Route>), ConfigErrors> {
     if let Err(e) = state {
         errs.0.push(e);
     }
+    if let Err(e) = admin {
+        errs.0.extend(e.0);
+    }
     match routes {
         Some(routes) if errs.is_empty() => Ok((config, routes)),
         _ => Err(errs),
+    }
+}
+
+/// The admin API's token files and TLS files load.
+fn check_admin(config: &Config) -> Result<(), ConfigErrors> {
+    let Some(a) = &config.admin else {
+        return Ok(());
+    };
+    let t = tokens::load(&config.source, a).map(drop);
+    let tls = match &a.tls {
+        Some(tls) => admin::tls::load(&config.source, tls).map(drop),
+        None => Ok(()),
+    };
+    match (t, tls) {
+        (Err(mut a), Err(b)) => {
+            a.0.extend(b.0);
+            Err(a)
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -157,7 +183,12 @@ pub struct Server {
     reconciler: tokio::task::AbortHandle,
     /// Where the admin API listens, if configured.
     pub admin_addr: Option<SocketAddr>,
+    /// The admin API's tokens, re-read on SIGHUP and as their files change.
+    pub admin_tokens: Option<Arc<Tokens>>,
+    /// The admin listener's TLS files, re-read on SIGHUP.
+    admin_tls: Option<admin::tls::AdminTlsAcceptor>,
     admin_stop: CancellationToken,
+    _token_watch: Option<TokenWatch>,
     _watch: Option<FileWatch>,
     _cert_watch: Option<CertWatch>,
 }
@@ -180,10 +211,28 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         }
     };
     fds::fit(&mut config, fds).map_err(|msg| anyhow::anyhow!("limits.max_connections: {msg}"))?;
-    let token = match &config.admin {
-        Some(a) => admin::load_token(&a.token)?,
+    let first_tokens = match &config.admin {
+        Some(a) => Some(
+            tokens::load(&config.source, a)
+                .map_err(|e| anyhow::anyhow!("invalid admin tokens:\n{e}"))?,
+        ),
         None => None,
     };
+    let admin_tls = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        Some(t) => {
+            admin::tls::warn_if_shared(&t.key);
+            Some(
+                admin::tls::load(&config.source, t)
+                    .map_err(|e| anyhow::anyhow!("invalid admin TLS settings:\n{e}"))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(a) = config.admin.as_ref().filter(|a| a.tls.is_none()) {
+        if !a.address.ip().is_loopback() {
+            tracing::warn!(address = %a.address, "admin.allow_plaintext: the admin API is plain HTTP on a non-loopback address; tokens cross the network in clear");
+        }
+    }
     let admin_listener = match &config.admin {
         Some(a) => {
             let l = std::net::TcpListener::bind(a.address)
@@ -277,24 +326,59 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         control.clone(),
         admin_stop.clone(),
     ));
-    let admin_addr = match admin_listener {
-        Some(l) => {
+    let mut admin_tokens = None;
+    let mut token_watch = None;
+    let admin_addr = match (admin_listener, &proxy.shared.config.admin, first_tokens) {
+        (Some(l), Some(cfg), Some(first)) => {
             let addr = l.local_addr()?;
+            let tokens = Tokens::new(
+                &proxy.shared.config.source,
+                cfg.clone(),
+                first,
+                proxy.shared.metrics.admin_token_reloads.clone(),
+            );
+            if proxy.shared.config.reload.watch && tokens.has_files() {
+                token_watch = Some(
+                    tokens::watch(Arc::clone(&tokens), proxy.shared.config.reload.debounce)
+                        .context("watching the admin token files")?,
+                );
+            }
             let state = Arc::new(AdminState {
                 shared: Arc::clone(&proxy.shared),
                 control: control.clone(),
-                token,
+                auth: admin::auth::Auth {
+                    tokens: Arc::clone(&tokens),
+                    metrics_auth: cfg.metrics_auth,
+                    client_roles: cfg
+                        .tls
+                        .as_ref()
+                        .map(|t| t.client_roles.clone())
+                        .unwrap_or_default(),
+                },
+                max_route_body: cfg.http.max_route_body,
+                max_app_body: cfg.http.max_app_body,
+                request_timeout: cfg.http.request_timeout,
                 etcd: etcd_writer,
                 health: health.clone(),
             });
-            if state.token.is_none() {
-                tracing::warn!("no admin token configured: admin API writes are refused");
+            if !tokens.load().grants(crate::config::Role::Write)
+                && state.auth.client_roles.is_empty()
+            {
+                tracing::warn!("no admin write token configured: admin API writes are refused");
             }
-            tokio::spawn(admin::serve(l, state, admin_stop.clone()));
-            tracing::info!(address = %addr, "admin API listening");
+            admin_tokens = Some(tokens);
+            let scheme = if admin_tls.is_some() { "https" } else { "http" };
+            tokio::spawn(admin::serve(
+                l,
+                state,
+                cfg.http.clone(),
+                admin_tls.clone(),
+                admin_stop.clone(),
+            ));
+            tracing::info!(address = %addr, scheme, "admin API listening");
             Some(addr)
         }
-        None => None,
+        _ => None,
     };
     Ok(Server {
         proxy,
@@ -302,7 +386,10 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         health,
         reconciler,
         admin_addr,
+        admin_tokens,
+        admin_tls,
         admin_stop,
+        _token_watch: token_watch,
         _watch: watch,
         _cert_watch: cert_watch,
     })
@@ -314,6 +401,17 @@ impl Server {
     #[doc(hidden)]
     pub fn kill_reconciler_for_tests(&self) {
         self.reconciler.abort();
+    }
+
+    /// What SIGHUP re-reads for the admin API: its token files and its TLS
+    /// files. Each logs its outcome; a refused file keeps what is in service.
+    pub async fn reload_admin(&self) {
+        if let Some(t) = &self.admin_tokens {
+            t.reload().await;
+        }
+        if let Some(t) = &self.admin_tls {
+            t.reload().await;
+        }
     }
 
     /// Graceful stop: see [`ProxyHandle::shutdown`]; the admin API stops last.
@@ -342,8 +440,9 @@ pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
                 break;
             }
             _ = hup.recv() => {
-                // The reconciler logs the outcome either way.
+                // The reconciler and the token store log the outcome either way.
                 let _ = server.control.reload_file().await;
+                server.reload_admin().await;
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining (again to exit at once)"); break; }

@@ -21,7 +21,7 @@ async fn a_put_of_100000_hosts_is_refused_fast_and_a_small_put_beside_it_applies
     let ca = Ca::new("test CA").unwrap();
     let (small, _) = enclave(&ca, &["small.example.test"], "small").await;
     // A body cap large enough for the hosts, so the hosts cap is what refuses.
-    let live = Live::start(&[], "[limits]\nmax_admin_body_bytes = 16777216\n");
+    let live = Live::start(&[], "max_route_body = 16777216\n");
     let hosts = many_hosts(100_000);
     let mut big = spec("big", &["big.example.test"], &["127.0.0.1:1".into()]);
     big.hosts = hosts;
@@ -65,7 +65,7 @@ async fn a_put_of_100000_hosts_is_refused_fast_and_a_small_put_beside_it_applies
 async fn a_body_over_the_cap_is_refused_with_413_naming_the_key() {
     let live = Live::start(&[], "");
     let mut big = spec("big", &["big.example.test"], &["127.0.0.1:1".into()]);
-    // About 2.3 MB of JSON, over the default 1 MiB.
+    // About 2.3 MB of JSON, over the default 64 KiB.
     big.hosts = many_hosts(100_000);
     let r = tokio::time::timeout(BOUND, live.put_route("big", &big))
         .await
@@ -74,13 +74,13 @@ async fn a_body_over_the_cap_is_refused_with_413_naming_the_key() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(
         body["error"],
-        "the body is over 1048576 bytes (limits.max_admin_body_bytes)"
+        "the body is over 65536 bytes (admin.max_route_body)"
     );
 }
 
 #[tokio::test]
 async fn an_app_record_over_the_body_cap_is_refused_the_same_way() {
-    let live = Live::start(&[], "[limits]\nmax_admin_body_bytes = 4096\n");
+    let live = Live::start(&[], "max_app_body = 4096\n");
     let r = reqwest::Client::new()
         .put(live.admin("/apps/p/shop"))
         .bearer_auth(TOKEN)
@@ -93,7 +93,7 @@ async fn an_app_record_over_the_body_cap_is_refused_the_same_way() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(
         body["error"],
-        "the body is over 4096 bytes (limits.max_admin_body_bytes)"
+        "the body is over 4096 bytes (admin.max_app_body)"
     );
 }
 

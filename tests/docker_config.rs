@@ -73,6 +73,14 @@ fn docker_config_is_valid_and_listens_on_443() {
         admin.token,
         TokenSource::File(PathBuf::from("/run/secrets/mse-proxy-admin-token"))
     );
+    // Published on 0.0.0.0: TLS, not plain HTTP.
+    let tls = admin
+        .tls
+        .as_ref()
+        .expect("the published admin API speaks TLS");
+    assert_eq!(tls.cert, Path::new("/etc/mse-proxy/admin.crt"));
+    assert_eq!(tls.key, Path::new("/etc/mse-proxy/admin.key"));
+    assert!(!admin.allow_plaintext);
     assert_eq!(
         c.routes_file.as_deref(),
         Some(Path::new("/etc/mse-proxy/routes.toml"))
@@ -93,9 +101,29 @@ fn docker_config_passes_check_with_the_example_routes_beside_it() {
     // The state volume moved into the temp dir: check creates and writes
     // the directory, and must not touch this machine's /var/lib.
     let state = dir.path().join("state-volume");
+    // `check` reads the admin token file as the proxy would: mounted where
+    // the README's `docker run ... check` mounts it, owner-only.
+    let token = dir.path().join("mse-proxy-admin-token");
+    std::fs::write(&token, "ops:0123456789abcdef0123456789abcdef\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o400)).unwrap();
+    // The admin listener's certificate and key beside the config.
+    let ca = mse_proxy::standin::Ca::new("admin CA").unwrap();
+    let leaf = ca.issue(&["mse-proxy-admin"]).unwrap();
+    std::fs::write(dir.path().join("admin.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("admin.key"), &leaf.key_pem).unwrap();
     let text = read("config/docker.toml");
-    let moved = text.replace(&format!("{STATE:?}"), &format!("{state:?}"));
-    assert_ne!(moved, text, "config/docker.toml names {STATE}");
+    assert!(text.contains("/run/secrets/mse-proxy-admin-token"));
+    let moved = text
+        .replace(&format!("{STATE:?}"), &format!("{state:?}"))
+        .replace(
+            "/run/secrets/mse-proxy-admin-token",
+            &token.display().to_string(),
+        );
+    assert!(
+        moved.contains(&format!("{state:?}")),
+        "config/docker.toml names {STATE}"
+    );
     std::fs::write(&config, moved).unwrap();
     std::fs::write(
         dir.path().join("routes.toml"),
@@ -133,11 +161,20 @@ fn dockerfile_matches_the_docker_config() {
     }
 
     let health = instruction(&df, "HEALTHCHECK").join(" ");
-    let url = format!("http://127.0.0.1:{admin_port}/healthz");
+    let scheme = if c.admin.as_ref().unwrap().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://127.0.0.1:{admin_port}/healthz");
     assert!(
-        health.contains(&url),
+        health.contains(&format!("\"{url}\"")),
         "HEALTHCHECK does not call {url}: {health}"
     );
+    if scheme == "https" {
+        // The certificate names the operators' address, not 127.0.0.1.
+        assert!(health.contains("--insecure"), "{health}");
+    }
     assert!(
         health.contains("--fail"),
         "HEALTHCHECK must fail on HTTP errors"

@@ -96,12 +96,7 @@ async fn a_write_through_one_instance_is_served_by_the_other_within_a_second() {
     );
     let (body, _) = get(b.addr(), "shared.example.test", &ca).await.unwrap();
     assert_eq!(body, "hello from shared");
-    let routes: Value = reqwest::get(b.admin("/routes/shared"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let routes: Value = b.get("/routes/shared").await.json().await.unwrap();
     assert_eq!(routes["source"], "etcd");
 
     // A delete through B closes A's open connection too.
@@ -168,7 +163,7 @@ async fn a_host_claimed_through_one_instance_is_refused_through_the_other() {
     // taken over; one whose owner exists is not.
     kv.delete(format!("{PREFIX}routes/one")).await.unwrap();
     let gone = eventually_async(Duration::from_secs(2), || async {
-        reqwest::get(b.admin("/routes/one")).await.unwrap().status() == 404
+        b.get("/routes/one").await.status() == 404
     })
     .await;
     assert!(gone, "B still serves the deleted route");

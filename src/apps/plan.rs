@@ -60,14 +60,33 @@ pub struct PlanArgs {
     #[arg(long, value_name = "DOMAIN")]
     pub app_domain: Option<String>,
     /// The base URL of a running proxy's admin API (e.g.
-    /// `http://127.0.0.1:9901`): register the planned app there. An app
+    /// `https://10.0.0.5:9090`, with `--ca`; or `http://127.0.0.1:9090`):
+    /// register the planned app there. An app
     /// already registered under the same project and name keeps its
     /// generated hostnames (a redeploy keeps the hostname).
-    #[arg(long, value_name = "URL", requires = "token_file")]
+    #[arg(long, value_name = "URL")]
     pub apply: Option<String>,
-    /// The file holding the admin API's bearer token, for `--apply`.
+    /// The file holding the admin API's bearer token, for `--apply` (or
+    /// give a client certificate with `--cert` and `--key`).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for an https `--apply`, one the proxy
+    /// maps to `write` in `admin.tls.client_roles`.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle that signs the admin API's certificate, for an
+    /// `https://` `--apply` (required with it: no system roots are used).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// How long connecting to the admin API may take.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+    /// How long each request to the admin API may take, connecting included.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// A planned app: the record to register and what it yields.
@@ -330,11 +349,21 @@ fn run_inner(
         return Ok(());
     };
     let token = match &args.token_file {
+        None if args.cert.is_some() => None,
+        // The proxy's own token file format (`name:token` lines allowed):
+        // the first token is sent.
         Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|text| crate::admin::tokens::parse("token", &text))
             .map_err(|e| Failure::Apply(format!("--token-file {}: {e}", f.display())))?
-            .trim()
-            .to_string(),
-        None => return Err(Failure::Apply("--apply needs --token-file".into())),
+            .swap_remove(0)
+            .1
+            .into(),
+        None => {
+            return Err(Failure::Apply(
+                "--apply needs --token-file, or --cert and --key".into(),
+            ))
+        }
     };
     // Plan first: a file that breaks the rules is never sent.
     let first = plan(&cfg, &input, &policy)?;
@@ -343,7 +372,7 @@ fn run_inner(
         .build()
         .map_err(|e| Failure::Apply(format!("cannot start a runtime: {e}")))?;
     rt.block_on(async {
-        let client = Apply::new(url, &first.project, &first.name, token)?;
+        let client = Apply::new(url, &first.project, &first.name, token, args)?;
         input.keep = client.registered_hosts().await?;
         let p = if input.keep.is_some() {
             plan(&cfg, &input, &policy)?
@@ -360,15 +389,85 @@ fn print_json(out: &mut dyn Write, v: &impl Serialize) {
     let _ = writeln!(out, "{text}");
 }
 
+/// The HTTP client for `--apply`: timeouts always; for `https://`, rustls
+/// trusting only `--ca` (the admin API's own CA, not the system's roots).
+fn http_client(url: &reqwest::Url, args: &PlanArgs) -> Result<reqwest::Client, Failure> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(args.connect_timeout)
+        .timeout(args.timeout);
+    match (url.scheme(), &args.ca) {
+        ("https", Some(ca)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in crate::tls::certs::read_certs(ca)
+                .map_err(|e| Failure::Apply(format!("--ca {e}")))?
+            {
+                roots
+                    .add(c)
+                    .map_err(|e| Failure::Apply(format!("--ca `{}`: {e}", ca.display())))?;
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(
+                crate::tls::provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Failure::Apply(e.to_string()))?
+            .with_root_certificates(roots);
+            let tls = match (&args.cert, &args.key) {
+                (Some(cert), Some(key)) => {
+                    let chain = crate::tls::certs::read_certs(cert)
+                        .map_err(|e| Failure::Apply(format!("--cert {e}")))?;
+                    let key_der = crate::tls::pem_file::read(key)
+                        .and_then(|pem| {
+                            use rustls::pki_types::pem::PemObject;
+                            rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                                format!("`{}`: no PEM private key: {e}", key.display())
+                            })
+                        })
+                        .map_err(|e| Failure::Apply(format!("--key {e}")))?;
+                    tls.with_client_auth_cert(chain, key_der).map_err(|e| {
+                        Failure::Apply(format!("--cert and --key do not go together: {e}"))
+                    })?
+                }
+                _ => tls.with_no_client_auth(),
+            };
+            b = b.use_preconfigured_tls(tls).https_only(true);
+        }
+        ("https", None) => {
+            return Err(Failure::Apply(format!(
+                "--apply `{url}` is https: give --ca FILE, the CA of the admin API's certificate"
+            )))
+        }
+        (_, Some(_)) => {
+            return Err(Failure::Apply(format!(
+                "--ca is for an https:// --apply, not `{url}`"
+            )))
+        }
+        _ if args.cert.is_some() => {
+            return Err(Failure::Apply(format!(
+                "--cert is for an https:// --apply, not `{url}`"
+            )))
+        }
+        _ => {}
+    }
+    b.build()
+        .map_err(|e| Failure::Apply(format!("cannot build the HTTP client: {e}")))
+}
+
 /// The admin API of a running proxy, for one app.
 struct Apply {
     client: reqwest::Client,
     url: reqwest::Url,
-    token: String,
+    /// `None`: the client certificate authenticates.
+    token: Option<String>,
 }
 
 impl Apply {
-    fn new(base: &str, project: &str, name: &str, token: String) -> Result<Self, Failure> {
+    fn new(
+        base: &str,
+        project: &str,
+        name: &str,
+        token: Option<String>,
+        args: &PlanArgs,
+    ) -> Result<Self, Failure> {
         let mut url = reqwest::Url::parse(base)
             .map_err(|e| Failure::Apply(format!("--apply `{base}`: {e}")))?;
         url.path_segments_mut()
@@ -376,10 +475,23 @@ impl Apply {
             .pop_if_empty()
             .extend(["apps", project, name]);
         Ok(Self {
-            client: reqwest::Client::new(),
+            client: http_client(&url, args)?,
             url,
             token,
         })
+    }
+
+    /// The `Authorization` header, if a token is used.
+    fn auth(&self) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(v) = self
+            .token
+            .as_ref()
+            .and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            h.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        h
     }
 
     /// The hostnames of the deployment registered under this key, if any.
@@ -387,6 +499,7 @@ impl Apply {
         let resp = self
             .client
             .get(self.url.clone())
+            .headers(self.auth())
             .send()
             .await
             .map_err(|e| Failure::Apply(format!("GET {}: {e}", self.url)))?;
@@ -412,7 +525,7 @@ impl Apply {
         let resp = self
             .client
             .put(self.url.clone())
-            .bearer_auth(&self.token)
+            .headers(self.auth())
             .json(record)
             .send()
             .await

@@ -18,8 +18,6 @@ pub struct ControlLimits {
     pub backends_per_route: usize,
     /// `limits.max_routes`: live routes across every source.
     pub routes: usize,
-    /// `limits.max_admin_body_bytes`: the largest admin API request body.
-    pub admin_body_bytes: usize,
 }
 
 impl Default for ControlLimits {
@@ -28,14 +26,9 @@ impl Default for ControlLimits {
             hosts_per_route: 100,
             backends_per_route: 64,
             routes: 1_000_000,
-            admin_body_bytes: 1024 * 1024,
         }
     }
 }
-
-/// Smallest accepted `limits.max_admin_body_bytes`: below it an ordinary
-/// terminate route with a pinned certificate no longer fits.
-const MIN_BODY: usize = 4096;
 
 impl ControlLimits {
     /// Validates the raw values; `path` names the config file in errors.
@@ -53,18 +46,10 @@ impl ControlLimits {
                 errs.push(path, field, "must be at least 1");
             }
         }
-        if raw.max_admin_body_bytes < MIN_BODY {
-            errs.push(
-                path,
-                "limits.max_admin_body_bytes",
-                format!("{} is below {MIN_BODY}", raw.max_admin_body_bytes),
-            );
-        }
         ControlLimits {
             hosts_per_route: raw.max_hosts_per_route,
             backends_per_route: raw.max_backends_per_route,
             routes: raw.max_routes,
-            admin_body_bytes: raw.max_admin_body_bytes,
         }
     }
 

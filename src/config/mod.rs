@@ -2,6 +2,7 @@
 //! [`Config`]; every check runs here, at load, never under traffic, and every
 //! error names its file and field.
 
+pub mod admin;
 pub mod apps;
 pub mod bounds;
 pub mod certificates;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use admin::{AdminConfig, Role, TokenSource};
 pub use certificates::CertificateFiles;
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::ControlLimits;
@@ -81,21 +83,6 @@ pub struct ReloadConfig {
     pub on_change: OnChange,
     /// How long the reconciler may go without answering the watchdog.
     pub stall_timeout: Duration,
-}
-
-/// Where the admin API's write token comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    File(PathBuf),
-    Env(String),
-    /// No token configured: every write is refused.
-    None,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub address: SocketAddr,
-    pub token: TokenSource,
 }
 
 /// One listening address and how it treats a PROXY protocol header.
@@ -399,34 +386,9 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     };
 
-    let admin = raw.admin.and_then(|a| {
-        let address = match a.address.parse::<SocketAddr>() {
-            Ok(addr) => addr,
-            Err(_) => {
-                errs.push(
-                    path,
-                    "admin.address",
-                    format!("`{}` is not `ip:port`", a.address),
-                );
-                return None;
-            }
-        };
-        let token = match (a.token_file, a.token_env) {
-            (Some(_), Some(_)) => {
-                errs.push(
-                    path,
-                    "admin.token_file",
-                    "give token_file or token_env, not both",
-                );
-                TokenSource::None
-            }
-            (Some(f), None) => TokenSource::File(base.join(f)),
-            (None, Some(v)) => TokenSource::Env(v),
-            (None, None) => TokenSource::None,
-        };
-        Some(AdminConfig { address, token })
-    });
-
+    let admin = raw
+        .admin
+        .and_then(|a| admin::validate(path, base, a, &mut errs));
     let certificates = certificates::validate(path, base, &raw.certificate, &mut errs);
     let apps = apps::validate(path, raw.apps, &mut errs);
     let etcd = raw
@@ -555,7 +517,6 @@ mod tests {
         assert_eq!(c.control_limits.hosts_per_route, 100);
         assert_eq!(c.control_limits.backends_per_route, 64);
         assert_eq!(c.control_limits.routes, 1_000_000);
-        assert_eq!(c.control_limits.admin_body_bytes, 1 << 20);
         assert_eq!(c.reload.stall_timeout, Duration::from_secs(30));
         let e =
             load("[[listener]]\naddress = \"127.0.0.1:1\"\n[reload]\nstall_timeout = \"500ms\"\n")
@@ -571,7 +532,7 @@ mod tests {
         assert_eq!(c.control_limits.hosts_per_route, 3);
         let errs = load(
             "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nmax_hosts_per_route = 0\n\
-             max_backends_per_route = 0\nmax_routes = 0\nmax_admin_body_bytes = 10\n",
+             max_backends_per_route = 0\nmax_routes = 0\n",
         )
         .unwrap_err()
         .to_string();
@@ -579,8 +540,7 @@ mod tests {
             errs,
             "/etc/mse/proxy.toml: limits.max_hosts_per_route: must be at least 1\n\
              /etc/mse/proxy.toml: limits.max_backends_per_route: must be at least 1\n\
-             /etc/mse/proxy.toml: limits.max_routes: must be at least 1\n\
-             /etc/mse/proxy.toml: limits.max_admin_body_bytes: 10 is below 4096"
+             /etc/mse/proxy.toml: limits.max_routes: must be at least 1"
         );
     }
 

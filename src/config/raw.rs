@@ -34,7 +34,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub reload: RawReload,
     /// Absent: no admin listener.
-    pub admin: Option<RawAdmin>,
+    pub admin: Option<super::admin::RawAdmin>,
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
@@ -128,16 +128,6 @@ impl Default for RawReload {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub address: String,
-    /// File holding the bearer token for writes (trailing newline ignored).
-    pub token_file: Option<PathBuf>,
-    /// Environment variable holding the bearer token for writes.
-    pub token_env: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub address: String,
     /// Expect a PROXY protocol header (v1 or v2) from a load balancer in front.
@@ -203,7 +193,6 @@ pub struct RawLimits {
     pub max_hosts_per_route: usize,
     pub max_backends_per_route: usize,
     pub max_routes: usize,
-    pub max_admin_body_bytes: usize,
 }
 
 impl Default for RawLimits {
@@ -219,7 +208,6 @@ impl Default for RawLimits {
             max_hosts_per_route: d.hosts_per_route,
             max_backends_per_route: d.backends_per_route,
             max_routes: d.routes,
-            max_admin_body_bytes: d.admin_body_bytes,
         }
     }
 }

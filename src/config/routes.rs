@@ -504,7 +504,6 @@ mod tests {
             hosts_per_route: 2,
             backends_per_route: 1,
             routes: 2,
-            ..ControlLimits::default()
         };
         let ok = spec("a", &["a.example.com", "b.example.com"], &["127.0.0.1:1"]);
         assert!(validate_all(

@@ -86,27 +86,29 @@ impl HalfError {
     }
 }
 
-/// Last activity, as milliseconds since the relay began.
+/// Last activity, as milliseconds since the relay began (one atomic store
+/// per read or write, no clock per byte). The admin listener's idle timeout
+/// uses it too.
 #[derive(Debug)]
-struct Activity {
+pub(crate) struct Activity {
     base: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.base.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn idle_deadline(&self, idle: Duration) -> Instant {
+    pub(crate) fn idle_deadline(&self, idle: Duration) -> Instant {
         self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
     }
 }

@@ -24,3 +24,10 @@ pub fn provider() -> &'static Arc<CryptoProvider> {
         LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
     &PROVIDER
 }
+
+/// Makes [`provider`] the process's default: reqwest (`app plan --apply`,
+/// the tests' clients) builds its rustls config from the process default
+/// whatever the URL, and panics without one. Idempotent.
+pub fn install_default_provider() {
+    let _ = CryptoProvider::install_default(CryptoProvider::clone(provider()));
+}

@@ -34,8 +34,11 @@ pub fn captured_hello() -> Vec<u8> {
     .expect("captured hello")
 }
 
-/// Logs to the test's output when `RUST_LOG` is set.
+/// Logs to the test's output when `RUST_LOG` is set; installs the crypto
+/// provider reqwest needs.
 pub fn init_logs() {
+    // reqwest's clients need a process-wide crypto provider.
+    mse_proxy::tls::install_default_provider();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -159,6 +162,26 @@ pub async fn run_tool(cmd: &str, args: &[String], stdin_null: bool) -> (bool, St
     (out.status.success(), text)
 }
 
+/// `mse-proxy check --config CONFIG` with the real binary: success and
+/// its output.
+pub async fn check_binary(config: &Path) -> (bool, String) {
+    run_tool(
+        env!("CARGO_BIN_EXE_mse-proxy"),
+        &[
+            "check".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        true,
+    )
+    .await
+}
+
+/// The status of one request (any client, any scheme).
+pub async fn status(r: reqwest::RequestBuilder) -> u16 {
+    r.send().await.unwrap().status().as_u16()
+}
+
 /// Polls `f` until true or `bound` passes (for state changes in other tasks).
 pub async fn eventually(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = tokio::time::Instant::now() + bound;
@@ -212,7 +235,8 @@ pub fn write_routes_in_place(path: &Path, specs: &[RouteSpec]) {
 }
 
 /// A proxy whose routes come from a file in a temp dir, with an admin API on
-/// an ephemeral port and the write token `TOKEN`.
+/// an ephemeral port, the write token `TOKEN` (file `token`) and the read
+/// token `READ_TOKEN` (file `read-token`), both mode 0600.
 pub struct Live {
     pub dir: tempfile::TempDir,
     pub routes_path: std::path::PathBuf,
@@ -220,6 +244,16 @@ pub struct Live {
 }
 
 pub const TOKEN: &str = "test-token-0123456789";
+pub const READ_TOKEN: &str = "read-token-0123456789";
+
+/// Writes a token file as the proxy accepts it: the owner's only.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
 
 impl Live {
     pub fn start(specs: &[RouteSpec], extra: &str) -> Live {
@@ -227,10 +261,12 @@ impl Live {
         let routes_path = dir.path().join("routes.toml");
         write_routes(&routes_path, specs);
         let token_path = dir.path().join("token");
-        std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
+        write_secret(&token_path, &format!("{TOKEN}\n"));
+        let read_path = dir.path().join("read-token");
+        write_secret(&read_path, &format!("reader:{READ_TOKEN}\n"));
         let cfg = config(&format!(
-            "routes_file = {:?}\n[reload]\ndebounce = \"20ms\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = {:?}\n{extra}",
-            routes_path, token_path
+            "routes_file = {:?}\n[reload]\ndebounce = \"20ms\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = {:?}\nread_token_file = {:?}\n{extra}",
+            routes_path, token_path, read_path
         ));
         init_logs();
         let routes =
@@ -249,6 +285,16 @@ impl Live {
 
     pub fn admin(&self, path: &str) -> String {
         format!("http://{}{path}", self.server.admin_addr.unwrap())
+    }
+
+    /// `GET` on the admin API with the read token.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(self.admin(path))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// `PUT /routes/{name}` with the write token.
@@ -752,9 +798,9 @@ pub async fn delete_app(live: &Live, project: &str, name: &str) -> u16 {
         .as_u16()
 }
 
-/// A GET on the admin API; status and JSON body.
+/// A GET on the admin API with the read token; status and JSON body.
 pub async fn admin_get(live: &Live, path: &str) -> (u16, serde_json::Value) {
-    let resp = reqwest::get(live.admin(path)).await.unwrap();
+    let resp = live.get(path).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or_default())
 }

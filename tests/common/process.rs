@@ -17,7 +17,7 @@ use super::{eventually, TOKEN};
 /// 0, the write token in `token` beside it, a JSON log; `extra` is more
 /// TOML (top-level keys first, then tables).
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    super::write_secret(&dir.join("token"), &format!("{TOKEN}\n"));
     let path = dir.join("proxy.toml");
     std::fs::write(
         &path,
@@ -140,9 +140,15 @@ impl ProxyProcess {
         child.wait().unwrap();
     }
 
-    /// A GET on the admin API: status and JSON body.
+    /// A GET on the admin API (with the token): status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let resp = reqwest::get(self.url(path)).await.unwrap();
+        // The write token reads too.
+        let resp = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or_default())
     }
