@@ -47,4 +47,5 @@ pub mod routing;
 pub mod server;
 pub mod standin;
 pub mod state;
+pub mod state_cmd;
 pub mod tls;

@@ -22,6 +22,7 @@
 //!
 //! Routes of the routes file are not stored: the file stays their source.
 
+pub mod export;
 mod redb;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +85,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Commits `changes` in one transaction, durably (on disk when this
     /// returns `Ok`), or none of them.
     fn commit(&self, changes: &[Change]) -> Result<(), StateError>;
+    /// Replaces everything stored with `routes` and `apps`, in one durable
+    /// transaction: `state import --replace`, and the etcd cache, whose
+    /// every full read is the whole truth (deletions included).
+    fn replace(&self, routes: &[RouteSpec], apps: &[StoredApp]) -> Result<(), StateError>;
 }
 
 /// Opens (creating it if need be) the store in `dir`.
