@@ -18,6 +18,7 @@ use crate::proxy::{fds, ProxyHandle};
 use crate::routing::reconciler::{Control, Reconciler};
 use crate::routing::reload::{self, ApplyOptions};
 use crate::routing::sources::certificates::{self, CertWatch};
+use crate::routing::sources::etcd::cache::{CacheMetrics, EtcdCache};
 use crate::routing::sources::etcd::follow::Follower;
 use crate::routing::sources::etcd::write::EtcdWriter;
 use crate::routing::sources::etcd::EtcdStatus;
@@ -68,7 +69,7 @@ fn check_coverage(
 
 /// What `mse-proxy check` validates: the config file, its routes, its
 /// certificates, that the certificates serve the terminate routes, and
-/// that the state directory can be created and written (without `[etcd]`).
+/// that the state directory can be created and written.
 /// Problems with routes, certificates and state are reported together.
 pub fn check(path: &Path) -> Result<(Config, Vec<Route>), ConfigErrors> {
     check_as(Config::load(path)?)
@@ -124,25 +125,31 @@ fn check_as(mut config: Config) -> Result<(Config, Vec<Route>), ConfigErrors> {
 }
 
 /// The durable state's directory, created if need be, must be writable
-/// (only where it is used: not with `[etcd]`, not in memory).
+/// (where it is used: not in memory). With `[etcd]` it holds the local
+/// cache of etcd.
 fn check_state_dir(config: &Config) -> Result<(), ConfigError> {
-    match (&config.etcd, &config.state_dir) {
-        (None, Some(dir)) => crate::state::check_dir(dir)
+    match &config.state_dir {
+        Some(dir) => crate::state::check_dir(dir)
             .map_err(|e| ConfigError::new(&config.source, "state_dir", e.to_string())),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
+type Opened = (Arc<dyn crate::state::StateStore>, crate::state::Stored);
+
 /// Opens the durable state and reads it, at start, before anything is
-/// served (so no async worker is held up yet). `None` with `[etcd]`
-/// (etcd is the truth there, as before) or without a `state_dir`.
-fn open_state(
-    config: &Config,
-) -> anyhow::Result<Option<(Arc<dyn crate::state::StateStore>, crate::state::Stored)>> {
-    let (None, Some(dir)) = (&config.etcd, &config.state_dir) else {
+/// served (so no async worker is held up yet): `state.redb`, or with
+/// `[etcd]` the local cache of etcd (`etcd-cache.redb`: etcd is the
+/// truth there). `None` without a `state_dir` (in memory).
+fn open_state(config: &Config) -> anyhow::Result<Option<Opened>> {
+    let Some(dir) = &config.state_dir else {
         return Ok(None);
     };
-    let store = crate::state::open(dir)?;
+    let name = match config.etcd {
+        None => crate::state::FILE_NAME,
+        Some(_) => crate::state::ETCD_CACHE_FILE,
+    };
+    let store = crate::state::open_file(dir, name)?;
     let stored = store.load()?;
     Ok(Some((store, stored)))
 }
@@ -191,7 +198,11 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     };
     let certs = load_certs(&config, &routes)
         .map_err(|e| anyhow::anyhow!("invalid certificates for the routes:\n{e}"))?;
-    let state = open_state(&config)?;
+    let opened = open_state(&config)?;
+    let (state, etcd_cache) = match &config.etcd {
+        None => (opened, None),
+        Some(_) => (None, opened),
+    };
     let watch_path = config.routes_file.clone().filter(|_| config.reload.watch);
     // The first table is in place before the first connection is accepted.
     let router = Router::new(Snapshot::default());
@@ -223,6 +234,21 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     // arrives asynchronously, so readiness waits for it.
     let etcd_writer = match (&proxy.shared.config.etcd, etcd_status) {
         (Some(cfg), Some(status)) => {
+            let cache = match etcd_cache {
+                Some((store, stored)) => Some(Arc::new(
+                    EtcdCache::start(
+                        store,
+                        stored,
+                        Arc::clone(&status),
+                        CacheMetrics {
+                            errors: proxy.shared.metrics.etcd_cache_write_errors.clone(),
+                            revision: proxy.shared.metrics.etcd_cache_revision.clone(),
+                        },
+                    )
+                    .context("starting the etcd cache writer")?,
+                )),
+                None => None,
+            };
             tokio::spawn(
                 Follower {
                     cfg: cfg.clone(),
@@ -230,6 +256,7 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
                     status: Arc::clone(&status),
                     shared: Arc::clone(&proxy.shared),
                     stop: admin_stop.clone(),
+                    cache,
                 }
                 .run(),
             );

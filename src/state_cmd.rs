@@ -75,8 +75,8 @@ fn state_dir(config: &Config) -> Result<&Path, Failure> {
 
 /// Opens the store of `dir` for this command, saying what to do when a
 /// running proxy holds it.
-fn open(dir: &Path) -> Result<std::sync::Arc<dyn crate::state::StateStore>, Failure> {
-    crate::state::open(dir).map_err(|e| {
+fn open(dir: &Path, name: &str) -> Result<std::sync::Arc<dyn crate::state::StateStore>, Failure> {
+    crate::state::open_file(dir, name).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("in use by another process") {
             Failure(
@@ -103,14 +103,20 @@ pub fn export(config_path: &Path, args: &ExportArgs, err: &mut dyn Write) -> u8 
 fn try_export(config_path: &Path, args: &ExportArgs, err: &mut dyn Write) -> Result<(), Failure> {
     let config = Config::load(config_path)?;
     let dir = state_dir(&config)?;
-    let file = dir.join(crate::state::FILE_NAME);
+    // With `[etcd]`, what this instance last read from etcd (its cache):
+    // the way back from etcd to a single instance, or a look at it.
+    let name = match config.etcd {
+        None => crate::state::FILE_NAME,
+        Some(_) => crate::state::ETCD_CACHE_FILE,
+    };
+    let file = dir.join(name);
     if !file.is_file() {
         return Err(runtime(format!(
             "{}: no state here yet (nothing was ever written to it)",
             file.display()
         )));
     }
-    let stored = open(dir)?.load().map_err(runtime)?;
+    let stored = open(dir, name)?.load().map_err(runtime)?;
     for why in &stored.unreadable {
         let _ = writeln!(err, "warning: left out of the export: {why}");
     }
@@ -199,7 +205,7 @@ fn try_import(config_path: &Path, args: &ImportArgs, err: &mut dyn Write) -> Res
     }
     let certs = crate::server::load_certs(&config, &file_routes)?;
     let dir = state_dir(&config)?;
-    let store = open(dir)?;
+    let store = open(dir, crate::state::FILE_NAME)?;
     let current = store.load().map_err(runtime)?;
     let plan = crate::routing::reconciler::state::plan_import(
         &config,

@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::process::{write_config, ProxyProcess};
+use common::process::{write_config, Immutable, ProxyProcess};
 use common::*;
 use serde_json::{json, Value};
 
@@ -204,35 +204,6 @@ async fn an_app_that_expires_while_the_proxy_is_down_is_not_served() {
         stored_apps(&state_file).is_empty(),
         "the expired app is deleted from the store"
     );
-}
-
-/// Makes a file immutable (`chattr +i`) until dropped: even root cannot
-/// write it then, where a chmod would not stop root.
-struct Immutable(std::path::PathBuf);
-
-impl Immutable {
-    fn set(path: &std::path::Path) -> Immutable {
-        let out = std::process::Command::new("chattr")
-            .arg("+i")
-            .arg(path)
-            .output()
-            .expect("chattr (e2fsprogs) is needed");
-        assert!(
-            out.status.success(),
-            "chattr +i failed (the test needs a file system with the immutable flag): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Immutable(path.to_path_buf())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -263,7 +263,7 @@ impl Reconciler {
     /// its store and what was read from it) and returns the task to run
     /// and its handle. Fails if the first set cannot be applied. With
     /// `etcd`, the instance is ready only once a set from etcd (or its
-    /// fallback file) is live; otherwise once this returns.
+    /// local cache of etcd) is live; otherwise once this returns.
     pub fn start(
         shared: Arc<Shared>,
         file_routes: Vec<Route>,
@@ -872,7 +872,7 @@ impl Reconciler {
         };
         if set.origin == Origin::Fallback && status.revision() > 0 {
             return Err(ControlError::Conflict(
-                "etcd has been read already; the fallback file is stale".into(),
+                "etcd has been read already; the local cache is stale".into(),
             ));
         }
         if set.origin == Origin::Watch && set.revision < status.revision() {

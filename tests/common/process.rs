@@ -223,3 +223,32 @@ impl Drop for ProxyProcess {
         }
     }
 }
+
+/// Makes a file immutable (`chattr +i`) until dropped: even root cannot
+/// write it then, where a chmod would not stop root.
+pub struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    pub fn set(path: &std::path::Path) -> Immutable {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("chattr (e2fsprogs) is needed");
+        assert!(
+            out.status.success(),
+            "chattr +i failed (the test needs a file system with the immutable flag): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
