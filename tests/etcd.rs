@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::{Etcd, Link};
-use common::process::{write_config, Immutable, ProxyProcess};
+use common::process::{state_cmd, write_config, Immutable, ProxyProcess};
 use common::*;
 use serde_json::Value;
 
@@ -853,4 +853,105 @@ async fn an_expired_auth_token_is_renewed_and_writes_go_on() {
     let status = r.status();
     assert_eq!(status, 200, "{}", r.text().await.unwrap());
     assert!(connected(&a).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_instance_state_imports_into_etcd_with_its_instants() {
+    const APPS: &str = "[apps]\nplatform_domains = [\"apps.example.test\"]\n";
+    let ca = Ca::new("test CA").unwrap();
+    let app_host = "shop.apps.example.test";
+    let (e, _) = enclave(&ca, &["one.example.test", app_host], "moved").await;
+    let single = tempfile::tempdir().unwrap();
+    let cfg_single = write_config(single.path(), APPS);
+    let s = ProxyProcess::start(&cfg_single).await;
+    let one =
+        serde_json::to_value(spec("one", &["one.example.test"], &[e.addr.to_string()])).unwrap();
+    assert_eq!(s.put("/routes/one", &one).await.0, 200);
+    let record = app_record(1, app_host, None, e.addr, "running");
+    let (st, body) = s.put("/apps/p1/shop", &record).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, route_before) = s.get("/routes/one").await;
+    let (_, app_before) = s.get("/apps/p1/shop").await;
+    assert!(s.terminate().await);
+    let backup = single.path().join("backup.json");
+    let (code, err) = state_cmd(
+        &cfg_single,
+        &["export", "--output", backup.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("{APPS}{}", etcd_section(&etcd.endpoint(), "")),
+    );
+    let p = ProxyProcess::start(&cfg).await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            p.metric("mse_proxy_etcd_connected").await == 1.0
+        })
+        .await
+    );
+    let url = p.url("");
+    let args = [
+        "import",
+        "--apply",
+        &url,
+        "--input",
+        backup.to_str().unwrap(),
+    ];
+    let (code, err) = state_cmd(&cfg, &args);
+    assert_eq!(code, Some(0), "{err}");
+    let (st, mut route) = p.get("/routes/one").await;
+    assert_eq!(st, 200, "{route}");
+    assert_eq!(route["source"], "etcd");
+    route["source"] = route_before["source"].clone();
+    assert_eq!(route, route_before);
+    let (st, app) = p.get("/apps/p1/shop").await;
+    assert_eq!(st, 200, "{app}");
+    assert_eq!(app, app_before, "same record, deployed_at and expires_at");
+    assert_eq!(
+        get(p.addr, app_host, &ca).await.unwrap().0,
+        "hello from moved"
+    );
+
+    // Again: refused, nothing overwritten.
+    let (code, err) = state_cmd(&cfg, &args);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("routes[0].name") && err.contains("already served"),
+        "{err}"
+    );
+
+    // One entry the instance refuses: those written before it are undone.
+    let mut past = app_record(2, "broken.apps.example.test", None, e.addr, "running");
+    past["expires_at"] = "2020-01-01T00:00:00Z".into();
+    let bad = serde_json::json!({"schema": 1,
+        "routes": [serde_json::to_value(spec("two", &["two.example.test"], &[e.addr.to_string()])).unwrap()],
+        "apps": [{"project": "p2", "name": "broken",
+                  "record": past}]});
+    let bad_file = dir.path().join("bad.json");
+    std::fs::write(&bad_file, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let (code, err) = state_cmd(
+        &cfg,
+        &[
+            "import",
+            "--apply",
+            &url,
+            "--input",
+            bad_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("apps[0]: 400") && err.contains("expires_at"),
+        "{err}"
+    );
+    assert_eq!(
+        p.get("/routes/two").await.0,
+        404,
+        "the route written first was undone"
+    );
+    assert_eq!(p.get("/apps/p2/broken").await.0, 404);
 }

@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::process::{write_config, Immutable, ProxyProcess};
+use common::process::{state_cmd, write_config, Immutable, ProxyProcess};
 use common::*;
 use serde_json::{json, Value};
 
@@ -262,21 +262,6 @@ fn check_names_a_state_dir_that_cannot_be_created() {
         dir.path().join("a-file/state").display()
     );
     assert!(err.contains(&want), "{err}");
-}
-
-/// `mse-proxy state <args> --config cfg`: exit code and stderr.
-fn state_cmd(cfg: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
-        .arg("state")
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// What `/routes` and `/apps` show: the whole bodies.

@@ -252,3 +252,18 @@ impl Drop for Immutable {
             .status();
     }
 }
+
+/// `mse-proxy state <args> --config cfg`: exit code and stderr.
+pub fn state_cmd(cfg: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+        .arg("state")
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

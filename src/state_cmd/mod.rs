@@ -15,6 +15,13 @@
 //! the import the whole state: stored entries it does not name are
 //! deleted, in the same transaction. Entries whose expiry has passed are
 //! left out and listed (the start would drop them too).
+//!
+//! With `[etcd]`, export writes the instance's local cache of etcd (what
+//! it last read there), and import writes into etcd through a running
+//! instance's admin API (`etcd.rs` says why, and how it stays all or
+//! nothing).
+
+mod etcd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,6 +51,10 @@ pub struct ImportArgs {
     /// of the same name (apps: project and name) and the others stay.
     #[arg(long)]
     pub replace: bool,
+    /// With [etcd]: the admin API of a running instance to write through
+    /// (default: the config's [admin] address). Its token is the config's.
+    #[arg(long, value_name = "URL")]
+    pub apply: Option<String>,
 }
 
 /// A failure, with the exit code it maps to.
@@ -195,12 +206,20 @@ fn try_import(config_path: &Path, args: &ImportArgs, err: &mut dyn Write) -> Res
     // serve: an import is judged against what this proxy will start with.
     let (config, file_routes) = crate::server::check(config_path)?;
     if config.etcd.is_some() {
+        if args.replace {
+            return Err(Failure(
+                EXIT_INVALID,
+                "--replace with [etcd]: an import into etcd only adds; it never deletes what the other instances wrote".into(),
+            ));
+        }
+        let url = etcd::admin_url(&config, args.apply.as_deref())?;
+        return etcd::import(&config, url, import, &input_name, err);
+    }
+    if args.apply.is_some() {
         return Err(Failure(
             EXIT_INVALID,
-            format!(
-                "{}: has [etcd]: the state lives in etcd there; to move a state into etcd, replay it through a running instance's admin API (see the README, \"State\")",
-                config.source.display()
-            ),
+            "--apply is for a config with [etcd]; without it the import writes the state_dir"
+                .into(),
         ));
     }
     let certs = crate::server::load_certs(&config, &file_routes)?;
