@@ -30,7 +30,8 @@
 //! (a follower feeding the same reconciler, transactional writes), over
 //! the small gRPC client in `etcd`; without it, `state` keeps what the
 //! admin API accepted on disk (redb), committed before the answer and
-//! loaded back at start;
+//! loaded back at start (with etcd, the same store is the local cache of
+//! the last set read there); `state_cmd` exports and imports it as JSON;
 //! `server` wires signals (SIGHUP reload, SIGTERM graceful stop) around a
 //! running `proxy::ProxyHandle`.
 
