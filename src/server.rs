@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -161,6 +162,9 @@ pub struct Server {
     /// Where the admin API listens, if configured.
     pub admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
+    /// With `[etcd]`: the follower task and the local cache, so a stop
+    /// waits for the follower's last set to reach the cache.
+    etcd_follower: Option<(tokio::task::JoinHandle<()>, Option<Arc<EtcdCache>>)>,
     _watch: Option<FileWatch>,
     _cert_watch: Option<CertWatch>,
 }
@@ -232,6 +236,7 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     let admin_stop = CancellationToken::new();
     // With `[etcd]`, the table follows the shared store; the first etcd set
     // arrives asynchronously, so readiness waits for it.
+    let mut etcd_follower = None;
     let etcd_writer = match (&proxy.shared.config.etcd, etcd_status) {
         (Some(cfg), Some(status)) => {
             let cache = match etcd_cache {
@@ -249,17 +254,18 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
                 )),
                 None => None,
             };
-            tokio::spawn(
+            let task = tokio::spawn(
                 Follower {
                     cfg: cfg.clone(),
                     control: control.clone(),
                     status: Arc::clone(&status),
                     shared: Arc::clone(&proxy.shared),
                     stop: admin_stop.clone(),
-                    cache,
+                    cache: cache.clone(),
                 }
                 .run(),
             );
+            etcd_follower = Some((task, cache));
             Some(Arc::new(EtcdWriter::new(
                 cfg.clone(),
                 status,
@@ -316,6 +322,7 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         control,
         admin_addr,
         admin_stop,
+        etcd_follower,
         _watch: watch,
         _cert_watch: cert_watch,
     })
@@ -326,6 +333,18 @@ impl Server {
     pub async fn shutdown(self, grace: std::time::Duration) -> usize {
         let cut = self.proxy.shutdown(grace).await;
         self.admin_stop.cancel();
+        if let Some((task, cache)) = self.etcd_follower {
+            // The follower queues its last set as it stops; the cache's
+            // thread writes it (bounded: a stop never hangs on a disk).
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            if let Some(cache) = cache {
+                let flushed =
+                    tokio::task::spawn_blocking(move || cache.flush(Duration::from_secs(5))).await;
+                if !matches!(flushed, Ok(true)) {
+                    tracing::warn!("the local cache of etcd may trail the last set read");
+                }
+            }
+        }
         cut
     }
 }

@@ -557,6 +557,40 @@ async fn a_cache_write_the_disk_refuses_is_counted_and_shown_in_readyz() {
     assert!(!body.contains("etcd cache"), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_just_before_sigterm_is_in_the_cache_a_stale_start_serves() {
+    let mut etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &etcd_section(&etcd.endpoint(), ""));
+    let p = ProxyProcess::start(&cfg).await;
+    cache_caught_up(&p).await;
+    let s = serde_json::to_value(spec(
+        "late",
+        &["late.example.test"],
+        &["127.0.0.1:9".into()],
+    ))
+    .unwrap();
+    let (st, body) = p.put("/routes/late", &s).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["live_here"], true);
+    // At once: the cache's next write was due up to a second later.
+    assert!(p.terminate().await);
+    etcd.kill();
+    let p = ProxyProcess::start(&cfg).await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            readyz(&p).await.0 == 200
+        })
+        .await
+    );
+    assert_eq!(p.metric("mse_proxy_etcd_on_fallback").await, 1.0);
+    assert_eq!(
+        p.get("/routes/late").await.0,
+        200,
+        "the last change was lost"
+    );
+}
+
 #[test]
 fn the_removed_fallback_file_setting_is_refused_by_check() {
     let dir = tempfile::tempdir().unwrap();

@@ -43,6 +43,8 @@ struct Pending {
 #[derive(Default)]
 struct Slot {
     next: Option<Pending>,
+    /// The writer is writing a set it took.
+    writing: bool,
     closed: bool,
 }
 
@@ -97,7 +99,28 @@ impl EtcdCache {
             routes,
             apps,
         });
-        ready.notify_one();
+        ready.notify_all();
+    }
+
+    /// Waits (blocking: call it from a blocking thread) until the sets
+    /// asked for are written, or `limit` passes; true if they are. At
+    /// shutdown, so the last change before a stop is in the cache a start
+    /// with etcd down would serve.
+    pub fn flush(&self, limit: std::time::Duration) -> bool {
+        let (lock, ready) = &*self.slot;
+        let deadline = std::time::Instant::now() + limit;
+        let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while s.next.is_some() || s.writing {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = ready
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
     }
 }
 
@@ -106,7 +129,7 @@ impl Drop for EtcdCache {
     fn drop(&mut self) {
         let (lock, ready) = &*self.slot;
         lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
-        ready.notify_one();
+        ready.notify_all();
     }
 }
 
@@ -125,6 +148,7 @@ fn write_loop(
             let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if let Some(p) = s.next.take() {
+                    s.writing = true;
                     break p;
                 }
                 if s.closed {
@@ -147,5 +171,7 @@ fn write_loop(
                 status.set_cache_error(Some(e.to_string()));
             }
         }
+        lock.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
+        ready.notify_all();
     }
 }

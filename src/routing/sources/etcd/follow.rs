@@ -312,6 +312,9 @@ impl Follower {
         {
             Ok(_) => {
                 if origin != Origin::Fallback {
+                    // The flag and its metric clear together, with the
+                    // set that replaced the cached one.
+                    self.status.set_on_fallback(false);
                     self.shared.metrics.etcd_revision.set(rev);
                     self.shared.metrics.etcd_on_fallback.set(0);
                 }
