@@ -149,8 +149,9 @@ fn main() -> ExitCode {
         match command {
             Command::Demo { enclave } => mse_proxy::demo::run(config, routes, enclave).await,
             _ => {
+                let signals = server::Signals::register()?;
                 let handle = server::start(config, routes)?;
-                server::serve_until_signal(handle).await
+                server::serve_with(handle, signals).await
             }
         }
     });

@@ -349,12 +349,40 @@ impl Server {
     }
 }
 
+/// The signals the process follows, taken over from their default action.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers (inside the runtime). Done before [`start`]:
+    /// once the admin API has said it listens, a SIGTERM must drain, not
+    /// kill the process by the default action, as it did when it came
+    /// between the start and [`serve_until_signal`].
+    pub fn register() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, re-reading routes on SIGHUP, then drains
 /// for the configured grace. A second SIGINT during the drain exits at once.
 pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    serve_with(server, Signals::register()?).await
+}
+
+/// As [`serve_until_signal`], with handlers registered before the start.
+pub async fn serve_with(server: Server, signals: Signals) -> anyhow::Result<()> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = hup.recv() => {

@@ -434,3 +434,51 @@ async fn a_version_1_export_loads() {
     );
     assert_eq!(again["routes"][0]["name"], want["routes"][0]["name"]);
 }
+
+#[test]
+fn an_import_leaves_out_what_expired_and_refuses_a_name_given_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), APPS);
+    let file = dir.path().join("in.json");
+    let route = |name: &str, expires: &str| {
+        json!({"name": name, "hosts": [format!("{name}.example.test")],
+               "backends": ["127.0.0.1:1"], "expires_at": expires})
+    };
+    let twice = json!({"schema": 1, "routes": [
+        route("a", "2099-01-01T00:00:00Z"), route("a", "2099-01-01T00:00:00Z")]});
+    std::fs::write(&file, serde_json::to_vec(&twice).unwrap()).unwrap();
+    let (code, err) = state_cmd(&cfg, &["import", "--input", file.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("routes[1].name: `a` is in the import twice"),
+        "{err}"
+    );
+
+    let old = json!({"schema": 1, "routes": [
+        route("old", "2020-01-01T00:00:00Z"), route("new", "2099-01-01T00:00:00Z")]});
+    std::fs::write(&file, serde_json::to_vec(&old).unwrap()).unwrap();
+    let (code, err) = state_cmd(&cfg, &["import", "--input", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("left out, its expiry has passed: routes[0] `old`"),
+        "{err}"
+    );
+    assert!(err.contains("imported 1 route(s)"), "{err}");
+    let out = dir.path().join("out.json");
+    let (code, err) = state_cmd(&cfg, &["export", "--output", out.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let back: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let names: Vec<&str> = back["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["new"], "only the first import's survivor, once");
+
+    // Not an export at all: refused by what it lacks.
+    std::fs::write(&file, b"[[route]]\nname = \"x\"\n").unwrap();
+    let (code, err) = state_cmd(&cfg, &["import", "--input", file.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("not JSON of an export"), "{err}");
+}
