@@ -166,11 +166,26 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    if s.control.stats.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    let ready = s.control.stats.ready.load(Ordering::Relaxed);
+    let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
+    // With `[etcd]`: what an operator must know about the local cache,
+    // without turning the instance unready (it still routes traffic).
+    if let Some(status) = s.etcd.as_ref().map(|w| w.status()) {
+        if status.on_fallback() {
+            body.push_str(
+                "stale: serving the local cache of etcd; etcd has not answered since start\n",
+            );
+        }
+        if let Some(e) = status.cache_error() {
+            body.push_str(&format!("etcd cache: the last write failed: {e}\n"));
+        }
     }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
 }
 
 /// Whether route and app writes are taken now: always without `[etcd]`;

@@ -30,7 +30,8 @@
 //! (a follower feeding the same reconciler, transactional writes), over
 //! the small gRPC client in `etcd`; without it, `state` keeps what the
 //! admin API accepted on disk (redb), committed before the answer and
-//! loaded back at start;
+//! loaded back at start (with etcd, the same store is the local cache of
+//! the last set read there); `state_cmd` exports and imports it as JSON;
 //! `admin` serves the admin API (roles from tokens or client certificates
 //! decided before a body is read, TLS, timeouts and a connection cap, an
 //! audit line per write);
@@ -50,4 +51,5 @@ pub mod routing;
 pub mod server;
 pub mod standin;
 pub mod state;
+pub mod state_cmd;
 pub mod tls;

@@ -48,6 +48,23 @@ enum Command {
         #[command(subcommand)]
         command: AppCommand,
     },
+    /// The durable state (state_dir) as JSON: backups, moves, upgrades.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Write the stored routes and apps as JSON (the API's schema). The
+    /// proxy using the state_dir must be stopped.
+    Export(mse_proxy::state_cmd::ExportArgs),
+    /// Check a JSON export like the API checks writes, then write it all
+    /// into the state_dir in one transaction, or nothing. Merges by
+    /// default; --replace makes it the whole state. The proxy using the
+    /// state_dir must be stopped.
+    Import(mse_proxy::state_cmd::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -73,6 +90,17 @@ fn main() -> ExitCode {
             &mut std::io::stderr(),
         );
         return ExitCode::from(code);
+    }
+    if let Some(Command::State { command }) = &cli.command {
+        let Some(config) = cli.config.as_deref() else {
+            eprintln!("error: --config FILE is required");
+            return ExitCode::from(2);
+        };
+        let err = &mut std::io::stderr();
+        return ExitCode::from(match command {
+            StateCommand::Export(args) => mse_proxy::state_cmd::export(config, args, err),
+            StateCommand::Import(args) => mse_proxy::state_cmd::import(config, args, err),
+        });
     }
     let command = cli.command.unwrap_or(Command::Run);
     let config_path = match (&cli.config, &command) {
@@ -124,8 +152,9 @@ fn main() -> ExitCode {
         match command {
             Command::Demo { enclave } => mse_proxy::demo::run(config, routes, enclave).await,
             _ => {
+                let signals = server::Signals::register()?;
                 let handle = server::start(config, routes)?;
-                server::serve_until_signal(handle).await
+                server::serve_with(handle, signals).await
             }
         }
     });

@@ -96,6 +96,12 @@ pub struct Metrics {
     /// Commits to the durable state store (`crate::state`) that failed: the
     /// change they carried was not applied (the API answered 503).
     pub state_write_errors: IntCounter,
+    /// With `[etcd]`: writes of the local cache of etcd (`state_dir`'s
+    /// `etcd-cache.redb`) that failed. Serving goes on (etcd is the truth);
+    /// what is at risk is a start while etcd is down.
+    pub etcd_cache_write_errors: IntCounter,
+    /// The etcd revision of the set last written to that cache.
+    pub etcd_cache_revision: IntGauge,
     pub dns_lookups: IntCounterVec,
     pub active: IntGauge,
     /// `limits.max_connections`, set once at start (the static config is not
@@ -231,6 +237,16 @@ impl Metrics {
                 "Commits to the durable state store that failed; the change was not applied",
             ))
             .unwrap(),
+            etcd_cache_write_errors: IntCounter::with_opts(opts(
+                "etcd_cache_write_errors_total",
+                "Writes of the local cache of etcd (state_dir) that failed; serving goes on",
+            ))
+            .unwrap(),
+            etcd_cache_revision: IntGauge::with_opts(opts(
+                "etcd_cache_revision",
+                "The etcd revision of the set last written to the local cache of etcd",
+            ))
+            .unwrap(),
             dns_lookups: IntCounterVec::new(
                 opts("dns_lookups_total", "Backend name lookups, by result"),
                 &["result"],
@@ -286,7 +302,7 @@ impl Metrics {
             .unwrap(),
             etcd_on_fallback: IntGauge::with_opts(opts(
                 "etcd_on_fallback",
-                "1 while the table comes from the etcd fallback file (etcd unreachable since start)",
+                "1 while the table comes from the local cache of etcd in state_dir (stale: etcd unreachable since start)",
             ))
             .unwrap(),
             admin_requests: IntCounterVec::new(
@@ -324,6 +340,8 @@ impl Metrics {
             Box::new(m.certificate_reloads.clone()),
             Box::new(m.expirations.clone()),
             Box::new(m.state_write_errors.clone()),
+            Box::new(m.etcd_cache_write_errors.clone()),
+            Box::new(m.etcd_cache_revision.clone()),
             Box::new(m.dns_lookups.clone()),
             Box::new(m.active.clone()),
             Box::new(m.connections_max.clone()),

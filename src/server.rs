@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,6 +21,7 @@ use crate::routing::reconciler::watchdog::{self, Health};
 use crate::routing::reconciler::{Control, Reconciler};
 use crate::routing::reload::{self, ApplyOptions};
 use crate::routing::sources::certificates::{self, CertWatch};
+use crate::routing::sources::etcd::cache::{CacheMetrics, EtcdCache};
 use crate::routing::sources::etcd::follow::Follower;
 use crate::routing::sources::etcd::write::EtcdWriter;
 use crate::routing::sources::etcd::EtcdStatus;
@@ -151,25 +153,31 @@ fn check_admin(config: &Config) -> Result<(), ConfigErrors> {
 }
 
 /// The durable state's directory, created if need be, must be writable
-/// (only where it is used: not with `[etcd]`, not in memory).
+/// (where it is used: not in memory). With `[etcd]` it holds the local
+/// cache of etcd.
 fn check_state_dir(config: &Config) -> Result<(), ConfigError> {
-    match (&config.etcd, &config.state_dir) {
-        (None, Some(dir)) => crate::state::check_dir(dir)
+    match &config.state_dir {
+        Some(dir) => crate::state::check_dir(dir)
             .map_err(|e| ConfigError::new(&config.source, "state_dir", e.to_string())),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
+type Opened = (Arc<dyn crate::state::StateStore>, crate::state::Stored);
+
 /// Opens the durable state and reads it, at start, before anything is
-/// served (so no async worker is held up yet). `None` with `[etcd]`
-/// (etcd is the truth there, as before) or without a `state_dir`.
-fn open_state(
-    config: &Config,
-) -> anyhow::Result<Option<(Arc<dyn crate::state::StateStore>, crate::state::Stored)>> {
-    let (None, Some(dir)) = (&config.etcd, &config.state_dir) else {
+/// served (so no async worker is held up yet): `state.redb`, or with
+/// `[etcd]` the local cache of etcd (`etcd-cache.redb`: etcd is the
+/// truth there). `None` without a `state_dir` (in memory).
+fn open_state(config: &Config) -> anyhow::Result<Option<Opened>> {
+    let Some(dir) = &config.state_dir else {
         return Ok(None);
     };
-    let store = crate::state::open(dir)?;
+    let name = match config.etcd {
+        None => crate::state::FILE_NAME,
+        Some(_) => crate::state::ETCD_CACHE_FILE,
+    };
+    let store = crate::state::open_file(dir, name)?;
     let stored = store.load()?;
     Ok(Some((store, stored)))
 }
@@ -189,6 +197,9 @@ pub struct Server {
     admin_tls: Option<admin::tls::AdminTlsAcceptor>,
     admin_stop: CancellationToken,
     _token_watch: Option<TokenWatch>,
+    /// With `[etcd]`: the follower task and the local cache, so a stop
+    /// waits for the follower's last set to reach the cache.
+    etcd_follower: Option<(tokio::task::JoinHandle<()>, Option<Arc<EtcdCache>>)>,
     _watch: Option<FileWatch>,
     _cert_watch: Option<CertWatch>,
 }
@@ -244,7 +255,11 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     };
     let certs = load_certs(&config, &routes)
         .map_err(|e| anyhow::anyhow!("invalid certificates for the routes:\n{e}"))?;
-    let state = open_state(&config)?;
+    let opened = open_state(&config)?;
+    let (state, etcd_cache) = match &config.etcd {
+        None => (opened, None),
+        Some(_) => (None, opened),
+    };
     let watch_path = config.routes_file.clone().filter(|_| config.reload.watch);
     // The first table is in place before the first connection is accepted.
     let router = Router::new(Snapshot::default());
@@ -281,18 +296,36 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     );
     // With `[etcd]`, the table follows the shared store; the first etcd set
     // arrives asynchronously, so readiness waits for it.
+    let mut etcd_follower = None;
     let etcd_writer = match (&proxy.shared.config.etcd, etcd_status) {
         (Some(cfg), Some(status)) => {
-            tokio::spawn(
+            let cache = match etcd_cache {
+                Some((store, stored)) => Some(Arc::new(
+                    EtcdCache::start(
+                        store,
+                        stored,
+                        Arc::clone(&status),
+                        CacheMetrics {
+                            errors: proxy.shared.metrics.etcd_cache_write_errors.clone(),
+                            revision: proxy.shared.metrics.etcd_cache_revision.clone(),
+                        },
+                    )
+                    .context("starting the etcd cache writer")?,
+                )),
+                None => None,
+            };
+            let task = tokio::spawn(
                 Follower {
                     cfg: cfg.clone(),
                     control: control.clone(),
                     status: Arc::clone(&status),
                     shared: Arc::clone(&proxy.shared),
                     stop: admin_stop.clone(),
+                    cache: cache.clone(),
                 }
                 .run(),
             );
+            etcd_follower = Some((task, cache));
             Some(Arc::new(EtcdWriter::new(
                 cfg.clone(),
                 status,
@@ -390,6 +423,7 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         admin_tls,
         admin_stop,
         _token_watch: token_watch,
+        etcd_follower,
         _watch: watch,
         _cert_watch: cert_watch,
     })
@@ -418,7 +452,40 @@ impl Server {
     pub async fn shutdown(self, grace: std::time::Duration) -> usize {
         let cut = self.proxy.shutdown(grace).await;
         self.admin_stop.cancel();
+        if let Some((task, cache)) = self.etcd_follower {
+            // The follower queues its last set as it stops; the cache's
+            // thread writes it (bounded: a stop never hangs on a disk).
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            if let Some(cache) = cache {
+                let flushed =
+                    tokio::task::spawn_blocking(move || cache.flush(Duration::from_secs(5))).await;
+                if !matches!(flushed, Ok(true)) {
+                    tracing::warn!("the local cache of etcd may trail the last set read");
+                }
+            }
+        }
         cut
+    }
+}
+
+/// The signals the process follows, taken over from their default action.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers (inside the runtime). Done before [`start`]:
+    /// once the admin API has said it listens, a SIGTERM must drain, not
+    /// kill the process by the default action, as it did when it came
+    /// between the start and [`serve_until_signal`].
+    pub fn register() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 }
 
@@ -427,9 +494,16 @@ impl Server {
 /// A failed reconciler drains the same way, then is an error (the process
 /// exits non-zero, for its supervisor to restart it).
 pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    serve_with(server, Signals::register()?).await
+}
+
+/// As [`serve_until_signal`], with handlers registered before the start.
+pub async fn serve_with(server: Server, signals: Signals) -> anyhow::Result<()> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     let health = server.health.clone();
     let mut failed = None;
     loop {

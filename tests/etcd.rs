@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::{Etcd, Link};
+use common::process::{state_cmd, write_config, Immutable, ProxyProcess};
 use common::*;
 use serde_json::Value;
 
@@ -393,37 +394,219 @@ async fn readyz_flips_once_etcd_is_first_reached() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fallback_file_serves_when_etcd_is_down_at_start() {
-    let mut etcd = Etcd::start().await;
-    let ca = Ca::new("test CA").unwrap();
-    let (e, _) = enclave(&ca, &["fb.example.test"], "fb").await;
-    let dir = tempfile::tempdir().unwrap();
-    let fallback = dir.path().join("etcd-routes.json");
-    let more = format!("fallback_file = {fallback:?}\n");
-    let a = instance(&etcd.endpoint(), &more);
-    assert!(eventually_async(Duration::from_secs(10), || connected(&a)).await);
-    let s = spec("fb", &["fb.example.test"], &[e.addr.to_string()]);
-    assert_eq!(a.put_route("fb", &s).await.status(), 200);
+/// `/readyz` of a proxy process: status and body.
+async fn readyz(p: &ProxyProcess) -> (u16, String) {
+    match reqwest::get(p.url("/readyz")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Waits until the local cache holds what the instance last applied.
+async fn cache_caught_up(p: &ProxyProcess) {
     assert!(
-        eventually_async(Duration::from_secs(2), || async {
-            std::fs::read_to_string(&fallback).is_ok_and(|t| t.contains("fb.example.test"))
+        eventually_async(Duration::from_secs(5), || async {
+            let applied = p.metric("mse_proxy_etcd_revision").await;
+            applied > 0.0 && p.metric("mse_proxy_etcd_cache_revision").await == applied
         })
         .await,
-        "the fallback file was not written"
+        "the local cache never caught up with etcd"
     );
-    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cache_serves_flagged_stale_while_etcd_is_down_at_start_then_converges_deletions_included(
+) {
+    let mut etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (keep, gone) = ("keep.example.test", "gone.example.test");
+    let (e, _) = enclave(&ca, &[keep, gone], "cached").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &etcd_section(&etcd.endpoint(), ""));
+    let serves_p = |p: &ProxyProcess, sni: &'static str| {
+        let (addr, ca) = (p.addr, &ca);
+        async move { get(addr, sni, ca).await.is_ok() }
+    };
+
+    let a = ProxyProcess::start(&cfg).await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            a.metric("mse_proxy_etcd_connected").await == 1.0
+        })
+        .await
+    );
+    for (name, host) in [("keep", keep), ("gone", gone)] {
+        let s = serde_json::to_value(spec(name, &[host], &[e.addr.to_string()])).unwrap();
+        let (st, body) = a.put(&format!("/routes/{name}"), &s).await;
+        assert_eq!(st, 200, "{body}");
+    }
+    cache_caught_up(&a).await;
+    assert!(a.terminate().await);
+    assert!(dir.path().join("state/etcd-cache.redb").is_file());
+
+    // While A is stopped, `gone` is deleted through another instance.
+    let b = instance(&etcd.endpoint(), "");
+    assert!(eventually_async(Duration::from_secs(10), || connected(&b)).await);
+    assert_eq!(delete(&b, "gone").await.status(), 200);
+    drop(b);
     etcd.kill();
 
-    let c = instance(&etcd.endpoint(), &more);
+    // etcd down at start: the cache is served, flagged stale.
+    let c = ProxyProcess::start(&cfg).await;
     assert!(
-        eventually_async(Duration::from_secs(5), || async { ready(&c).await == 200 }).await,
-        "not ready on the fallback file"
+        eventually_async(Duration::from_secs(10), || async {
+            readyz(&c).await.0 == 200
+        })
+        .await,
+        "not ready on the local cache"
     );
-    assert!(serves(&c, "fb.example.test", &ca).await);
-    assert_eq!(metric(&c, "mse_proxy_etcd_on_fallback").await, 1.0);
-    let r = c.put_route("fb", &s).await;
-    assert_eq!(r.status(), 503, "no writes while etcd is away");
+    let body = readyz(&c).await.1;
+    assert!(
+        body.contains("stale: serving the local cache of etcd"),
+        "{body}"
+    );
+    assert_eq!(c.metric("mse_proxy_etcd_on_fallback").await, 1.0);
+    assert!(serves_p(&c, keep).await);
+    assert!(
+        serves_p(&c, gone).await,
+        "the cache is what etcd held when A stopped"
+    );
+    let s =
+        serde_json::to_value(spec("new", &["new.example.test"], &[e.addr.to_string()])).unwrap();
+    assert_eq!(
+        c.put("/routes/new", &s).await.0,
+        503,
+        "no writes while etcd is away"
+    );
+
+    // etcd is back: the instance converges to it, the deletion included.
+    etcd.restart().await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            c.get("/routes/gone").await.0 == 404
+        })
+        .await,
+        "the route deleted meanwhile is still served"
+    );
+    assert!(!serves_p(&c, gone).await);
+    assert!(serves_p(&c, keep).await);
+    assert_eq!(c.metric("mse_proxy_etcd_on_fallback").await, 0.0);
+    let (st, body) = readyz(&c).await;
+    assert_eq!(st, 200);
+    assert!(!body.contains("stale"), "{body}");
+
+    // And the cache now holds the converged set: a second start with etcd
+    // down does not bring the deleted route back.
+    cache_caught_up(&c).await;
+    assert!(c.terminate().await);
+    etcd.kill();
+    let d = ProxyProcess::start(&cfg).await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            readyz(&d).await.0 == 200
+        })
+        .await
+    );
+    assert_eq!(d.metric("mse_proxy_etcd_on_fallback").await, 1.0);
+    assert_eq!(d.get("/routes/gone").await.0, 404);
+    assert_eq!(d.get("/routes/keep").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_write_the_disk_refuses_is_counted_and_shown_in_readyz() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &etcd_section(&etcd.endpoint(), ""));
+    let p = ProxyProcess::start(&cfg).await;
+    cache_caught_up(&p).await;
+    assert_eq!(
+        p.metric("mse_proxy_etcd_cache_write_errors_total").await,
+        0.0
+    );
+
+    let guard = Immutable::set(&dir.path().join("state/etcd-cache.redb"));
+    let s = serde_json::to_value(spec("r", &["r.example.test"], &["127.0.0.1:9".into()])).unwrap();
+    let (st, body) = p.put("/routes/r", &s).await;
+    assert_eq!(st, 200, "etcd took it: the cache is not the truth: {body}");
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            p.metric("mse_proxy_etcd_cache_write_errors_total").await >= 1.0
+        })
+        .await,
+        "the failed cache write was not counted"
+    );
+    let (st, body) = readyz(&p).await;
+    assert_eq!(st, 200, "still routing: still ready");
+    assert!(
+        body.contains("etcd cache: the last write failed") && body.contains("etcd-cache.redb"),
+        "{body}"
+    );
+
+    // Writable again: the next change is cached and the report clears.
+    drop(guard);
+    let s =
+        serde_json::to_value(spec("r2", &["r2.example.test"], &["127.0.0.1:9".into()])).unwrap();
+    assert_eq!(p.put("/routes/r2", &s).await.0, 200);
+    cache_caught_up(&p).await;
+    let (_, body) = readyz(&p).await;
+    assert!(!body.contains("etcd cache"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_just_before_sigterm_is_in_the_cache_a_stale_start_serves() {
+    let mut etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &etcd_section(&etcd.endpoint(), ""));
+    let p = ProxyProcess::start(&cfg).await;
+    cache_caught_up(&p).await;
+    let s = serde_json::to_value(spec(
+        "late",
+        &["late.example.test"],
+        &["127.0.0.1:9".into()],
+    ))
+    .unwrap();
+    let (st, body) = p.put("/routes/late", &s).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["live_here"], true);
+    // At once: the cache's next write was due up to a second later.
+    assert!(p.terminate().await);
+    etcd.kill();
+    let p = ProxyProcess::start(&cfg).await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            readyz(&p).await.0 == 200
+        })
+        .await
+    );
+    assert_eq!(p.metric("mse_proxy_etcd_on_fallback").await, 1.0);
+    assert_eq!(
+        p.get("/routes/late").await.0,
+        200,
+        "the last change was lost"
+    );
+}
+
+#[test]
+fn the_removed_fallback_file_setting_is_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &etcd_section(
+            "http://127.0.0.1:1",
+            "fallback_file = \"etcd-routes.json\"\n",
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("etcd.fallback_file: is no longer supported") && err.contains("state_dir"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,4 +882,105 @@ async fn an_expired_auth_token_is_renewed_and_writes_go_on() {
     let status = r.status();
     assert_eq!(status, 200, "{}", r.text().await.unwrap());
     assert!(connected(&a).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_instance_state_imports_into_etcd_with_its_instants() {
+    const APPS: &str = "[apps]\nplatform_domains = [\"apps.example.test\"]\n";
+    let ca = Ca::new("test CA").unwrap();
+    let app_host = "shop.apps.example.test";
+    let (e, _) = enclave(&ca, &["one.example.test", app_host], "moved").await;
+    let single = tempfile::tempdir().unwrap();
+    let cfg_single = write_config(single.path(), APPS);
+    let s = ProxyProcess::start(&cfg_single).await;
+    let one =
+        serde_json::to_value(spec("one", &["one.example.test"], &[e.addr.to_string()])).unwrap();
+    assert_eq!(s.put("/routes/one", &one).await.0, 200);
+    let record = app_record(1, app_host, None, e.addr, "running");
+    let (st, body) = s.put("/apps/p1/shop", &record).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, route_before) = s.get("/routes/one").await;
+    let (_, app_before) = s.get("/apps/p1/shop").await;
+    assert!(s.terminate().await);
+    let backup = single.path().join("backup.json");
+    let (code, err) = state_cmd(
+        &cfg_single,
+        &["export", "--output", backup.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("{APPS}{}", etcd_section(&etcd.endpoint(), "")),
+    );
+    let p = ProxyProcess::start(&cfg).await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            p.metric("mse_proxy_etcd_connected").await == 1.0
+        })
+        .await
+    );
+    let url = p.url("");
+    let args = [
+        "import",
+        "--apply",
+        &url,
+        "--input",
+        backup.to_str().unwrap(),
+    ];
+    let (code, err) = state_cmd(&cfg, &args);
+    assert_eq!(code, Some(0), "{err}");
+    let (st, mut route) = p.get("/routes/one").await;
+    assert_eq!(st, 200, "{route}");
+    assert_eq!(route["source"], "etcd");
+    route["source"] = route_before["source"].clone();
+    assert_eq!(route, route_before);
+    let (st, app) = p.get("/apps/p1/shop").await;
+    assert_eq!(st, 200, "{app}");
+    assert_eq!(app, app_before, "same record, deployed_at and expires_at");
+    assert_eq!(
+        get(p.addr, app_host, &ca).await.unwrap().0,
+        "hello from moved"
+    );
+
+    // Again: refused, nothing overwritten.
+    let (code, err) = state_cmd(&cfg, &args);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("routes[0].name") && err.contains("already served"),
+        "{err}"
+    );
+
+    // One entry the instance refuses: those written before it are undone.
+    let mut past = app_record(2, "broken.apps.example.test", None, e.addr, "running");
+    past["expires_at"] = "2020-01-01T00:00:00Z".into();
+    let bad = serde_json::json!({"schema": 1,
+        "routes": [serde_json::to_value(spec("two", &["two.example.test"], &[e.addr.to_string()])).unwrap()],
+        "apps": [{"project": "p2", "name": "broken",
+                  "record": past}]});
+    let bad_file = dir.path().join("bad.json");
+    std::fs::write(&bad_file, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let (code, err) = state_cmd(
+        &cfg,
+        &[
+            "import",
+            "--apply",
+            &url,
+            "--input",
+            bad_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("apps[0]: 400") && err.contains("expires_at"),
+        "{err}"
+    );
+    assert_eq!(
+        p.get("/routes/two").await.0,
+        404,
+        "the route written first was undone"
+    );
+    assert_eq!(p.get("/apps/p2/broken").await.0, 404);
 }

@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::process::{write_config, ProxyProcess};
+use common::process::{state_cmd, write_config, Immutable, ProxyProcess};
 use common::*;
 use serde_json::{json, Value};
 
@@ -206,35 +206,6 @@ async fn an_app_that_expires_while_the_proxy_is_down_is_not_served() {
     );
 }
 
-/// Makes a file immutable (`chattr +i`) until dropped: even root cannot
-/// write it then, where a chmod would not stop root.
-struct Immutable(std::path::PathBuf);
-
-impl Immutable {
-    fn set(path: &std::path::Path) -> Immutable {
-        let out = std::process::Command::new("chattr")
-            .arg("+i")
-            .arg(path)
-            .output()
-            .expect("chattr (e2fsprogs) is needed");
-        assert!(
-            out.status.success(),
-            "chattr +i failed (the test needs a file system with the immutable flag): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Immutable(path.to_path_buf())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_disk_refuses_is_a_503_and_nothing_acknowledged_is_lost() {
     let backend = closed_port().await;
@@ -291,4 +262,223 @@ fn check_names_a_state_dir_that_cannot_be_created() {
         dir.path().join("a-file/state").display()
     );
     assert!(err.contains(&want), "{err}");
+}
+
+/// What `/routes` and `/apps` show: the whole bodies.
+async fn visible(p: &ProxyProcess) -> (Value, Value) {
+    let (st, routes) = p.get("/routes").await;
+    assert_eq!(st, 200);
+    let (st, apps) = p.get("/apps").await;
+    assert_eq!(st, 200);
+    (routes, apps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_into_a_fresh_instance_gives_the_same_routes_and_apps() {
+    let ca = Ca::new("enclave CA").unwrap();
+    let app_host = "shop.apps.example.test";
+    let (e, _) = enclave(&ca, &["one.example.test", app_host], "e").await;
+    let a = tempfile::tempdir().unwrap();
+    let cfg_a = write_config(a.path(), APPS);
+    let p = ProxyProcess::start(&cfg_a).await;
+    for name in ["one", "two"] {
+        let (st, body) = p
+            .put(&format!("/routes/{name}"), &route_json(name, e.addr))
+            .await;
+        assert_eq!(st, 200, "{body}");
+    }
+    let record = app_record(1, app_host, None, e.addr, "running");
+    let (st, body) = p.put("/apps/p1/shop", &record).await;
+    assert_eq!(st, 200, "{body}");
+    let before = visible(&p).await;
+    assert_eq!(
+        before.1["apps"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        before.1
+    );
+
+    // A running proxy holds the store: export says so, and what to do.
+    let backup = a.path().join("backup.json");
+    let out = backup.to_str().unwrap();
+    let (code, err) = state_cmd(&cfg_a, &["export", "--output", out]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stop the proxy"), "{err}");
+    assert!(!backup.exists());
+    assert!(p.terminate().await);
+    let (code, err) = state_cmd(&cfg_a, &["export", "--output", out]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("exported 2 route(s) and 1 app(s)"), "{err}");
+
+    let b = tempfile::tempdir().unwrap();
+    let cfg_b = write_config(b.path(), APPS);
+    let (code, err) = state_cmd(&cfg_b, &["import", "--input", out]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("imported 2 route(s) and 1 app(s)"), "{err}");
+    let p = ProxyProcess::start(&cfg_b).await;
+    assert_eq!(
+        visible(&p).await,
+        before,
+        "same routes and apps, deployed_at and expires_at"
+    );
+    assert_eq!(get(p.addr, app_host, &ca).await.unwrap().0, "hello from e");
+
+    // Importing into a running instance is refused, and changes nothing.
+    let (code, err) = state_cmd(&cfg_b, &["import", "--input", out]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("stop the proxy") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    assert!(p.terminate().await);
+
+    // A bad import changes nothing, and names the first bad entry.
+    let mut bad: Value = serde_json::from_slice(&std::fs::read(&backup).unwrap()).unwrap();
+    bad["routes"][0]["name"] = json!("one-renamed");
+    bad["routes"][1]["backends"] = json!(["no port"]);
+    let bad_file = b.path().join("bad.json");
+    std::fs::write(&bad_file, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let (code, err) = state_cmd(
+        &cfg_b,
+        &["import", "--replace", "--input", bad_file.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("routes[1].backends[0]"), "{err}");
+    assert!(err.contains("nothing was imported"), "{err}");
+    // An app that takes a host a route holds: refused as a whole too.
+    let mut clash: Value = serde_json::from_slice(&std::fs::read(&backup).unwrap()).unwrap();
+    clash["apps"][0]["record"]["domain_name"] = json!("one.example.test");
+    clash["routes"] = json!([]);
+    std::fs::write(&bad_file, serde_json::to_vec(&clash).unwrap()).unwrap();
+    let (code, err) = state_cmd(&cfg_b, &["import", "--input", bad_file.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("one.example.test"), "{err}");
+    let p = ProxyProcess::start(&cfg_b).await;
+    assert_eq!(
+        visible(&p).await,
+        before,
+        "the refused imports changed nothing"
+    );
+    assert!(p.terminate().await);
+
+    // --replace: the import is the whole state; merge keeps the rest.
+    let only_two = json!({"schema": 1, "routes": [route_json("two", e.addr)]});
+    std::fs::write(&bad_file, serde_json::to_vec(&only_two).unwrap()).unwrap();
+    let (code, err) = state_cmd(&cfg_b, &["import", "--input", bad_file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let p = ProxyProcess::start(&cfg_b).await;
+    assert_eq!(
+        visible(&p).await,
+        before,
+        "a merge of what is there changes nothing"
+    );
+    assert!(p.terminate().await);
+    let (code, err) = state_cmd(
+        &cfg_b,
+        &["import", "--replace", "--input", bad_file.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let p = ProxyProcess::start(&cfg_b).await;
+    let names: Vec<String> = api_routes(&p)
+        .await
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["two"]);
+    assert_eq!(p.get("/apps/p1/shop").await.0, 404, "replaced away");
+}
+
+/// A state exported by schema version 1 (committed, not generated by this
+/// binary) imports and is served with its own instants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_export_loads() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/state/export-v1.json"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), APPS);
+    let (code, err) = state_cmd(&cfg, &["import", "--input", fixture]);
+    assert_eq!(code, Some(0), "{err}");
+    let p = ProxyProcess::start(&cfg).await;
+    let (st, route) = p.get("/routes/kept").await;
+    assert_eq!(st, 200, "{route}");
+    assert_eq!(route["expires_at"], "2099-01-01T00:00:00Z");
+    assert_eq!(
+        route["hosts"],
+        json!(["kept.example.test", "*.kept.example.test"])
+    );
+    let (st, app) = p.get("/apps/p1/shop").await;
+    assert_eq!(st, 200, "{app}");
+    assert_eq!(app["record"]["deployed_at"], "2026-11-30T12:00:00Z");
+    assert_eq!(app["expires_at"], "2099-01-01T00:00:00Z");
+    assert_eq!(app["routes"].as_array().map(Vec::len), Some(2), "{app}");
+    assert!(p.terminate().await);
+    // And it exports back to the same entries.
+    let (code, err) = state_cmd(
+        &cfg,
+        &[
+            "export",
+            "--output",
+            dir.path().join("again.json").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let again: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("again.json")).unwrap()).unwrap();
+    let want: Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    assert_eq!(again["schema"], want["schema"]);
+    assert_eq!(
+        again["apps"][0]["record"]["deployed_at"],
+        want["apps"][0]["record"]["deployed_at"]
+    );
+    assert_eq!(again["routes"][0]["name"], want["routes"][0]["name"]);
+}
+
+#[test]
+fn an_import_leaves_out_what_expired_and_refuses_a_name_given_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), APPS);
+    let file = dir.path().join("in.json");
+    let route = |name: &str, expires: &str| {
+        json!({"name": name, "hosts": [format!("{name}.example.test")],
+               "backends": ["127.0.0.1:1"], "expires_at": expires})
+    };
+    let twice = json!({"schema": 1, "routes": [
+        route("a", "2099-01-01T00:00:00Z"), route("a", "2099-01-01T00:00:00Z")]});
+    std::fs::write(&file, serde_json::to_vec(&twice).unwrap()).unwrap();
+    let (code, err) = state_cmd(&cfg, &["import", "--input", file.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("routes[1].name: `a` is in the import twice"),
+        "{err}"
+    );
+
+    let old = json!({"schema": 1, "routes": [
+        route("old", "2020-01-01T00:00:00Z"), route("new", "2099-01-01T00:00:00Z")]});
+    std::fs::write(&file, serde_json::to_vec(&old).unwrap()).unwrap();
+    let (code, err) = state_cmd(&cfg, &["import", "--input", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("left out, its expiry has passed: routes[0] `old`"),
+        "{err}"
+    );
+    assert!(err.contains("imported 1 route(s)"), "{err}");
+    let out = dir.path().join("out.json");
+    let (code, err) = state_cmd(&cfg, &["export", "--output", out.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let back: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let names: Vec<&str> = back["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["new"], "only the first import's survivor, once");
+
+    // Not an export at all: refused by what it lacks.
+    std::fs::write(&file, b"[[route]]\nname = \"x\"\n").unwrap();
+    let (code, err) = state_cmd(&cfg, &["import", "--input", file.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("not JSON of an export"), "{err}");
 }

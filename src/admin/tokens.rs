@@ -86,6 +86,15 @@ impl TokenSet {
     }
 
     /// Whether any token may do what `role` needs.
+    /// The first token with `role` exactly, for a client of this same
+    /// instance's API (`mse-proxy state import` into etcd writes through it).
+    pub fn first_token(&self, role: Role) -> Option<String> {
+        self.tokens
+            .iter()
+            .find(|c| c.role == role)
+            .map(|c| String::from_utf8_lossy(&c.token).into_owned())
+    }
+
     pub fn grants(&self, role: Role) -> bool {
         self.tokens.iter().any(|c| c.role >= role)
     }

@@ -36,8 +36,9 @@ pub struct RawEtcd {
     /// Environment variable holding the password.
     pub password_env: Option<String>,
     pub tls: Option<RawEtcdTls>,
-    /// A local copy of the last route set read from etcd, rewritten after
-    /// every change; read at start when etcd cannot be reached.
+    /// Removed: the local cache of etcd now lives in `state_dir`. Still
+    /// parsed, so a config that sets it is refused with a message that
+    /// says what replaced it instead of "unknown field".
     pub fallback_file: Option<PathBuf>,
 }
 
@@ -96,7 +97,6 @@ pub struct EtcdConfig {
     pub backoff_max: Duration,
     pub user: Option<(String, PasswordSource)>,
     pub tls: Option<EtcdTls>,
-    pub fallback_file: Option<PathBuf>,
 }
 
 /// Validates `[etcd]`; relative paths are taken against `base`.
@@ -107,6 +107,18 @@ pub fn validate(
     errs: &mut ConfigErrors,
 ) -> Option<EtcdConfig> {
     let before = errs.0.len();
+    // Refused rather than ignored or read once: the old file was written
+    // without fsync and could hold routes deleted since, served again
+    // after a restart with etcd down (issue 16); the cache in state_dir is
+    // rebuilt from etcd at the first read, so nothing is lost by not
+    // reading it. `mse-proxy check` says so before an upgrade is rolled.
+    if raw.fallback_file.is_some() {
+        errs.push(
+            path,
+            "etcd.fallback_file",
+            "is no longer supported: the last set read from etcd is kept in state_dir (etcd-cache.redb, written atomically and fsynced); remove this key and make sure state_dir is writable",
+        );
+    }
     if raw.endpoints.is_empty() {
         errs.push(path, "etcd.endpoints", "at least one endpoint is required");
     }
@@ -233,7 +245,6 @@ pub fn validate(
         backoff_max: raw.backoff_max,
         user,
         tls,
-        fallback_file: raw.fallback_file.map(|f| base.join(f)),
     })
 }
 
@@ -252,12 +263,21 @@ mod tests {
     }
 
     #[test]
+    fn the_removed_fallback_file_is_refused_pointing_to_state_dir() {
+        let e = check("endpoints = [\"http://127.0.0.1:2379\"]\nfallback_file = \"cache.json\"\n")
+            .unwrap_err();
+        assert!(
+            e.contains("/etc/p.toml: etcd.fallback_file: is no longer supported")
+                && e.contains("state_dir"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults_and_relative_paths() {
-        let c = check("endpoints = [\"http://127.0.0.1:2379/\"]\nfallback_file = \"cache.json\"\n")
-            .unwrap();
+        let c = check("endpoints = [\"http://127.0.0.1:2379/\"]\n").unwrap();
         assert_eq!(c.endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(c.prefix, "/mse-proxy/");
-        assert_eq!(c.fallback_file, Some(PathBuf::from("/etc/cache.json")));
         assert_eq!(c.request_timeout, Duration::from_secs(5));
         assert!(c.user.is_none() && c.tls.is_none());
     }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwap;
 
 mod certificates;
-mod state;
+pub mod state;
 mod waiting;
 pub mod watchdog;
 
@@ -323,7 +323,7 @@ impl Reconciler {
     /// its store and what was read from it) and returns the task to run
     /// and its handle. Fails if the first set cannot be applied. With
     /// `etcd`, the instance is ready only once a set from etcd (or its
-    /// fallback file) is live; otherwise once this returns.
+    /// local cache of etcd) is live; otherwise once this returns.
     pub fn start(
         shared: Arc<Shared>,
         file_routes: Vec<Route>,
@@ -718,42 +718,19 @@ impl Reconciler {
         api: &BTreeMap<String, Route>,
         apps: &Apps,
     ) -> Result<Vec<(Route, Source)>, ControlError> {
-        let mut all: Vec<(Route, Source)> = file
-            .iter()
-            .filter(|r| !api.contains_key(&r.name))
-            .map(|r| (r.clone(), Source::File))
-            .collect();
         let api_source = if self.etcd.is_some() {
             Source::Etcd
         } else {
             Source::Api
         };
-        all.extend(api.values().map(|r| (r.clone(), api_source)));
-        all.extend(apps.routes().map(|r| (r.clone(), Source::App)));
-        let now = Utc::now();
-        // Expired routes are out of the table and claim no host.
-        let live: Vec<Route> = all
-            .iter()
-            .filter(|(r, _)| !r.expired_at(now))
-            .map(|(r, _)| r.clone())
-            .collect();
-        let cap = self.shared.config.control_limits.routes;
-        if let Err(why) = ControlLimits::check(live.len(), cap, "live routes", "max_routes") {
-            return Err(ControlError::Invalid(
-                ConfigError::new(Path::new(API), "routes", why).into(),
-            ));
-        }
-        let mut errs = ConfigErrors::default();
-        check_conflicts(
-            Path::new(API),
-            &live,
-            &|_, r| format!("route `{}`", r.name),
-            &mut errs,
-        );
-        if !errs.is_empty() {
-            return Err(ControlError::Conflict(errs.to_string()));
-        }
-        Ok(all)
+        merge(
+            file,
+            api,
+            api_source,
+            apps,
+            Utc::now(),
+            self.shared.config.control_limits.routes,
+        )
     }
 
     /// Checks that `store` serves every host of every live terminate route.
@@ -762,21 +739,7 @@ impl Reconciler {
         routes: &[(Route, Source)],
         store: &CertStore,
     ) -> Result<(), ControlError> {
-        let cfg = &self.shared.config;
-        let mut errs = ConfigErrors::default();
-        let now = Utc::now();
-        for (r, source) in routes.iter().filter(|(r, _)| !r.expired_at(now)) {
-            let file = match (source, &cfg.routes_file) {
-                (Source::File, Some(f)) => f.as_path(),
-                _ => Path::new(API),
-            };
-            store.check_route(file, &format!("route `{}`", r.name), r, &mut errs);
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ControlError::Invalid(errs))
-        }
+        check_certs(&self.shared.config, routes, store, Utc::now())
     }
 
     /// Applies `routes` with the live certificates.
@@ -980,7 +943,7 @@ impl Reconciler {
         };
         if set.origin == Origin::Fallback && status.revision() > 0 {
             return Err(ControlError::Conflict(
-                "etcd has been read already; the fallback file is stale".into(),
+                "etcd has been read already; the local cache is stale".into(),
             ));
         }
         if set.origin == Origin::Watch && set.revision < status.revision() {
@@ -1135,5 +1098,72 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// File routes overridden by API routes of the same name (`api_source`:
+/// `Api`, or `Etcd` where etcd holds them), plus the apps' derived routes,
+/// checked for name and host conflicts across the three sources. A free
+/// function so that `mse-proxy state import` checks a state with the very
+/// rules the running reconciler applies.
+pub(crate) fn merge(
+    file: &[Route],
+    api: &BTreeMap<String, Route>,
+    api_source: Source,
+    apps: &Apps,
+    now: chrono::DateTime<Utc>,
+    max_routes: usize,
+) -> Result<Vec<(Route, Source)>, ControlError> {
+    let mut all: Vec<(Route, Source)> = file
+        .iter()
+        .filter(|r| !api.contains_key(&r.name))
+        .map(|r| (r.clone(), Source::File))
+        .collect();
+    all.extend(api.values().map(|r| (r.clone(), api_source)));
+    all.extend(apps.routes().map(|r| (r.clone(), Source::App)));
+    // Expired routes are out of the table and claim no host.
+    let live: Vec<Route> = all
+        .iter()
+        .filter(|(r, _)| !r.expired_at(now))
+        .map(|(r, _)| r.clone())
+        .collect();
+    if let Err(why) = ControlLimits::check(live.len(), max_routes, "live routes", "max_routes") {
+        return Err(ControlError::Invalid(
+            ConfigError::new(Path::new(API), "routes", why).into(),
+        ));
+    }
+    let mut errs = ConfigErrors::default();
+    check_conflicts(
+        Path::new(API),
+        &live,
+        &|_, r| format!("route `{}`", r.name),
+        &mut errs,
+    );
+    if !errs.is_empty() {
+        return Err(ControlError::Conflict(errs.to_string()));
+    }
+    Ok(all)
+}
+
+/// Checks that `store` serves every host of every live terminate route
+/// (free for the same reason as [`merge`]).
+pub(crate) fn check_certs(
+    cfg: &crate::config::Config,
+    routes: &[(Route, Source)],
+    store: &CertStore,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), ControlError> {
+    let mut errs = ConfigErrors::default();
+    for (r, source) in routes.iter().filter(|(r, _)| !r.expired_at(now)) {
+        let file = match (source, &cfg.routes_file) {
+            (Source::File, Some(f)) => f.as_path(),
+            _ => Path::new(API),
+        };
+        store.check_route(file, &format!("route `{}`", r.name), r, &mut errs);
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(errs))
     }
 }

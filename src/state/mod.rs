@@ -22,6 +22,7 @@
 //!
 //! Routes of the routes file are not stored: the file stays their source.
 
+pub mod export;
 mod redb;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,13 @@ pub const SCHEMA_VERSION: u64 = 1;
 
 /// The file name inside `state_dir`.
 pub const FILE_NAME: &str = "state.redb";
+
+/// With `[etcd]`, the local cache of the last set read from etcd, in
+/// `state_dir` too. A file of its own, apart from [`FILE_NAME`], because it
+/// is a copy of another store's truth, replaced whole at each full read:
+/// a config switched to etcd (or back) must not serve the other mode's
+/// state as its own. Same schema and tables.
+pub const ETCD_CACHE_FILE: &str = "etcd-cache.redb";
 
 /// One accepted write.
 #[derive(Debug, Clone)]
@@ -84,12 +92,22 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Commits `changes` in one transaction, durably (on disk when this
     /// returns `Ok`), or none of them.
     fn commit(&self, changes: &[Change]) -> Result<(), StateError>;
+    /// Replaces everything stored with `routes` and `apps`, in one durable
+    /// transaction: `state import --replace`, and the etcd cache, whose
+    /// every full read is the whole truth (deletions included).
+    fn replace(&self, routes: &[RouteSpec], apps: &[StoredApp]) -> Result<(), StateError>;
 }
 
 /// Opens (creating it if need be) the store in `dir`.
 pub fn open(dir: &Path) -> Result<Arc<dyn StateStore>, StateError> {
+    open_file(dir, FILE_NAME)
+}
+
+/// Opens (creating it if need be) the store `name` in `dir`
+/// ([`FILE_NAME`] or [`ETCD_CACHE_FILE`]).
+pub fn open_file(dir: &Path, name: &str) -> Result<Arc<dyn StateStore>, StateError> {
     check_dir(dir)?;
-    Ok(Arc::new(RedbStore::open(&dir.join(FILE_NAME))?))
+    Ok(Arc::new(RedbStore::open(&dir.join(name))?))
 }
 
 /// Creates `dir` if needed and checks that a file can be written in it, so

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use ::redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 
 use super::{Change, StateError, StateStore, Stored, SCHEMA_VERSION};
+use crate::apps::stored::StoredApp;
+use crate::config::routes::RouteSpec;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
@@ -134,9 +136,28 @@ impl StateStore for RedbStore {
             *guard = Some(open_db(&self.path)?);
         }
         let db = guard.as_ref().expect("opened above");
-        let result = write(db, changes).map_err(|e| self.err(e));
+        let result = write(db, changes, false).map_err(|e| self.err(e));
         if result.is_err() {
             // Closed now; opened again by the next write (see `db`).
+            *guard = None;
+        }
+        result
+    }
+
+    fn replace(&self, routes: &[RouteSpec], apps: &[StoredApp]) -> Result<(), StateError> {
+        let changes: Vec<Change> = routes
+            .iter()
+            .cloned()
+            .map(Change::PutRoute)
+            .chain(apps.iter().cloned().map(Change::PutApp))
+            .collect();
+        let mut guard = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(open_db(&self.path)?);
+        }
+        let db = guard.as_ref().expect("opened above");
+        let result = write(db, &changes, true).map_err(|e| self.err(e));
+        if result.is_err() {
             *guard = None;
         }
         result
@@ -146,12 +167,18 @@ impl StateStore for RedbStore {
 // redb's error is large, and this path is the rare one: it becomes a
 // message at once (`RedbStore::commit`), so it is not boxed.
 #[allow(clippy::result_large_err)]
-fn write(db: &Database, changes: &[Change]) -> Result<(), ::redb::Error> {
+/// Commits `changes`, after emptying both tables when `clear` (in the same
+/// transaction: a crash leaves the old set or the new one).
+fn write(db: &Database, changes: &[Change], clear: bool) -> Result<(), ::redb::Error> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate);
     {
         let mut routes = tx.open_table(ROUTES)?;
         let mut apps = tx.open_table(APPS)?;
+        if clear {
+            routes.retain(|_, _| false)?;
+            apps.retain(|_, _| false)?;
+        }
         for c in changes {
             match c {
                 Change::PutRoute(spec) => {
@@ -256,6 +283,27 @@ mod tests {
             "deployed_at is kept"
         );
         assert!(loaded.unreadable.is_empty());
+    }
+
+    #[test]
+    fn replace_leaves_only_the_new_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+        s.commit(&[
+            Change::PutRoute(route("a")),
+            Change::PutRoute(route("b")),
+            Change::PutApp(app("shop")),
+        ])
+        .unwrap();
+        s.replace(&[route("b"), route("c")], &[app("blog")])
+            .unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(
+            names(&loaded),
+            (vec!["b".into(), "c".into()], vec!["blog".into()])
+        );
+        s.replace(&[], &[]).unwrap();
+        assert_eq!(names(&s.load().unwrap()), (vec![], vec![]));
     }
 
     #[test]

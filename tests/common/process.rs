@@ -53,6 +53,8 @@ impl ProxyProcess {
     /// Without `keep_log`, the log pipe is closed once both addresses are
     /// announced (a log destination that breaks).
     pub async fn start_with(wrapper: &[&str], config: &Path, keep_log: bool) -> ProxyProcess {
+        // The admin calls below go through reqwest, which needs it.
+        mse_proxy::tls::install_default_provider();
         let bin = env!("CARGO_BIN_EXE_mse-proxy");
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -228,4 +230,48 @@ impl Drop for ProxyProcess {
             let _ = c.wait();
         }
     }
+}
+
+/// Makes a file immutable (`chattr +i`) until dropped: even root cannot
+/// write it then, where a chmod would not stop root.
+pub struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    pub fn set(path: &std::path::Path) -> Immutable {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("chattr (e2fsprogs) is needed");
+        assert!(
+            out.status.success(),
+            "chattr +i failed (the test needs a file system with the immutable flag): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `mse-proxy state <args> --config cfg`: exit code and stderr.
+pub fn state_cmd(cfg: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mse-proxy"))
+        .arg("state")
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

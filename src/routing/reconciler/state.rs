@@ -182,3 +182,142 @@ fn expired(e: &ControlError) -> bool {
         _ => false,
     }
 }
+
+/// What `mse-proxy state import` will write, once every entry passed.
+#[derive(Debug, Default)]
+pub struct ImportPlan {
+    /// The imported routes, as validated (what `PUT /routes` stores).
+    pub routes: Vec<crate::config::routes::RouteSpec>,
+    /// The imported apps as admitted (their `deployed_at` kept, their
+    /// hostnames derived again rather than taken from the file).
+    pub apps: Vec<StoredApp>,
+    /// Entries left out because their expiry passed (by index and name):
+    /// an export restored later is not refused for what time did to it,
+    /// as the start drops such entries too.
+    pub expired: Vec<String>,
+}
+
+/// Checks an import with the checks the running proxy applies: each
+/// route as `PUT /routes` does (`validate_one`), each app as a restart
+/// restores it (`Apps::restore`: every rule, its stored `deployed_at` and
+/// CNAME verdicts kept), then the whole set merged with the routes file
+/// and `current` (unless `replace`: then the import is the whole state)
+/// for name and host conflicts and certificates (`merge`,
+/// `check_certs`). Stops at the first invalid entry, named by its index
+/// and field in `input` (`routes[3].expires_at`); nothing is written
+/// before this returns `Ok`.
+pub fn plan_import(
+    config: &crate::config::Config,
+    file_routes: &[Route],
+    certs: &crate::tls::certs::CertStore,
+    current: Stored,
+    import: crate::state::export::Export,
+    replace: bool,
+    input: &Path,
+) -> Result<ImportPlan, crate::config::ConfigErrors> {
+    use crate::config::{ConfigError, ConfigErrors};
+    let now = Utc::now();
+    let policy = &config.apps;
+    let one = |field: String, message: String| -> ConfigErrors {
+        ConfigError::new(input, field, message).into()
+    };
+    let mut plan = ImportPlan::default();
+
+    let mut api: BTreeMap<String, Route> = BTreeMap::new();
+    let mut imported_names = std::collections::HashSet::new();
+    for (i, spec) in import.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        let r = routes::validate_one(input, &at, spec, &config.control_limits)?;
+        if !imported_names.insert(r.name.clone()) {
+            return Err(one(
+                format!("{at}.name"),
+                format!("`{}` is in the import twice", r.name),
+            ));
+        }
+        if r.expired_at(now) {
+            plan.expired.push(format!("{at} `{}`", r.name));
+            continue;
+        }
+        plan.routes.push(r.spec.clone());
+        api.insert(r.name.clone(), r);
+    }
+    let imported_keys: std::collections::HashSet<AppKey> =
+        import.apps.iter().map(StoredApp::key).collect();
+
+    // What the import merges into: the stored entries it does not replace.
+    // One that no longer applies itself (expired, say) is left out of the
+    // check, as the start would leave it out.
+    let mut apps = Apps::default();
+    if !replace {
+        for spec in current.routes {
+            if api.contains_key(&spec.name) || imported_names.contains(&spec.name) {
+                continue;
+            }
+            if let Ok(r) =
+                routes::validate_one(Path::new(STATE), "route", &spec, &config.control_limits)
+            {
+                if !r.expired_at(now) {
+                    api.insert(r.name.clone(), r);
+                }
+            }
+        }
+        for stored_app in current.apps {
+            if imported_keys.contains(&stored_app.key()) {
+                continue;
+            }
+            if let Ok(next) = apps.restore(stored_app.into_put(), policy, certs, now) {
+                apps = next;
+            }
+        }
+    }
+
+    let mut seen = std::collections::HashSet::new();
+    for (i, stored_app) in import.apps.into_iter().enumerate() {
+        let key = stored_app.key();
+        let at = format!("apps[{i}]");
+        if !seen.insert(key.clone()) {
+            return Err(one(at, format!("app `{key}` is in the import twice")));
+        }
+        match apps.restore(stored_app.into_put(), policy, certs, now) {
+            Ok(next) => {
+                let entry = next.get(&key).expect("just admitted");
+                plan.apps.push(StoredApp::from(entry.as_ref()));
+                apps = next;
+            }
+            Err(e) if expired(&e) => plan.expired.push(format!("{at} `{key}`")),
+            Err(ControlError::Invalid(errs)) => {
+                // Violations name the record's field (`expires_at`): say
+                // where that field is in the file.
+                let first = errs.0.into_iter().next();
+                let (field, message) = first
+                    .map(|e| match e.field.as_str() {
+                        "project" | "name" => (format!("{at}.{}", e.field), e.message),
+                        f => (format!("{at}.record.{f}"), e.message),
+                    })
+                    .unwrap_or_else(|| (at.clone(), "invalid".into()));
+                return Err(one(field, format!("app `{key}`: {message}")));
+            }
+            Err(e) => return Err(one(at, format!("app `{key}`: {e}"))),
+        }
+    }
+
+    let merged = super::merge(
+        file_routes,
+        &api,
+        Source::Api,
+        &apps,
+        now,
+        config.control_limits.routes,
+    )
+    .map_err(|e| {
+        one(
+            "routes".into(),
+            format!("{e} (with the routes file and the state kept)"),
+        )
+    })?;
+    super::check_certs(config, &merged, certs, now).map_err(|e| match e {
+        ControlError::Invalid(errs) => errs,
+        e => one(String::new(), e.to_string()),
+    })?;
+    Ok(plan)
+}

@@ -22,8 +22,7 @@ use crate::etcd::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use serde::{Deserialize, Serialize};
-
+use super::cache::EtcdCache;
 use super::stored_app::{apps_prefix, StoredApp};
 use super::{connect, routes_prefix, timed, EtcdStatus};
 use crate::apps::AppPut;
@@ -44,7 +43,8 @@ pub enum Origin {
     Read,
     /// Watch events after a full read.
     Watch,
-    /// The local fallback file, read because etcd was unreachable at start.
+    /// The local cache of etcd (`cache.rs`), read because etcd was
+    /// unreachable at start: stale, flagged as such.
     Fallback,
 }
 
@@ -120,17 +120,6 @@ impl Mirror {
     }
 }
 
-/// The fallback file: the last set read from etcd.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FallbackFile {
-    etcd_revision: i64,
-    #[serde(default)]
-    route: Vec<RouteSpec>,
-    #[serde(default)]
-    app: Vec<StoredApp>,
-}
-
 /// One key's value as a route: valid JSON of the route schema whose name is
 /// the key's last segment.
 fn parse(key: &str, name: &str, value: &[u8], limits: &ControlLimits) -> Result<Route, String> {
@@ -154,7 +143,7 @@ const WATCH_MESSAGE_MAX: usize = 64 * 1024 * 1024;
 /// Keys per page of a full read.
 const PAGE: i64 = 1000;
 
-/// How long the fallback file may trail the live set.
+/// How long the local cache may trail the live set.
 const FALLBACK_EVERY: Duration = Duration::from_secs(1);
 
 /// Watch messages taken at once before one apply.
@@ -196,6 +185,8 @@ pub struct Follower {
     pub status: Arc<EtcdStatus>,
     pub shared: Arc<Shared>,
     pub stop: CancellationToken,
+    /// The local cache in `state_dir` (`None`: state kept in memory).
+    pub cache: Option<Arc<EtcdCache>>,
 }
 
 impl Follower {
@@ -227,7 +218,7 @@ impl Follower {
                 Ended::Lost(why, detail) => {
                     tracing::warn!(why, error = %detail, "etcd: lost; serving the last routes, writes refused until it is back");
                     if first {
-                        self.load_fallback().await;
+                        self.load_cache().await;
                     }
                     reason = if why == "compacted" {
                         "compacted"
@@ -267,7 +258,7 @@ impl Follower {
             "etcd: read the route set"
         );
         if self.hand_over(&mirror, rev, Origin::Read).await {
-            self.write_fallback(&mirror, rev);
+            self.write_cache(&mirror, rev);
         }
         Ok((rev, mirror))
     }
@@ -322,6 +313,9 @@ impl Follower {
         {
             Ok(_) => {
                 if origin != Origin::Fallback {
+                    // The flag and its metric clear together, with the
+                    // set that replaced the cached one.
+                    self.status.set_on_fallback(false);
                     self.shared.metrics.etcd_revision.set(rev);
                     self.shared.metrics.etcd_on_fallback.set(0);
                 }
@@ -336,12 +330,12 @@ impl Follower {
 
     /// Follows the watch from `rev + 1` until it is lost or stopped.
     async fn watch(&self, client: Client, rev: i64, mut mirror: Mirror) -> Ended {
-        let mut fallback_due = None;
+        let mut cache_due = None;
         let ended = self
-            .follow_watch(client, rev, &mut mirror, &mut fallback_due)
+            .follow_watch(client, rev, &mut mirror, &mut cache_due)
             .await;
-        if fallback_due.is_some() {
-            self.write_fallback(&mirror, self.status.revision());
+        if cache_due.is_some() {
+            self.write_cache(&mirror, self.status.revision());
         }
         ended
     }
@@ -351,7 +345,7 @@ impl Follower {
         client: Client,
         rev: i64,
         mirror: &mut Mirror,
-        fallback_due: &mut Option<Instant>,
+        cache_due: &mut Option<Instant>,
     ) -> Ended {
         let prefix = self.cfg.prefix.as_bytes();
         let create = WatchCreateRequest {
@@ -378,9 +372,9 @@ impl Follower {
                     self.hand_over(mirror, self.status.revision(), Origin::Watch).await;
                     continue;
                 }
-                () = sleep_until_opt(*fallback_due) => {
-                    *fallback_due = None;
-                    self.write_fallback(mirror, self.status.revision());
+                () = sleep_until_opt(*cache_due) => {
+                    *cache_due = None;
+                    self.write_cache(mirror, self.status.revision());
                     continue;
                 }
                 _ = heartbeat.tick() => {
@@ -415,10 +409,10 @@ impl Follower {
             match got {
                 Got::Changed(now) => {
                     if self.hand_over(mirror, now, Origin::Watch).await {
-                        // The fallback copy trails by at most FALLBACK_EVERY:
+                        // The cached copy trails by at most FALLBACK_EVERY:
                         // rewriting a large set on every event would cost
                         // more than applying it.
-                        fallback_due.get_or_insert(Instant::now() + FALLBACK_EVERY);
+                        cache_due.get_or_insert(Instant::now() + FALLBACK_EVERY);
                     }
                 }
                 // Nothing to apply, but the table reflects this revision.
@@ -496,20 +490,23 @@ impl Follower {
         relevant
     }
 
-    /// At start with etcd unreachable: serve the set of the fallback
-    /// file, if one is configured and readable.
-    async fn load_fallback(&self) {
-        let Some(path) = &self.cfg.fallback_file else {
+    /// At start with etcd unreachable: serve the set of the local cache,
+    /// if there is one, flagged stale (metric, `/readyz`'s body, a
+    /// warning) until etcd answers; its first full read then replaces it,
+    /// deletions included.
+    async fn load_cache(&self) {
+        let Some(stored) = self.cache.as_ref().and_then(|c| c.take_at_start()) else {
             return;
         };
-        let (routes, apps) = match read_fallback(path, &self.shared.config.control_limits) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "etcd fallback file not loaded");
-                return;
-            }
-        };
+        for why in &stored.unreadable {
+            tracing::error!(entry = %why, "etcd cache entry does not parse; left out");
+        }
+        if stored.routes.is_empty() && stored.apps.is_empty() {
+            return;
+        }
+        let (routes, apps) = cached_set(stored, &self.shared.config.control_limits);
         let n = routes.len();
+        let a = apps.len();
         match self
             .control
             .etcd_set(routes, apps, 0, Origin::Fallback)
@@ -518,52 +515,53 @@ impl Follower {
             Ok(_) => {
                 self.status.set_on_fallback(true);
                 self.shared.metrics.etcd_on_fallback.set(1);
-                tracing::warn!(file = %path.display(), routes = n, "etcd unreachable at start: serving the fallback file");
+                tracing::warn!(routes = n, apps = a, "etcd unreachable at start: serving the local cache of etcd, stale until etcd answers");
             }
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "etcd fallback file not applied");
+                tracing::error!(error = %e, "etcd cache not applied");
             }
         }
     }
 
-    /// Rewrites the fallback file with the set just applied (write then
-    /// rename, so a crash leaves the old copy or the new one).
-    fn write_fallback(&self, mirror: &Mirror, rev: i64) {
-        let Some(path) = &self.cfg.fallback_file else {
+    /// Asks for the set just applied to become the local cache (written
+    /// off this task, by the cache's own thread).
+    fn write_cache(&self, mirror: &Mirror, rev: i64) {
+        let Some(cache) = &self.cache else {
             return;
         };
-        let file = FallbackFile {
-            etcd_revision: rev,
-            route: mirror.routes.values().map(|r| r.spec.clone()).collect(),
-            app: mirror.apps.values().cloned().collect(),
-        };
-        let tmp = path.with_extension("tmp");
-        let r = serde_json::to_vec_pretty(&file)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = r {
-            tracing::warn!(file = %path.display(), error = %e, "etcd fallback file not written");
-        }
+        cache.write(
+            rev,
+            mirror.routes.values().map(|r| r.spec.clone()).collect(),
+            mirror.apps.values().cloned().collect(),
+        );
     }
 }
 
-/// Reads and validates a fallback file (routes as a whole, like a routes
-/// file; apps are admitted by the reconciler).
-fn read_fallback(
-    path: &Path,
+/// The cached set as the follower hands sets over: each route checked as
+/// a key read from etcd is (one that no longer validates is logged and
+/// left out, the others still serve); apps are admitted by the
+/// reconciler.
+fn cached_set(
+    stored: crate::state::Stored,
     limits: &ControlLimits,
-) -> Result<(BTreeMap<String, Route>, Vec<AppPut>), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: FallbackFile = serde_json::from_str(&text).map_err(|e| {
-        ConfigError::new(path, format!("line {}", e.line()), e.to_string()).to_string()
-    })?;
-    let routes =
-        routes::validate_all(path, &file.route, "route", limits).map_err(|e| e.to_string())?;
-    Ok((
-        routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
-        file.app.into_iter().map(StoredApp::into_put).collect(),
-    ))
+) -> (BTreeMap<String, Route>, Vec<AppPut>) {
+    let mut routes = BTreeMap::new();
+    for spec in stored.routes {
+        let name = spec.name.clone();
+        match routes::validate_one(
+            Path::new("etcd cache"),
+            &format!("route `{name}`"),
+            &spec,
+            limits,
+        ) {
+            Ok(r) => {
+                routes.insert(name, r);
+            }
+            Err(e) => tracing::error!(route = %name, error = %e, "cached etcd route left out"),
+        }
+    }
+    let apps = stored.apps.into_iter().map(StoredApp::into_put).collect();
+    (routes, apps)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -18,6 +18,7 @@
 //! (which cannot miss a deletion, compacted or not). [`write`] is the admin
 //! API's side.
 
+pub mod cache;
 pub mod follow;
 pub mod stored_app;
 pub mod write;
@@ -35,8 +36,12 @@ use crate::config::etcd::{EtcdConfig, PasswordSource};
 pub struct EtcdStatus {
     /// The watch is live: the table follows the store and writes are taken.
     connected: AtomicBool,
-    /// The table holds a route set from the fallback file, not from etcd.
+    /// The table holds the set of the local cache (`cache.rs`), not one
+    /// read from etcd: stale, since etcd has not answered since start.
     on_fallback: AtomicBool,
+    /// Why the last write of the local cache failed; `None` once one
+    /// succeeds. Shown in `/readyz`'s body. Held only for a copy.
+    cache_error: std::sync::Mutex<Option<String>>,
     /// The store revision the live table reflects (0: none yet).
     applied: watch::Sender<i64>,
     /// Seconds the watch trailed the store at the last progress check.
@@ -51,6 +56,7 @@ impl Default for EtcdStatus {
         Self {
             connected: AtomicBool::new(false),
             on_fallback: AtomicBool::new(false),
+            cache_error: std::sync::Mutex::new(None),
             applied: watch::Sender::new(0),
             lag_ms: AtomicI64::new(0),
             refit: tokio::sync::Notify::new(),
@@ -73,6 +79,18 @@ impl EtcdStatus {
 
     pub(crate) fn set_on_fallback(&self, yes: bool) {
         self.on_fallback.store(yes, Ordering::Relaxed);
+    }
+
+    /// Why the last write of the local cache failed, if it did.
+    pub fn cache_error(&self) -> Option<String> {
+        self.cache_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_cache_error(&self, e: Option<String>) {
+        *self.cache_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
     /// The store revision the live table reflects.

@@ -42,7 +42,6 @@ mod tests {
             backoff_max: Default::default(),
             user: None,
             tls: None,
-            fallback_file: None,
         };
         let k = |p: &str, n: &str| {
             app_key(

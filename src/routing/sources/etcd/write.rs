@@ -97,6 +97,11 @@ impl EtcdWriter {
         }
     }
 
+    /// What the follower and the cache report (for `/readyz`).
+    pub fn status(&self) -> &EtcdStatus {
+        &self.status
+    }
+
     /// Writes are taken (the watch is live).
     pub fn connected(&self) -> bool {
         self.status.connected()
