@@ -937,7 +937,6 @@ impl Reconciler {
         let after = self.shared.router.load();
         for gone in before
             .routes()
-            .iter()
             .filter(|e| after.get(&e.route.name).is_none())
         {
             m.forget_route(&gone.route.name);
