@@ -44,8 +44,11 @@ pub struct RouteEntry {
     inherited: Vec<CancellationToken>,
     /// Open connections, shared with the entries this one succeeds.
     open: Arc<AtomicUsize>,
-    /// Metric handles, resolved on the route's first connection.
-    metrics: OnceLock<RouteMetrics>,
+    /// Metric handles, resolved on the route's first connection (no
+    /// series exist for a route that carried no traffic). Boxed: a
+    /// route's handles are a few hundred bytes, and most of a million
+    /// routes are idle at any time.
+    metrics: OnceLock<Box<RouteMetrics>>,
 }
 
 impl RouteEntry {
@@ -84,7 +87,7 @@ impl RouteEntry {
     /// This route's metric handles (label lookups happen once per entry).
     pub fn metrics(&self, m: &Metrics) -> &RouteMetrics {
         self.metrics
-            .get_or_init(|| m.for_route(&self.route.name, self.route.mode))
+            .get_or_init(|| Box::new(m.for_route(&self.route.name, self.route.mode)))
     }
 
     /// Resolves when the route's connections must close.
