@@ -30,7 +30,7 @@ const SIZES: [usize; 3] = [100, 100_000, 1_000_000];
 
 /// Route `i`: even ones an exact app host, odd ones a tenant wildcard.
 fn spec(i: usize, port: u16) -> RouteSpec {
-    let host = if i % 2 == 0 {
+    let host = if i.is_multiple_of(2) {
         format!("{i:012x}.apps.example.com")
     } else {
         format!("*.tenant{i}.example.com")

@@ -612,14 +612,8 @@ impl Reconciler {
         if self.etcd.is_some() {
             return Err(etcd_owns(&route.name));
         }
-        let undo = match self.api_routes.get(&route.name) {
-            Some(old) => Change::PutRoute(old.spec.clone()),
-            None => Change::DeleteRoute(route.name.clone()),
-        };
-        let change = Change::PutRoute(route.spec.clone());
-        let applied = self
-            .commit_then_apply(vec![change], vec![undo], merged, "api")
-            .await?;
+        let (change, undo) = self.put_changes(&route);
+        let applied = self.commit_then_apply(change, undo, merged, "api").await?;
         self.api_routes.insert(route.name.clone(), route);
         Ok(applied)
     }

@@ -213,16 +213,20 @@ impl Reconciler {
         self.check_delta(&live, &delta, &|r, s| {
             r.name == name && matches!(s, Source::File | Source::Api)
         })?;
+        let (change, undo) = self.put_changes(&route);
+        let applied = self.commit_then_patch(change, undo, delta, "api").await?;
+        self.api_routes.insert(route.name.clone(), route);
+        Ok(applied)
+    }
+
+    /// What the durable state gets for an API put of `route`, and what
+    /// undoes it.
+    pub(super) fn put_changes(&self, route: &Route) -> (Vec<Change>, Vec<Change>) {
         let undo = match self.api_routes.get(&route.name) {
             Some(old) => Change::PutRoute(old.spec.clone()),
             None => Change::DeleteRoute(route.name.clone()),
         };
-        let change = Change::PutRoute(route.spec.clone());
-        let applied = self
-            .commit_then_patch(vec![change], vec![undo], delta, "api")
-            .await?;
-        self.api_routes.insert(route.name.clone(), route);
-        Ok(applied)
+        (vec![Change::PutRoute(route.spec.clone())], vec![undo])
     }
 
     /// `DELETE /routes/{name}` of an API route as a delta: the route goes,
