@@ -221,7 +221,7 @@ impl<'a> From<&'a Arc<RouteEntry>> for RouteView<'a> {
 
 async fn list_routes(State(s): State<Arc<AdminState>>) -> Response {
     let snap = s.shared.router.load_full();
-    let routes: Vec<RouteView<'_>> = snap.routes().iter().map(RouteView::from).collect();
+    let routes: Vec<RouteView<'_>> = snap.routes().map(RouteView::from).collect();
     Json(json!({ "routes": routes })).into_response()
 }
 

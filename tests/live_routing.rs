@@ -375,6 +375,96 @@ async fn without_a_token_writes_are_refused() {
     );
 }
 
+/// An API route overriding a file route of its name is applied as a delta
+/// on the live table; deleting it, or its expiry, puts the file route back
+/// (and a host another route claims is still refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_route_over_a_file_route_gives_it_back_on_delete_and_on_expiry() {
+    let ca = Ca::new("test CA").unwrap();
+    let (f, _) = enclave(&ca, &["a.example.test"], "file").await;
+    let (api, _) = enclave(&ca, &["a.example.test"], "api").await;
+    let file = spec("a", &["a.example.test"], &[f.addr.to_string()]);
+    let other = spec("b", &["b.example.test"], &[f.addr.to_string()]);
+    let live = Live::start(&[file, other], "");
+    let http = reqwest::Client::new();
+    let source = |list: &Value| {
+        list["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "a")
+            .map(|r| r["source"].as_str().unwrap().to_string())
+    };
+    let listed = || async {
+        let list: Value = http
+            .get(live.admin("/routes"))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        source(&list)
+    };
+
+    let over = spec("a", &["a.example.test"], &[api.addr.to_string()]);
+    assert_eq!(live.put_route("a", &over).await.status(), 200);
+    assert_eq!(
+        get(live.addr(), "a.example.test", &ca).await.unwrap().0,
+        "hello from api"
+    );
+    assert_eq!(listed().await.as_deref(), Some("api"));
+    // Taking b's host is refused, naming b; nothing changes.
+    let grab = spec(
+        "a",
+        &["a.example.test", "b.example.test"],
+        &[api.addr.to_string()],
+    );
+    let r = live.put_route("a", &grab).await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already claimed by route `b`"),
+        "{body}"
+    );
+    assert_eq!(
+        get(live.addr(), "a.example.test", &ca).await.unwrap().0,
+        "hello from api"
+    );
+
+    let r = http
+        .delete(live.admin("/routes/a"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get(live.addr(), "a.example.test", &ca).await.unwrap().0,
+        "hello from file"
+    );
+    assert_eq!(listed().await.as_deref(), Some("file"));
+
+    let mut expiring = over.clone();
+    expiring.expires_at = Some(rfc3339_in(Duration::from_secs(1)));
+    assert_eq!(live.put_route("a", &expiring).await.status(), 200);
+    let mut conn = EchoConn::open(live.addr(), "a.example.test", &ca).await;
+    assert!(conn.ping("before expiry").await);
+    assert!(
+        conn.closed_within(Duration::from_secs(5)).await,
+        "the expired API route's connection stayed open"
+    );
+    assert_eq!(
+        get(live.addr(), "a.example.test", &ca).await.unwrap().0,
+        "hello from file"
+    );
+    assert_eq!(listed().await.as_deref(), Some("file"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeploy_moves_new_connections_and_closes_old_ones() {
     let ca = Ca::new("test CA").unwrap();

@@ -4,7 +4,7 @@
 //! a change builds a new [`Apps`] that the reconciler keeps only if the
 //! whole route set it yields applies.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -75,13 +75,19 @@ enum Admission {
     Restored,
 }
 
-/// Every registered app.
+/// Every registered app. The maps are persistent (`imbl`): the copy an
+/// admission makes ([`Apps::admit`]) and the one published for the admin
+/// API cost O(1), and a change O(log n), so one app deploying among a
+/// hundred thousand does not copy the others.
 #[derive(Debug, Clone, Default)]
 pub struct Apps {
-    entries: BTreeMap<AppKey, Arc<AppEntry>>,
+    entries: imbl::OrdMap<AppKey, Arc<AppEntry>>,
     /// Which key holds each app id, so admitting one app checks its id in
     /// one probe rather than a scan (loading n apps from etcd stays linear).
-    ids: HashMap<Uuid, AppKey>,
+    ids: imbl::HashMap<Uuid, AppKey>,
+    /// Every app's expiry, soonest first: the next one, and those that
+    /// passed, without a scan.
+    expiries: imbl::OrdSet<(DateTime<Utc>, AppKey)>,
 }
 
 impl Apps {
@@ -224,6 +230,7 @@ impl Apps {
     /// Registers `entry` under `key`, keeping the id index true.
     fn insert(&mut self, key: AppKey, entry: AppEntry) {
         self.ids.insert(entry.app.record.id, key.clone());
+        self.expiries.insert((entry.app.expiry.at, key.clone()));
         if let Some(old) = self.entries.insert(key, Arc::new(entry)) {
             self.forget_id(&old);
         }
@@ -240,8 +247,17 @@ impl Apps {
         }
     }
 
-    /// Drops `old`'s id from the index unless another key holds it now.
+    /// Drops `old`'s id (and its expiry, if the key now holds another
+    /// one) from the indexes unless another key holds it now.
     fn forget_id(&mut self, old: &AppEntry) {
+        let at = old.app.expiry.at;
+        if self
+            .entries
+            .get(&old.app.key)
+            .is_none_or(|e| e.app.expiry.at != at)
+        {
+            self.expiries.remove(&(at, old.app.key.clone()));
+        }
         let id = old.app.record.id;
         let still = self
             .entries
@@ -254,17 +270,13 @@ impl Apps {
 
     /// A set of `key` alone (empty if it is not registered).
     pub fn only(&self, key: &AppKey) -> Apps {
-        let entries: BTreeMap<_, _> = self
-            .entries
-            .get_key_value(key)
-            .map(|(k, e)| (k.clone(), Arc::clone(e)))
-            .into_iter()
-            .collect();
-        let ids = entries
-            .values()
-            .map(|e| (e.app.record.id, e.app.key.clone()))
-            .collect();
-        Apps { entries, ids }
+        let mut only = Apps::default();
+        if let Some(e) = self.entries.get(key) {
+            only.ids.insert(e.app.record.id, key.clone());
+            only.expiries.insert((e.app.expiry.at, key.clone()));
+            only.entries.insert(key.clone(), Arc::clone(e));
+        }
+        only
     }
 
     /// The set without `key`.
@@ -313,24 +325,29 @@ impl Apps {
 
     /// The soonest expiry among the registered apps.
     pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
-        self.entries.values().map(|e| e.app.expiry.at).min()
+        self.expiries.get_min().map(|(t, _)| *t)
     }
 
     /// Forgets apps whose expiry has passed ("`stopped` (final; also reached
     /// at expiry)"); their routes have left the table with the same expiry.
     /// Returns how many went.
     pub fn forget_expired(&mut self, now: DateTime<Utc>) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|k, e| {
-            let live = e.app.expiry.at > now;
-            if !live {
-                tracing::info!(app = %k, expired_at = %rules::stamp(e.app.expiry.at), "app expired");
-            }
-            live
-        });
-        let entries = &self.entries;
-        self.ids.retain(|_, k| entries.contains_key(k));
-        before - self.entries.len()
+        self.expired_by(now)
+            .into_iter()
+            .filter(|(at, k)| {
+                tracing::info!(app = %k, expired_at = %rules::stamp(*at), "app expired");
+                self.remove(k)
+            })
+            .count()
+    }
+
+    /// The apps whose expiry is at or before `now`, soonest first.
+    pub fn expired_by(&self, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, AppKey)> {
+        self.expiries
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .cloned()
+            .collect()
     }
 }
 

@@ -323,7 +323,7 @@ pub fn validate_one(
     };
 
     let terminate = match mode {
-        Mode::Terminate => terminate::validate(file, at, spec, &mut errs),
+        Mode::Terminate => terminate::validate(file, at, spec, &mut errs).map(Box::new),
         Mode::Passthrough => {
             terminate::refuse_on_passthrough(file, at, spec, &mut errs);
             None

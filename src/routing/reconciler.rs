@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwap;
 
 mod certificates;
+mod delta;
 pub mod state;
 mod waiting;
 pub mod watchdog;
@@ -296,6 +297,8 @@ const CERTIFICATES: &str = "certificates";
 pub struct Reconciler {
     shared: Arc<Shared>,
     file_routes: Vec<Route>,
+    /// Where each file route is in `file_routes`, by name.
+    file_index: std::collections::HashMap<String, usize>,
     /// Routes put through the admin API or, with etcd configured, the etcd
     /// routes this instance serves (those that conflict with its own file
     /// routes and apps left out).
@@ -337,7 +340,8 @@ impl Reconciler {
         let limits = shared.config.control_limits;
         let mut r = Reconciler {
             shared,
-            file_routes,
+            file_routes: Vec::new(),
+            file_index: Default::default(),
             api_routes: BTreeMap::new(),
             etcd,
             apps: Apps::default(),
@@ -349,6 +353,7 @@ impl Reconciler {
             rx,
             deferred: Default::default(),
         };
+        r.set_file_routes(file_routes);
         if let Some(stored) = stored {
             r.forget_at_start = r.restore(stored);
         }
@@ -551,7 +556,7 @@ impl Reconciler {
             })
             .and_then(|(file_routes, merged, certs)| {
                 let applied = self.apply_with(merged, why, Some(certs))?;
-                self.file_routes = file_routes;
+                self.set_file_routes(file_routes);
                 // New certificates or file routes may let etcd entries that
                 // were left out fit now (or push some out).
                 if let Some(status) = &self.etcd {
@@ -599,18 +604,16 @@ impl Reconciler {
     }
 
     async fn try_put(&mut self, route: Validated) -> Result<Applied, ControlError> {
+        if self.can_patch(Utc::now()) {
+            let route = accepted(route)?;
+            return self.put_delta(route).await;
+        }
         let (route, merged) = self.check_put(route)?;
         if self.etcd.is_some() {
             return Err(etcd_owns(&route.name));
         }
-        let undo = match self.api_routes.get(&route.name) {
-            Some(old) => Change::PutRoute(old.spec.clone()),
-            None => Change::DeleteRoute(route.name.clone()),
-        };
-        let change = Change::PutRoute(route.spec.clone());
-        let applied = self
-            .commit_then_apply(vec![change], vec![undo], merged, "api")
-            .await?;
+        let (change, undo) = self.put_changes(&route);
+        let applied = self.commit_then_apply(change, undo, merged, "api").await?;
         self.api_routes.insert(route.name.clone(), route);
         Ok(applied)
     }
@@ -618,18 +621,7 @@ impl Reconciler {
     /// Merges a validated API route with the live sources; returns the
     /// route and the merged set, checked for certificates too.
     fn check_put(&self, route: Validated) -> Result<(Route, Vec<(Route, Source)>), ControlError> {
-        let file = Path::new(API);
-        let route = *route.map_err(ControlError::Invalid)?;
-        if route.expired_at(Utc::now()) {
-            return Err(ControlError::Invalid(
-                ConfigError::new(
-                    file,
-                    format!("route `{}`.expires_at", route.name),
-                    "is in the past",
-                )
-                .into(),
-            ));
-        }
+        let route = accepted(route)?;
         // With etcd, other etcd routes and apps are not checked here: this
         // instance's view of them may trail the store, whose transaction is
         // the authority on host claims. Only its own file routes are.
@@ -649,13 +641,16 @@ impl Reconciler {
             return Err(etcd_owns(name));
         }
         if !self.api_routes.contains_key(name) {
-            return Err(if self.file_routes.iter().any(|r| r.name == name) {
+            return Err(if self.file_route(name).is_some() {
                 ControlError::Conflict(format!(
                     "route `{name}` is defined in the routes file; remove it there"
                 ))
             } else {
                 ControlError::NotFound(format!("no route named `{name}`"))
             });
+        }
+        if self.can_patch(Utc::now()) {
+            return self.delete_delta(name).await;
         }
         let mut api = self.api_routes.clone();
         let undo = api.remove(name).map(|old| Change::PutRoute(old.spec));
@@ -668,42 +663,19 @@ impl Reconciler {
         Ok(applied)
     }
 
-    /// Expiry: re-apply the current sets; expired routes fall out and their
-    /// connections close. Expired API routes and apps are forgotten, in
+    /// Expiry, as a delta: the routes whose expiry passed leave the table
+    /// and their connections close; a file route an expired API route
+    /// overrode comes back. Expired API routes and apps are forgotten, in
     /// the durable state too.
     async fn expire(&mut self) {
         let now = Utc::now();
-        let mut gone: Vec<Change> = Vec::new();
-        if self.etcd.is_none() {
-            gone.extend(
-                self.api_routes
-                    .values()
-                    .filter(|r| r.expired_at(now))
-                    .map(|r| Change::DeleteRoute(r.name.clone())),
-            );
-        }
-        self.api_routes.retain(|_, r| !r.expired_at(now));
-        let before: Vec<AppKey> = self.apps.iter().map(|e| e.app.key.clone()).collect();
-        if self.apps.forget_expired(now) > 0 {
-            self.publish_apps();
-            if self.etcd.is_none() {
-                gone.extend(
-                    before
-                        .into_iter()
-                        .filter(|k| self.apps.get(k).is_none())
-                        .map(Change::DeleteApp),
-                );
-            }
-        }
+        let (delta, gone) = self.expiry_delta(now);
+        // Put back are only file routes an expired API route overrode.
+        let expired = (delta.remove.len() + delta.put.len()) as u64;
         self.forget_in_state(gone).await;
-        match self
-            .merged(&self.file_routes, &self.api_routes, &self.apps)
-            .and_then(|m| self.apply(m, "expiry"))
-        {
-            Ok(a) => {
-                self.stats
-                    .expiries
-                    .fetch_add(a.expired as u64, Ordering::Relaxed);
+        match self.patch(delta, "expiry") {
+            Ok(_) => {
+                self.stats.expiries.fetch_add(expired, Ordering::Relaxed);
             }
             Err(e) => tracing::error!(error = %e, "expiry could not be applied"),
         }
@@ -808,15 +780,15 @@ impl Reconciler {
         let apps = self
             .apps
             .admit(put, &self.shared.config.apps, &certs, Utc::now())?;
-        let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
-        let applied = self
-            .commit_then_apply(
-                vec![stored(&apps, &key)],
-                vec![stored(&self.apps, &key)],
-                merged,
-                "app",
-            )
-            .await?;
+        let (change, undo) = (vec![stored(&apps, &key)], vec![stored(&self.apps, &key)]);
+        let applied = if self.can_patch(Utc::now()) {
+            let delta = self.app_delta(&key, &apps);
+            self.check_app_delta(&key, &delta)?;
+            self.commit_then_patch(change, undo, delta, "app").await?
+        } else {
+            let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
+            self.commit_then_apply(change, undo, merged, "app").await?
+        };
         self.apps = apps;
         self.publish_apps();
         Ok(applied)
@@ -827,15 +799,17 @@ impl Reconciler {
             return Err(etcd_owns_apps());
         }
         let apps = self.apps.without(key)?;
-        let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
-        let applied = self
-            .commit_then_apply(
-                vec![Change::DeleteApp(key.clone())],
-                vec![stored(&self.apps, key)],
-                merged,
-                "app",
-            )
-            .await?;
+        let (change, undo) = (
+            vec![Change::DeleteApp(key.clone())],
+            vec![stored(&self.apps, key)],
+        );
+        let applied = if self.can_patch(Utc::now()) {
+            let delta = self.app_delta(key, &apps);
+            self.commit_then_patch(change, undo, delta, "app").await?
+        } else {
+            let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
+            self.commit_then_apply(change, undo, merged, "app").await?
+        };
         self.apps = apps;
         self.publish_apps();
         Ok(applied)
@@ -900,7 +874,6 @@ impl Reconciler {
         let after = self.shared.router.load();
         for gone in before
             .routes()
-            .iter()
             .filter(|e| after.get(&e.route.name).is_none())
         {
             m.forget_route(&gone.route.name);
@@ -909,6 +882,22 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// An API route validated off the task, refused if its expiry has passed.
+fn accepted(route: Validated) -> Result<Route, ControlError> {
+    let route = *route.map_err(ControlError::Invalid)?;
+    if route.expired_at(Utc::now()) {
+        return Err(ControlError::Invalid(
+            ConfigError::new(
+                Path::new(API),
+                format!("route `{}`.expires_at", route.name),
+                "is in the past",
+            )
+            .into(),
+        ));
+    }
+    Ok(route)
 }
 
 /// What the durable state should hold for `key` in `apps`: the app, or

@@ -67,47 +67,18 @@ pub fn apply(
             applied.expired += 1;
             continue;
         }
-        match old.get(&r.name) {
-            Some(e) if e.route == r && e.source == source => {
-                applied.unchanged += 1;
-                entries.push(Arc::clone(e));
-            }
-            Some(e) if e.route.acts_like(&r) => {
-                // Does the same, but written differently (host case, order,
-                // a trailing dot, metadata, grace) or moved between
-                // sources: the new definition takes the connections over
-                // untouched.
-                applied.unchanged += 1;
-                entries.push(RouteEntry::successor(r, source, router.closers(), e));
-            }
-            Some(e) => {
-                applied.changed += 1;
-                match opts.on_change {
-                    OnChange::Close => {
-                        entries.push(RouteEntry::new(r, source, router.closers()));
-                        changed_old.push(Arc::clone(e));
-                    }
-                    OnChange::Keep => {
-                        entries.push(RouteEntry::successor(r, source, router.closers(), e));
-                    }
-                }
-            }
-            None => {
-                applied.added += 1;
-                entries.push(RouteEntry::new(r, source, router.closers()));
-            }
-        }
+        entries.push(next_entry(
+            router,
+            old.get(&r.name),
+            r,
+            source,
+            opts.on_change,
+            &mut applied,
+            &mut changed_old,
+        ));
     }
     for e in &entries {
-        let fresh = !old.get(&e.route.name).is_some_and(|o| Arc::ptr_eq(o, e));
-        if fresh
-            && e.route
-                .terminate
-                .as_ref()
-                .is_some_and(|t| t.upstream.is_insecure())
-        {
-            tracing::warn!(route = %e.route.name, "upstream.insecure_skip_verify: the backend's certificate is not checked");
-        }
+        warn_if_fresh_insecure(&old, e);
     }
     let certs = match opts.certs {
         Some(c) => Arc::clone(c),
@@ -123,7 +94,6 @@ pub fn apply(
     let next = Snapshot::build(entries, opts.no_sni_route)?.with_termination(tls);
     let removed: Vec<Arc<RouteEntry>> = old
         .routes()
-        .iter()
         .filter(|e| next.get(&e.route.name).is_none())
         .cloned()
         .collect();
@@ -134,6 +104,63 @@ pub fn apply(
         retire(e, opts.close_grace);
     }
     Ok(applied)
+}
+
+/// The entry `r` lives in next, given the live entry of its name: the same
+/// one when nothing changed, a successor holding the connections when it
+/// acts alike (or `on_change` keeps them), else a new one (and the old
+/// goes to `changed_old`, to be retired after the swap). Counts it.
+pub(super) fn next_entry(
+    router: &Router,
+    live: Option<&Arc<RouteEntry>>,
+    r: Route,
+    source: Source,
+    on_change: OnChange,
+    applied: &mut Applied,
+    changed_old: &mut Vec<Arc<RouteEntry>>,
+) -> Arc<RouteEntry> {
+    match live {
+        Some(e) if e.route == r && e.source == source => {
+            applied.unchanged += 1;
+            Arc::clone(e)
+        }
+        Some(e) if e.route.acts_like(&r) => {
+            // Does the same, but written differently (host case, order,
+            // a trailing dot, metadata, grace) or moved between
+            // sources: the new definition takes the connections over
+            // untouched.
+            applied.unchanged += 1;
+            RouteEntry::successor(r, source, router.closers(), e)
+        }
+        Some(e) => {
+            applied.changed += 1;
+            match on_change {
+                OnChange::Close => {
+                    changed_old.push(Arc::clone(e));
+                    RouteEntry::new(r, source, router.closers())
+                }
+                OnChange::Keep => RouteEntry::successor(r, source, router.closers(), e),
+            }
+        }
+        None => {
+            applied.added += 1;
+            RouteEntry::new(r, source, router.closers())
+        }
+    }
+}
+
+/// Warns once per new definition of a terminate route that skips the
+/// backend's certificate check.
+pub(super) fn warn_if_fresh_insecure(old: &Snapshot, e: &Arc<RouteEntry>) {
+    let fresh = !old.get(&e.route.name).is_some_and(|o| Arc::ptr_eq(o, e));
+    if fresh
+        && e.route
+            .terminate
+            .as_ref()
+            .is_some_and(|t| t.upstream.is_insecure())
+    {
+        tracing::warn!(route = %e.route.name, "upstream.insecure_skip_verify: the backend's certificate is not checked");
+    }
 }
 
 /// Closes a retired route's connections, after its grace (the route's own, or
@@ -150,13 +177,10 @@ pub fn retire(entry: Arc<RouteEntry>, default_grace: Duration) {
     }
 }
 
-/// The soonest expiry among the live routes.
+/// The soonest expiry among the live routes (kept sorted in the
+/// snapshot, so no scan).
 pub fn next_expiry(snapshot: &Snapshot) -> Option<DateTime<Utc>> {
-    snapshot
-        .routes()
-        .iter()
-        .filter_map(|e| e.route.expires_at)
-        .min()
+    snapshot.next_expiry().map(|(t, _)| t)
 }
 
 #[cfg(test)]

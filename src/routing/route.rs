@@ -96,8 +96,10 @@ pub struct Route {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub mode: Mode,
-    /// `Some` exactly when `mode` is [`Mode::Terminate`].
-    pub terminate: Option<Terminate>,
+    /// `Some` exactly when `mode` is [`Mode::Terminate`]. Boxed: most
+    /// routes are passthrough, and a million of them should not each
+    /// carry room for upstream TLS settings.
+    pub terminate: Option<Box<Terminate>>,
     /// Tried in order; the next one when a connect fails.
     pub backends: Vec<Backend>,
     /// From this instant on the route no longer matches.

@@ -1,18 +1,16 @@
 //! The routing snapshot: one immutable value, ranked at build time so that a
 //! lookup is at most two hash probes whatever the number of routes.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::route::{HostPattern, Route};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::tls::terminate::{Sessions, Termination};
-
-type FastMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 /// Which source a live route came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -46,8 +44,11 @@ pub struct RouteEntry {
     inherited: Vec<CancellationToken>,
     /// Open connections, shared with the entries this one succeeds.
     open: Arc<AtomicUsize>,
-    /// Metric handles, resolved on the route's first connection.
-    metrics: OnceLock<RouteMetrics>,
+    /// Metric handles, resolved on the route's first connection (no
+    /// series exist for a route that carried no traffic). Boxed: a
+    /// route's handles are a few hundred bytes, and most of a million
+    /// routes are idle at any time.
+    metrics: OnceLock<Box<RouteMetrics>>,
 }
 
 impl RouteEntry {
@@ -86,7 +87,7 @@ impl RouteEntry {
     /// This route's metric handles (label lookups happen once per entry).
     pub fn metrics(&self, m: &Metrics) -> &RouteMetrics {
         self.metrics
-            .get_or_init(|| m.for_route(&self.route.name, self.route.mode))
+            .get_or_init(|| Box::new(m.for_route(&self.route.name, self.route.mode)))
     }
 
     /// Resolves when the route's connections must close.
@@ -132,15 +133,34 @@ impl Drop for OpenGuard {
     }
 }
 
-/// One immutable routing table.
-#[derive(Debug, Default)]
+/// A persistent hash map: cloning it is O(1) and an insert copies only the
+/// path to its leaf, so the next snapshot shares every untouched node with
+/// the live one.
+type HostMap = imbl::GenericHashMap<
+    Box<str>,
+    Arc<RouteEntry>,
+    foldhash::fast::RandomState,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
+
+/// One immutable routing table. Its maps are persistent (`imbl`): a delta
+/// ([`Snapshot::insert`], [`Snapshot::remove`] on a clone) costs
+/// O(hosts of the change × log n) and leaves the snapshot it came from
+/// intact, so a change of one route never rebuilds the table.
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    routes: Vec<Arc<RouteEntry>>,
-    exact: FastMap<u32>,
+    /// By route name, ordered: the admin listing comes out sorted.
+    by_name: imbl::OrdMap<Box<str>, Arc<RouteEntry>>,
+    exact: HostMap,
     /// Keyed by the suffix after `*.`.
-    wildcard: FastMap<u32>,
-    by_name: FastMap<u32>,
-    no_sni: Option<u32>,
+    wildcard: HostMap,
+    /// Every route that has an expiry, soonest first: the next deadline
+    /// without a scan of the table.
+    expiries: imbl::OrdSet<(DateTime<Utc>, Box<str>)>,
+    /// The route hellos without SNI go to, by name, resolved again after
+    /// every delta.
+    no_sni_name: Option<Box<str>>,
+    no_sni: Option<Arc<RouteEntry>>,
     /// Certificates and TLS server configs for the terminate routes, swapped
     /// with the routes they serve.
     tls: Termination,
@@ -152,35 +172,79 @@ impl Snapshot {
     /// Fails only when `no_sni_route` names no route.
     pub fn build(routes: Vec<Arc<RouteEntry>>, no_sni_route: Option<&str>) -> Result<Self, String> {
         let mut snap = Snapshot {
-            exact: FastMap::default(),
-            wildcard: FastMap::default(),
-            by_name: FastMap::default(),
-            no_sni: None,
-            routes: Vec::new(),
-            tls: Termination::default(),
+            no_sni_name: no_sni_route.map(Into::into),
+            ..Snapshot::default()
         };
-        for (i, entry) in routes.iter().enumerate() {
-            let i = u32::try_from(i).map_err(|_| "too many routes".to_string())?;
-            snap.by_name
-                .entry(entry.route.name.clone().into())
-                .or_insert(i);
-            for h in &entry.route.hosts {
-                let (map, key) = match h {
-                    HostPattern::Exact(n) => (&mut snap.exact, n),
-                    HostPattern::Wildcard(s) => (&mut snap.wildcard, s),
-                };
-                let prev = map.entry(key.as_str().into()).or_insert(i);
-                debug_assert_eq!(*prev, i, "host {h} claimed twice; validation should refuse");
+        for entry in routes {
+            // Validation refuses a name listed twice; the first keeps it.
+            if snap.by_name.contains_key(entry.route.name.as_str()) {
+                continue;
             }
+            snap.insert(entry);
         }
-        if let Some(name) = no_sni_route {
-            match snap.by_name.get(name) {
-                Some(&i) => snap.no_sni = Some(i),
-                None => return Err(format!("no_sni_route `{name}` names no route")),
-            }
-        }
-        snap.routes = routes;
+        snap.resolve_no_sni()?;
         Ok(snap)
+    }
+
+    /// Puts `entry` in, replacing the route of the same name. Its hosts
+    /// must be free or the replaced route's (validation checked that);
+    /// should one be claimed by another route, that route keeps it (debug
+    /// builds assert). Call [`Snapshot::resolve_no_sni`] once done.
+    pub fn insert(&mut self, entry: Arc<RouteEntry>) -> Option<Arc<RouteEntry>> {
+        let old = self.remove(&entry.route.name);
+        for h in &entry.route.hosts {
+            let (map, key) = match h {
+                HostPattern::Exact(n) => (&mut self.exact, n),
+                HostPattern::Wildcard(s) => (&mut self.wildcard, s),
+            };
+            match map.get(key.as_str()) {
+                Some(o) => debug_assert!(
+                    Arc::ptr_eq(o, &entry),
+                    "host {h} claimed by {} and {}; validation should refuse",
+                    o.route.name,
+                    entry.route.name
+                ),
+                None => {
+                    map.insert(key.as_str().into(), Arc::clone(&entry));
+                }
+            }
+        }
+        if let Some(t) = entry.route.expires_at {
+            self.expiries.insert((t, entry.route.name.as_str().into()));
+        }
+        self.by_name.insert(entry.route.name.as_str().into(), entry);
+        old
+    }
+
+    /// Takes the route named `name` out, with its hosts and its expiry.
+    pub fn remove(&mut self, name: &str) -> Option<Arc<RouteEntry>> {
+        let old = self.by_name.remove(name)?;
+        for h in &old.route.hosts {
+            let (map, key) = match h {
+                HostPattern::Exact(n) => (&mut self.exact, n),
+                HostPattern::Wildcard(s) => (&mut self.wildcard, s),
+            };
+            if map.get(key.as_str()).is_some_and(|e| Arc::ptr_eq(e, &old)) {
+                map.remove(key.as_str());
+            }
+        }
+        if let Some(t) = old.route.expires_at {
+            self.expiries.remove(&(t, old.route.name.as_str().into()));
+        }
+        Some(old)
+    }
+
+    /// Points the no-SNI route at the live entry of its name; fails when
+    /// that name is not (or no longer) in the table.
+    pub fn resolve_no_sni(&mut self) -> Result<(), String> {
+        self.no_sni = match &self.no_sni_name {
+            None => None,
+            Some(name) => match self.by_name.get(name) {
+                Some(e) => Some(Arc::clone(e)),
+                None => return Err(format!("no_sni_route `{name}` names no route")),
+            },
+        };
+        Ok(())
     }
 
     /// The route for a normalised SNI (lowercase, no trailing dot, as the
@@ -189,32 +253,55 @@ impl Snapshot {
     /// one label only, so there is exactly one wildcard candidate and no
     /// ranking is left to do at lookup time.
     pub fn lookup(&self, sni: &str) -> Option<&Arc<RouteEntry>> {
-        if let Some(&i) = self.exact.get(sni) {
-            return Some(&self.routes[i as usize]);
+        if let Some(e) = self.exact.get(sni) {
+            return Some(e);
         }
         let (_, suffix) = sni.split_once('.')?;
-        self.wildcard.get(suffix).map(|&i| &self.routes[i as usize])
+        self.wildcard.get(suffix)
+    }
+
+    /// The route that claims `host` as written (exact, or the same
+    /// wildcard): the live host index a delta is checked against.
+    pub fn claimant(&self, host: &HostPattern) -> Option<&Arc<RouteEntry>> {
+        match host {
+            HostPattern::Exact(n) => self.exact.get(n.as_str()),
+            HostPattern::Wildcard(s) => self.wildcard.get(s.as_str()),
+        }
     }
 
     /// The route for hellos without SNI, if one is configured.
     pub fn no_sni_route(&self) -> Option<&Arc<RouteEntry>> {
-        self.no_sni.map(|i| &self.routes[i as usize])
+        self.no_sni.as_ref()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<RouteEntry>> {
-        self.by_name.get(name).map(|&i| &self.routes[i as usize])
+        self.by_name.get(name)
     }
 
-    pub fn routes(&self) -> &[Arc<RouteEntry>] {
-        &self.routes
+    /// Every live route, by name.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteEntry>> + '_ {
+        self.by_name.values()
+    }
+
+    /// The soonest expiry among the live routes, and whose it is.
+    pub fn next_expiry(&self) -> Option<(DateTime<Utc>, &str)> {
+        self.expiries.get_min().map(|(t, n)| (*t, &**n))
+    }
+
+    /// The routes whose expiry is at or before `now`, soonest first.
+    pub fn expired_by(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> + '_ {
+        self.expiries
+            .iter()
+            .take_while(move |(t, _)| *t <= now)
+            .map(|(_, n)| &**n)
     }
 
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.by_name.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.by_name.is_empty()
     }
 
     /// Sets the termination state; done once, before the snapshot goes live.
@@ -337,7 +424,7 @@ mod tests {
     #[test]
     fn no_sni_route_must_exist() {
         let s = table(&[("a", &["a.example.com"])]);
-        let routes = s.routes().to_vec();
+        let routes: Vec<_> = s.routes().cloned().collect();
         assert!(Snapshot::build(routes.clone(), Some("nope")).is_err());
         let s = Snapshot::build(routes, Some("a")).unwrap();
         assert_eq!(s.no_sni_route().unwrap().route.name, "a");

@@ -68,8 +68,9 @@ impl Sessions {
     }
 }
 
-/// The termination half of a snapshot.
-#[derive(Debug, Default)]
+/// The termination half of a snapshot. Cloned by a delta: a handful of
+/// configs, one per distinct ALPN list.
+#[derive(Debug, Default, Clone)]
 pub struct Termination {
     certs: Arc<CertStore>,
     by_alpn: HashMap<Vec<Vec<u8>>, Arc<ServerConfig>>,
@@ -98,6 +99,19 @@ impl Termination {
             by_alpn.insert(alpn.to_vec(), Arc::new(cfg));
         }
         Self { certs, by_alpn }
+    }
+
+    /// For a delta that adds a terminate route: `None` when a config for
+    /// `alpn` exists already (the common case), else this one plus it. A
+    /// list no route uses any more stays until the next full build.
+    pub fn with_alpn(&self, sessions: &Sessions, alpn: &[Vec<u8>]) -> Option<Self> {
+        if self.by_alpn.contains_key(alpn) {
+            return None;
+        }
+        let one = Self::build(Arc::clone(&self.certs), sessions, [alpn]);
+        let mut next = self.clone();
+        next.by_alpn.extend(one.by_alpn);
+        Some(next)
     }
 
     pub fn certs(&self) -> &Arc<CertStore> {

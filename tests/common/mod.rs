@@ -72,7 +72,10 @@ pub fn config(extra: &str) -> Config {
 }
 
 /// Starts a proxy with `config` and `specs`.
-pub fn proxy(config: Config, specs: &[RouteSpec]) -> mse_proxy::server::Server {
+pub fn proxy(mut config: Config, specs: &[RouteSpec]) -> mse_proxy::server::Server {
+    // In memory, as for `config()`: a config built elsewhere may name a
+    // state directory relative to the working directory (the repository).
+    config.state_dir = None;
     init_logs();
     mse_proxy::server::start(config, routes(specs)).expect("proxy starts")
 }
