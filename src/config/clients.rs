@@ -63,29 +63,17 @@ impl Default for ClientPrefixes {
 impl ClientPrefixes {
     /// The client `ip` belongs to: its network under the prefix.
     pub fn client(self, ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(v4) => IpAddr::V4(mask_v4(u32::from(v4), self.ipv4).into()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(mask_v4(u32::from(v4), self.ipv4).into()),
-                None => {
-                    let bits = u128::from(v6);
-                    let kept = match self.ipv6 {
-                        0 => 0,
-                        p if p >= 128 => bits,
-                        p => bits & (u128::MAX << (128 - u32::from(p))),
-                    };
-                    IpAddr::V6(kept.into())
-                }
-            },
-        }
-    }
-}
-
-fn mask_v4(bits: u32, prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        p if p >= 32 => bits,
-        p => bits & (u32::MAX << (32 - u32::from(p))),
+        // IPv4 written as IPv6 (a dual-stack listener) is the IPv4 client.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let prefix = match ip {
+            IpAddr::V4(_) => self.ipv4.min(32),
+            IpAddr::V6(_) => self.ipv6.min(128),
+        };
+        // The lengths are bounded above, so `new` cannot fail.
+        ipnet::IpNet::new(ip, prefix).map_or(ip, |net| net.trunc().addr())
     }
 }
 
