@@ -292,16 +292,12 @@ async fn api_writes_need_the_token_and_validate() {
     assert_eq!(r.status(), 400);
     // Two routes on one host: 409, nothing changes.
     let clash = spec("clash", &["A.example.test"], &[n.addr.to_string()]);
-    let r = live.put_route("clash", &clash).await;
-    assert_eq!(r.status(), 409);
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("already claimed by route `a`"),
-        "{body}"
-    );
+    assert_refused(
+        live.put_route("clash", &clash).await,
+        409,
+        "already claimed by route `a`",
+    )
+    .await;
     assert_eq!(
         get(live.addr(), "a.example.test", &ca).await.unwrap().0,
         "hello from a"
@@ -421,16 +417,12 @@ async fn an_api_route_over_a_file_route_gives_it_back_on_delete_and_on_expiry() 
         &["a.example.test", "b.example.test"],
         &[api.addr.to_string()],
     );
-    let r = live.put_route("a", &grab).await;
-    assert_eq!(r.status(), 409);
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("already claimed by route `b`"),
-        "{body}"
-    );
+    assert_refused(
+        live.put_route("a", &grab).await,
+        409,
+        "already claimed by route `b`",
+    )
+    .await;
     assert_eq!(
         get(live.addr(), "a.example.test", &ca).await.unwrap().0,
         "hello from api"

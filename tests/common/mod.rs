@@ -34,6 +34,14 @@ pub fn captured_hello() -> Vec<u8> {
     .expect("captured hello")
 }
 
+/// Asserts an admin answer is `status` with an `error` naming `part`.
+pub async fn assert_refused(r: reqwest::Response, status: u16, part: &str) {
+    assert_eq!(r.status(), status);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains(part), "{body}");
+}
+
 /// Logs to the test's output when `RUST_LOG` is set; installs the crypto
 /// provider reqwest needs.
 pub fn init_logs() {
