@@ -39,12 +39,12 @@
 //! running `proxy::ProxyHandle`.
 
 pub mod admin;
-pub mod admin_apps;
 pub mod apps;
 pub mod config;
 pub mod demo;
 pub mod dns;
 pub mod etcd;
+pub mod host;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

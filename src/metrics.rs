@@ -18,9 +18,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::apps::Apps;
 use crate::proxy::Outcome;
-use crate::routing::{Mode, Snapshot};
+use crate::routing::Mode;
 
 /// Route label value when no route was involved (unknown SNI, refusals
 /// before routing). Parentheses cannot occur in route names.
@@ -44,6 +43,18 @@ const DURATION_BUCKETS: &[f64] = &[
 /// increase: a series born at 1 shows no `increase()`, and the reload alert
 /// would miss it (grafana/alerts.yml).
 pub const REFUSING_SOURCES: [&str; 6] = ["reload", "watch", "api", "app", "etcd", "cname"];
+
+/// Label values of `admin_requests_total{access}` (`crate::admin::audit`): the role a request needed, or `open`.
+pub const ADMIN_ACCESS: [&str; 4] = ["open", "metrics", "read", "write"];
+/// Label values of `admin_requests_total{outcome}`.
+pub const ADMIN_OUTCOMES: [&str; 6] = [
+    "ok",
+    "unauthenticated",
+    "forbidden",
+    "invalid",
+    "unavailable",
+    "error",
+];
 
 /// Gauges computed from the live snapshot and apps at scrape time: name,
 /// help, labels.
@@ -376,8 +387,8 @@ impl Metrics {
         for s in REFUSING_SOURCES {
             m.reloads.with_label_values(&[s, "error"]);
         }
-        for access in crate::admin::audit::ACCESS {
-            for outcome in crate::admin::audit::OUTCOMES {
+        for access in ADMIN_ACCESS {
+            for outcome in ADMIN_OUTCOMES {
                 m.admin_requests.with_label_values(&[access, outcome]);
             }
         }
@@ -458,49 +469,84 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition: the registry plus what the live
-    /// snapshot and apps say (open connections by route, routes by mode,
-    /// route and certificate expiries). Computed at each scrape, so series of
-    /// removed routes, apps or certificates cannot linger.
-    pub fn render(&self, snapshot: &Snapshot, apps: &Apps) -> String {
+    /// The Prometheus text exposition: the registry plus the scrape-time
+    /// gauges `fill` sets from the live table and apps (open connections by
+    /// route, routes by mode, route and certificate expiries). Computed at
+    /// each scrape, so series of removed routes, apps or certificates cannot
+    /// linger. A closure, so this module knows no table or app type: the
+    /// table and the apps fill in what they hold (`Snapshot::scrape`,
+    /// `Apps::scrape`).
+    pub fn render(&self, fill: impl FnOnce(&Scrape)) -> String {
         let mut families = self.registry.gather();
-        let scrape = Registry::new();
+        let registry = Registry::new();
         let [open, routes, expiry, cert_expiry] = scrape_gauges();
         for mode in [Mode::Passthrough, Mode::Terminate] {
             routes.with_label_values(&[mode.as_str()]).set(0);
         }
-        for e in snapshot.routes() {
-            routes.with_label_values(&[e.route.mode.as_str()]).inc();
-            let label = self.route_label(&e.route.name);
-            open.with_label_values(&[label])
-                .add(e.open_connections() as i64);
-            if let (true, Some(t)) = (self.per_route, e.route.expires_at) {
-                expiry.with_label_values(&[label]).set(t.timestamp());
-            }
-        }
-        for c in snapshot.termination().certs().certs() {
-            cert_expiry
-                .with_label_values(&["", &c.label])
-                .set(c.not_after.timestamp());
-        }
-        // Per app, like per route: not when labels are folded for size.
-        if self.per_route {
-            for e in apps.iter() {
-                if let Some(owner) = &e.app.owner_certificate {
-                    cert_expiry
-                        .with_label_values(&[&e.app.key.to_string(), ""])
-                        .set(owner.not_after.timestamp());
-                }
-            }
-        }
+        let scrape = Scrape {
+            per_route: self.per_route,
+            open,
+            routes,
+            expiry,
+            cert_expiry,
+        };
+        fill(&scrape);
+        let Scrape {
+            open,
+            routes,
+            expiry,
+            cert_expiry,
+            ..
+        } = scrape;
         for c in [open, routes, expiry, cert_expiry] {
-            let _ = scrape.register(Box::new(c));
+            let _ = registry.register(Box::new(c));
         }
-        families.extend(scrape.gather());
+        families.extend(registry.gather());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The scrape-time gauges of one scrape, for the live table and the apps
+/// to fill in ([`Metrics::render`]).
+pub struct Scrape {
+    per_route: bool,
+    open: IntGaugeVec,
+    routes: IntGaugeVec,
+    expiry: IntGaugeVec,
+    cert_expiry: IntGaugeVec,
+}
+
+impl Scrape {
+    /// One live route: counted by mode; its open connections and expiry by
+    /// route label (folded into `(all)`, and no expiry, when per-route
+    /// labels are off).
+    pub fn route(&self, name: &str, mode: Mode, open: usize, expires_at: Option<i64>) {
+        self.routes.with_label_values(&[mode.as_str()]).inc();
+        let label = if self.per_route { name } else { ALL_ROUTES };
+        self.open.with_label_values(&[label]).add(open as i64);
+        if let (true, Some(t)) = (self.per_route, expires_at) {
+            self.expiry.with_label_values(&[label]).set(t);
+        }
+    }
+
+    /// A platform certificate's earliest notAfter (Unix time).
+    pub fn certificate(&self, label: &str, not_after: i64) {
+        self.cert_expiry
+            .with_label_values(&["", label])
+            .set(not_after);
+    }
+
+    /// An app owner's certificate; per app, like per route: not when
+    /// labels are folded for size.
+    pub fn app_certificate(&self, app: &str, not_after: i64) {
+        if self.per_route {
+            self.cert_expiry
+                .with_label_values(&[app, ""])
+                .set(not_after);
+        }
     }
 }
 
@@ -572,7 +618,7 @@ mod tests {
     fn the_connection_limit_is_exported() {
         let m = Metrics::new(true);
         m.connections_max.set(1234);
-        let text = m.render(&Snapshot::default(), &Apps::default());
+        let text = m.render(|_| {});
         assert!(
             text.contains("\nmse_proxy_connections_max 1234\n"),
             "{text}"
@@ -585,7 +631,7 @@ mod tests {
 
     #[test]
     fn refusal_series_start_at_zero() {
-        let text = Metrics::new(true).render(&Snapshot::default(), &Apps::default());
+        let text = Metrics::new(true).render(|_| {});
         for s in REFUSING_SOURCES {
             let series =
                 format!("mse_proxy_route_reloads_total{{result=\"error\",source=\"{s}\"}} 0\n");
@@ -606,7 +652,7 @@ mod tests {
         let m = Metrics::new(true);
         let rm = m.for_route("shop", Mode::Passthrough);
         rm.finished(&m, Outcome::Ok, 10, 20, Duration::from_millis(5));
-        let text = m.render(&Snapshot::default(), &Apps::default());
+        let text = m.render(|_| {});
         assert!(
             text.contains("mse_proxy_bytes_total{direction=\"in\",route=\"shop\"} 10"),
             "{text}"
@@ -615,7 +661,7 @@ mod tests {
             "mse_proxy_connections_total{mode=\"passthrough\",outcome=\"ok\",route=\"shop\"} 1"
         ));
         m.forget_route("shop");
-        let text = m.render(&Snapshot::default(), &Apps::default());
+        let text = m.render(|_| {});
         assert!(!text.contains("route=\"shop\""), "{text}");
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use common::promql::{check_exprs, series_names, Exported};
 use mse_proxy::metrics::Metrics;
-use mse_proxy::routing::{Mode, Snapshot};
+use mse_proxy::routing::Mode;
 use serde_json::Value;
 
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/dashboard.json");
@@ -45,10 +45,7 @@ fn exported() -> Exported {
     let m = Metrics::new(true);
     let probe = m.for_route("probe", Mode::Terminate);
     probe.handshake(&m);
-    Exported::new(
-        m.metric_names(),
-        &m.render(&Snapshot::default(), &mse_proxy::apps::Apps::default()),
-    )
+    Exported::new(m.metric_names(), &m.render(|_| {}))
 }
 
 fn dashboard() -> Value {

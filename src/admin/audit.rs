@@ -11,18 +11,6 @@ use axum::http::{Method, StatusCode};
 use crate::config::Role;
 use crate::metrics::Metrics;
 
-/// Label values of `access`: the role a request needed, or `open`.
-pub const ACCESS: [&str; 4] = ["open", "metrics", "read", "write"];
-/// Label values of `outcome`.
-pub const OUTCOMES: [&str; 6] = [
-    "ok",
-    "unauthenticated",
-    "forbidden",
-    "invalid",
-    "unavailable",
-    "error",
-];
-
 /// The outcome label of a status: bounded, whatever the handler answered.
 pub fn outcome(status: StatusCode) -> &'static str {
     match status.as_u16() {

@@ -24,7 +24,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::auth::PeerCert;
 use crate::config::admin::AdminTls;
 use crate::config::ConfigErrors;
-use crate::tls::certs::read_certs;
+use crate::tls::pem_file::read_certs;
 
 /// Accepts admin TLS connections and names their client certificate.
 #[derive(Clone)]

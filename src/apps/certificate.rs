@@ -9,7 +9,7 @@ use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::routes::normalize_host;
+use crate::host::normalize_host;
 use crate::tls::validity::earliest_not_after;
 
 /// What the rules need from an owner certificate chain.

@@ -16,8 +16,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 
 use super::rules;
-use crate::config::routes::parse_host_pattern;
 use crate::config::{ConfigError, ConfigErrors};
+use crate::host::parse_host_pattern;
 use crate::routing::route::HostPattern;
 
 /// The main section.

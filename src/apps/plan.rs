@@ -398,7 +398,7 @@ fn http_client(url: &reqwest::Url, args: &PlanArgs) -> Result<reqwest::Client, F
     match (url.scheme(), &args.ca) {
         ("https", Some(ca)) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in crate::tls::certs::read_certs(ca)
+            for c in crate::tls::pem_file::read_certs(ca)
                 .map_err(|e| Failure::Apply(format!("--ca {e}")))?
             {
                 roots
@@ -413,7 +413,7 @@ fn http_client(url: &reqwest::Url, args: &PlanArgs) -> Result<reqwest::Client, F
             .with_root_certificates(roots);
             let tls = match (&args.cert, &args.key) {
                 (Some(cert), Some(key)) => {
-                    let chain = crate::tls::certs::read_certs(cert)
+                    let chain = crate::tls::pem_file::read_certs(cert)
                         .map_err(|e| Failure::Apply(format!("--cert {e}")))?;
                     let key_der = crate::tls::pem_file::read(key)
                         .and_then(|pem| {

@@ -11,7 +11,8 @@ use super::certificate::{self, OwnerCertificate};
 use super::rules::{self, Expiry, ExpiryInput, Status};
 use super::violation::{Field, Violation};
 use crate::config::apps::AppsConfig;
-use crate::config::routes::{parse_backend, parse_host_pattern};
+use crate::config::routes::parse_backend;
+use crate::host::parse_host_pattern;
 use crate::routing::route::HostPattern;
 use crate::tls::verify::parse_pin;
 

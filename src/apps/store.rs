@@ -103,6 +103,15 @@ impl Apps {
         self.entries.len()
     }
 
+    /// Sets the scrape-time gauge of each app owner certificate's expiry.
+    pub fn scrape(&self, s: &crate::metrics::Scrape) {
+        for e in self.iter() {
+            if let Some(owner) = &e.app.owner_certificate {
+                s.app_certificate(&e.app.key.to_string(), owner.not_after.timestamp());
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

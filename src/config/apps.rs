@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::routes::parse_host_pattern;
 use super::ConfigErrors;
-use crate::routing::route::HostPattern;
+use crate::host::parse_host_pattern;
+use crate::host::HostPattern;
 
 /// What a failed custom-domain CNAME check does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

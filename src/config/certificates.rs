@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::raw::RawCertificate;
-use super::routes::valid_route_name;
+use super::route_spec::valid_route_name;
 use super::ConfigErrors;
 
 /// A `[[certificate]]`: PEM chain and key paths, resolved against the

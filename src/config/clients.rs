@@ -22,11 +22,6 @@ pub struct ClientLimits {
     pub prefixes: ClientPrefixes,
 }
 
-/// Defaults: room for a large office or a carrier-grade NAT behind one
-/// IPv4 address, far from what one client could take from 100,000 slots.
-pub const DEFAULT_UNROUTED: usize = 256;
-pub const DEFAULT_CONNECTIONS: usize = 4096;
-
 impl ClientLimits {
     pub fn validate(path: &Path, raw: &RawLimits, errs: &mut ConfigErrors) -> ClientLimits {
         let prefixes = ClientPrefixes {

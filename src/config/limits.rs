@@ -21,11 +21,13 @@ pub struct ControlLimits {
 }
 
 impl Default for ControlLimits {
+    /// `[limits]`'s defaults, as the config schema gives them.
     fn default() -> Self {
+        let raw = super::raw::RawLimits::default();
         Self {
-            hosts_per_route: 100,
-            backends_per_route: 64,
-            routes: 1_000_000,
+            hosts_per_route: raw.max_hosts_per_route,
+            backends_per_route: raw.max_backends_per_route,
+            routes: raw.max_routes,
         }
     }
 }

@@ -11,6 +11,7 @@ mod error;
 pub mod etcd;
 pub mod limits;
 mod raw;
+pub mod route_spec;
 pub mod routes;
 pub mod terminate;
 

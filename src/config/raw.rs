@@ -195,19 +195,26 @@ pub struct RawLimits {
     pub max_routes: usize,
 }
 
+/// Per-client defaults: room for a large office or a carrier-grade NAT
+/// behind one IPv4 address, far from what one client could take from
+/// 100,000 slots.
+const DEFAULT_UNROUTED: usize = 256;
+const DEFAULT_CONNECTIONS: usize = 4096;
+
+/// The defaults of `[limits]`, in one place: the schema's. The types built
+/// from it (`crate::config::clients`, `crate::config::limits`) read them here.
 impl Default for RawLimits {
     fn default() -> Self {
-        let d = super::limits::ControlLimits::default();
         Self {
             max_connections: None,
-            max_unrouted_per_client: super::clients::DEFAULT_UNROUTED,
-            max_connections_per_client: super::clients::DEFAULT_CONNECTIONS,
+            max_unrouted_per_client: DEFAULT_UNROUTED,
+            max_connections_per_client: DEFAULT_CONNECTIONS,
             client_ipv4_prefix: 32,
             client_ipv6_prefix: 64,
             max_client_hello_bytes: 16 * 1024,
-            max_hosts_per_route: d.hosts_per_route,
-            max_backends_per_route: d.backends_per_route,
-            max_routes: d.routes,
+            max_hosts_per_route: 100,
+            max_backends_per_route: 64,
+            max_routes: 1_000_000,
         }
     }
 }

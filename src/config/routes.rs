@@ -8,76 +8,12 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::terminate::{self, UpstreamSpec};
+use super::route_spec::valid_route_name;
+pub use super::route_spec::RouteSpec;
+use super::terminate;
 use super::{ConfigError, ConfigErrors, ControlLimits};
-use crate::routing::route::{AppMeta, Backend, BackendHost, HostPattern, Mode, Route};
-
-/// One app's route as written by an operator or a platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteSpec {
-    pub name: String,
-    pub hosts: Vec<String>,
-    #[serde(default = "default_mode")]
-    pub mode: String,
-    pub backends: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    /// `"v2"`: send a PROXY protocol v2 header to the backend first. Off by
-    /// default: enclaves in the zero-trust scenario cannot parse one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_protocol: Option<String>,
-    /// Grace before this route's connections close when it expires or is
-    /// removed (e.g. `30s`); absent: the global `reload.close_grace`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub close_grace: Option<String>,
-    /// Terminate only: the ALPN protocols offered to clients, in order of
-    /// preference; absent: `["h2", "http/1.1"]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alpn: Option<Vec<String>>,
-    /// Terminate only: how the backends are reached (`[route.upstream]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<UpstreamSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<AppMeta>,
-}
-
-impl RouteSpec {
-    /// A passthrough route with no expiry or metadata.
-    pub fn passthrough<B: ToString>(name: &str, hosts: &[&str], backends: &[B]) -> Self {
-        Self {
-            name: name.into(),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            mode: default_mode(),
-            backends: backends.iter().map(ToString::to_string).collect(),
-            expires_at: None,
-            proxy_protocol: None,
-            close_grace: None,
-            alpn: None,
-            upstream: None,
-            app: None,
-        }
-    }
-
-    /// A terminate route reaching its backends as `upstream` says, with the
-    /// default ALPN list.
-    pub fn terminate<B: ToString>(
-        name: &str,
-        hosts: &[&str],
-        backends: &[B],
-        upstream: UpstreamSpec,
-    ) -> Self {
-        Self {
-            mode: "terminate".into(),
-            upstream: Some(upstream),
-            ..Self::passthrough(name, hosts, backends)
-        }
-    }
-}
-
-fn default_mode() -> String {
-    "passthrough".into()
-}
+use crate::host::{check_hostname, normalize_host, parse_host_pattern, HostPattern};
+use crate::routing::route::{Backend, BackendHost, Mode, Route};
 
 /// Largest routes file read: a million routes of a few hosts each fit
 /// many times over; past it the file is a mistake.
@@ -355,54 +291,6 @@ pub fn validate_one(
         app: spec.app.clone(),
         spec: spec.clone(),
     })
-}
-
-pub(crate) fn valid_route_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Lowercases and strips one trailing dot, as lookups do with the SNI.
-pub fn normalize_host(h: &str) -> String {
-    h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()
-}
-
-/// Parses `name` or `*.suffix` into a [`HostPattern`].
-pub fn parse_host_pattern(h: &str) -> Result<HostPattern, String> {
-    let n = normalize_host(h);
-    if let Some(suffix) = n.strip_prefix("*.") {
-        check_hostname(suffix)?;
-        Ok(HostPattern::Wildcard(suffix.to_string()))
-    } else if n.contains('*') {
-        Err("a wildcard may only be a whole first label, as in `*.example.com`".into())
-    } else {
-        check_hostname(&n)?;
-        Ok(HostPattern::Exact(n))
-    }
-}
-
-/// DNS name syntax, lenient on `_` (seen in real names).
-fn check_hostname(n: &str) -> Result<(), String> {
-    if n.is_empty() || n.len() > 253 {
-        return Err("a host name must be 1-253 characters".into());
-    }
-    for label in n.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err("each label must be 1-63 characters".into());
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err("only letters, digits, `-` and `_` are allowed in labels".into());
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("a label may not start or end with `-`".into());
-        }
-    }
-    Ok(())
 }
 
 /// Parses `host:port`, `ip:port` or `[ipv6]:port`.

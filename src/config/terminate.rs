@@ -6,39 +6,18 @@
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::ServerName;
-use serde::{Deserialize, Serialize};
 
-use super::routes::{normalize_host, RouteSpec};
+use super::route_spec::RouteSpec;
+pub use super::route_spec::UpstreamSpec;
 use super::ConfigErrors;
+use crate::host::normalize_host;
 use crate::routing::route::Terminate;
-use crate::tls::certs::read_certs;
+use crate::tls::pem_file::read_certs;
 use crate::tls::upstream::{Upstream, UpstreamTls, Verify};
 use crate::tls::verify::parse_pin;
 
 /// What a terminate route offers clients when it names no `alpn`.
 pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
-
-/// `[route.upstream]`: how a terminate route reaches its backends.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSpec {
-    /// TLS to the backend (default), or plain TCP with `false`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<bool>,
-    /// Verify the backend's chain against the CA certificates in this PEM
-    /// file (relative to the routes file).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<String>,
-    /// Accept only the backend certificate with this SHA-256 (hex).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin_sha256: Option<String>,
-    /// Do not check the backend's certificate at all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub insecure_skip_verify: Option<bool>,
-    /// The SNI sent to the backend; default: the client's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sni: Option<String>,
-}
 
 /// Validates the terminate settings of a route whose mode is `terminate`.
 /// `file` anchors a relative `ca_file`; `at` names the route in errors.

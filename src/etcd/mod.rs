@@ -18,20 +18,7 @@
 mod client;
 mod watch;
 
-#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
-pub mod proto {
-    //! Generated from etcd's `.proto` files; do not edit (see
-    //! `tests/etcd_proto.rs`).
-    pub mod authpb {
-        include!("proto/authpb.rs");
-    }
-    pub mod mvccpb {
-        include!("proto/mvccpb.rs");
-    }
-    pub mod etcdserverpb {
-        include!("proto/etcdserverpb.rs");
-    }
-}
+pub mod proto;
 
 pub use client::{Client, ConnectOptions, Error, Tls};
 pub use proto::etcdserverpb::{

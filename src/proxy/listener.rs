@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::conn;
 use super::outcome::Outcome;
 use super::Shared;
+use super::{conn, conn_log};
 
 /// Binds one listening socket. IPv6 sockets are v6-only so that `0.0.0.0:443`
 /// and `[::]:443` can both be listed without colliding.
@@ -53,7 +53,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// per-connection errors are skipped, resource exhaustion backs off.
 pub async fn accept_loop(
     listener: TcpListener,
-    info: Arc<conn::ListenerInfo>,
+    info: Arc<conn_log::ListenerInfo>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -92,8 +92,8 @@ pub async fn accept_loop(
             Err(_) => {
                 drop(stream);
                 shared.metrics.unrouted(Outcome::Limit);
-                let log = conn::ConnLog::new(peer, info.local);
-                conn::access_log(&shared, Outcome::Limit, &log, Duration::ZERO);
+                let log = conn_log::ConnLog::new(peer, info.local);
+                conn_log::access_log(&shared, Outcome::Limit, &log, Duration::ZERO);
                 continue;
             }
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::conn::ConnLog;
+use super::conn_log::ConnLog;
 use super::outcome::Outcome;
 use super::relay::{self, Counters};
 use super::upstream;

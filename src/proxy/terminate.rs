@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
-use super::conn::ConnLog;
+use super::conn_log::ConnLog;
 use super::outcome::Outcome;
 use super::relay::Counters;
 use super::stream_relay::relay_streams;

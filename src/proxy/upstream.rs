@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::conn::ConnLog;
+use super::conn_log::ConnLog;
 use super::health::Health;
 use super::outcome::Outcome;
 use super::proxy_protocol;

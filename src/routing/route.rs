@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::routes::RouteSpec;
+pub use crate::config::route_spec::AppMeta;
+use crate::config::route_spec::RouteSpec;
+pub use crate::host::HostPattern;
 use crate::tls::upstream::Upstream;
 
 /// How the proxy treats a connection's bytes.
@@ -23,25 +25,6 @@ impl Mode {
         match self {
             Mode::Passthrough => "passthrough",
             Mode::Terminate => "terminate",
-        }
-    }
-}
-
-/// A host a route claims, normalised (lowercase, no trailing dot).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostPattern {
-    /// Exactly this name.
-    Exact(String),
-    /// `*.suffix`: any name with exactly one more label in front of `suffix`,
-    /// as certificate wildcards match. Holds `suffix` without the `*.`.
-    Wildcard(String),
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostPattern::Exact(h) => f.write_str(h),
-            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
         }
     }
 }
@@ -68,18 +51,6 @@ impl fmt::Display for Backend {
             BackendHost::Name(n) => write!(f, "{n}:{}", self.port),
         }
     }
-}
-
-/// App metadata carried for operators (logs, API); routing ignores it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppMeta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub project: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hardware: Option<String>,
 }
 
 /// What a terminate route does once the client's handshake is done.

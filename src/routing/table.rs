@@ -283,6 +283,23 @@ impl Snapshot {
         self.by_name.values()
     }
 
+    /// Sets the scrape-time gauges of what this table holds: each route,
+    /// and each platform certificate's expiry.
+    pub fn scrape(&self, s: &crate::metrics::Scrape) {
+        for e in self.routes() {
+            let r = &e.route;
+            s.route(
+                &r.name,
+                r.mode,
+                e.open_connections(),
+                r.expires_at.map(|t| t.timestamp()),
+            );
+        }
+        for c in self.termination().certs().certs() {
+            s.certificate(&c.label, c.not_after.timestamp());
+        }
+    }
+
     /// The soonest expiry among the live routes, and whose it is.
     pub fn next_expiry(&self) -> Option<(DateTime<Utc>, &str)> {
         self.expiries.get_min().map(|(t, n)| (*t, &**n))
@@ -462,7 +479,8 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::config::routes::{normalize_host, parse_host_pattern, validate_all, RouteSpec};
+    use crate::config::routes::{validate_all, RouteSpec};
+    use crate::host::{normalize_host, parse_host_pattern};
     use proptest::prelude::*;
     use std::path::Path;
 

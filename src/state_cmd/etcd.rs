@@ -20,7 +20,7 @@ use std::path::Path;
 use reqwest::{Client, StatusCode, Url};
 use serde_json::Value;
 
-use super::{Failure, EXIT_INVALID, EXIT_RUNTIME};
+use super::failure::{Failure, EXIT_INVALID, EXIT_RUNTIME};
 use crate::config::routes;
 use crate::config::{Config, ConfigError};
 use crate::state::export::Export;

@@ -22,17 +22,16 @@
 //! nothing).
 
 mod etcd;
+mod failure;
+
+use failure::{runtime, Failure};
+pub use failure::{EXIT_INVALID, EXIT_RUNTIME};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::Config;
 use crate::state::export::{self, Export};
-
-/// Exit code for an invalid import or configuration (as `check`).
-pub const EXIT_INVALID: u8 = 3;
-/// Exit code for a store that cannot be opened, read or written.
-pub const EXIT_RUNTIME: u8 = 1;
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -55,19 +54,6 @@ pub struct ImportArgs {
     /// (default: the config's [admin] address). Its token is the config's.
     #[arg(long, value_name = "URL")]
     pub apply: Option<String>,
-}
-
-/// A failure, with the exit code it maps to.
-struct Failure(u8, String);
-
-impl From<ConfigErrors> for Failure {
-    fn from(e: ConfigErrors) -> Self {
-        Failure(EXIT_INVALID, e.to_string())
-    }
-}
-
-fn runtime(e: impl std::fmt::Display) -> Failure {
-    Failure(EXIT_RUNTIME, e.to_string())
 }
 
 /// `-` and absent both mean the standard stream.

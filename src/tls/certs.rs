@@ -19,11 +19,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::pem_file;
+use super::pem_file::{self, parse_certs};
 use super::validity::earliest_not_after;
-use crate::config::routes::{normalize_host, parse_host_pattern};
 use crate::config::{CertificateFiles, ConfigErrors};
-use crate::routing::{HostPattern, Mode, Route};
+use crate::host::{normalize_host, parse_host_pattern, HostPattern};
+use crate::routing::{Mode, Route};
 
 /// One loaded certificate chain with its key.
 #[derive(Debug, Clone)]
@@ -327,22 +327,6 @@ pub fn served_names(cert: &CertificateDer<'_>) -> Result<Vec<HostPattern>, Strin
         return Err("the certificate names no DNS name in its subjectAltName".into());
     }
     Ok(names)
-}
-
-/// Every PEM certificate in a file, in order; at least one.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    parse_certs(path, &pem_file::read(path)?)
-}
-
-/// Every PEM certificate in `pem`, read from `path`; at least one.
-fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("`{}`: bad PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("`{}`: no PEM certificate in it", path.display()));
-    }
-    Ok(certs)
 }
 
 #[cfg(test)]

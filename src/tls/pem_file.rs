@@ -8,6 +8,9 @@
 use std::io::Read;
 use std::path::Path;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
 /// A certificate chain or key is a few KiB; a file past this is a mistake (a
 /// log, a bundle of everything), not something to hold in memory.
 pub const MAX_PEM_FILE: u64 = 1024 * 1024;
@@ -121,4 +124,20 @@ mod tests {
         std::fs::write(&exact, vec![b'a'; MAX_PEM_FILE as usize]).unwrap();
         assert_eq!(read(&exact).unwrap().len() as u64, MAX_PEM_FILE);
     }
+}
+
+/// Every PEM certificate in a file, in order; at least one.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    parse_certs(path, &read(path)?)
+}
+
+/// Every PEM certificate in `pem`, read from `path`; at least one.
+pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("`{}`: bad PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("`{}`: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
 }

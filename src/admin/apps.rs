@@ -24,16 +24,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::admin::{body_refused, AdminState, ApiError};
+use super::error::{body_refused, written};
+use super::{AdminState, ApiError};
 use crate::apps::cname::{check_all, custom_hosts};
 use crate::apps::store::AppView;
 use crate::apps::{AppKey, AppPut, AppRecord};
-use crate::config::routes::parse_host_pattern;
 use crate::config::ConfigErrors;
+use crate::host::parse_host_pattern;
+use crate::host::HostPattern;
 use crate::routing::reconciler::ControlError;
-use crate::routing::HostPattern;
 
-/// The apps routes, merged into `crate::admin::router`; a record body is
+/// The apps routes, merged into [`super::router`]; a record body is
 /// capped at `max_body` bytes (413 beyond).
 pub fn routes(max_body: usize) -> Router<Arc<AdminState>> {
     Router::new().route("/apps", get(list)).route(
@@ -131,7 +132,7 @@ async fn delete_app(
     let key = AppKey { project, name };
     if let Some(etcd) = &s.etcd {
         return match etcd.delete_app(&key).await {
-            Ok(w) => crate::admin::written(w),
+            Ok(w) => written(w),
             Err(e) => control_error(e),
         };
     }

@@ -1,0 +1,58 @@
+//! What every connection task shares: the config, the route table, DNS,
+//! metrics, backend health and the connection limits.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{health, limits, outcome, relay, Outcome};
+use crate::config::Config;
+use crate::dns::Dns;
+use crate::metrics::Metrics;
+use crate::routing::Router;
+
+/// State every connection task shares; built once at start.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub router: Router,
+    pub dns: Dns,
+    pub metrics: Metrics,
+    /// Passive health of backend addresses.
+    pub health: health::Health,
+    /// Per-client-IP slots for connections whose hello is not read yet.
+    /// Per client, connections whose hello is not read yet.
+    pub unrouted: limits::PerClientLimit,
+    /// Per client, connections in all.
+    pub per_client: limits::PerClientLimit,
+    /// One permit per open connection, moved into the connection's task.
+    pub limit: Arc<Semaphore>,
+    /// Cancelled when the shutdown grace runs out: live connections close.
+    /// The router's [`Router::closers`], so each route's closer is its child.
+    pub kill: CancellationToken,
+}
+
+impl Shared {
+    /// Resolves when a relayed connection on `entry` must stop: the route
+    /// left the table (removed, expired, redeployed) or shutdown's grace ran
+    /// out. One wait covers both: the route's closer is a child of `kill`.
+    pub fn stop_signal<'a>(
+        &self,
+        entry: &'a crate::routing::RouteEntry,
+    ) -> tokio_util::sync::WaitForCancellationFuture<'a> {
+        entry.closer().cancelled()
+    }
+
+    /// The outcome of a relay that ran on `route`, logging relay errors.
+    pub fn after_relay(&self, end: &relay::RelayEnd, route: &crate::routing::Route) -> Outcome {
+        if let relay::RelayEnd::ClientError(e) | relay::RelayEnd::UpstreamError(e) = end {
+            tracing::debug!(error = %e, "relay error");
+        }
+        outcome::after_relay(
+            end,
+            self.kill.is_cancelled(),
+            route.expired_at(chrono::Utc::now()),
+        )
+    }
+}
