@@ -109,7 +109,7 @@ fn setup(rt: &Runtime) -> Setup {
             &[HOST],
             &[enclave.addr],
             UpstreamSpec {
-                pin_sha256: Some(mse_proxy::demo::sha256_hex(leaf.cert_der.as_ref())),
+                pin_sha256: Some(mse_proxy::apps::derive::sha256_hex(leaf.cert_der.as_ref())),
                 ..Default::default()
             },
         );

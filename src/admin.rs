@@ -8,6 +8,7 @@ pub mod apps;
 pub mod audit;
 pub mod auth;
 mod error;
+mod guard;
 mod router;
 mod routes;
 pub mod serve;

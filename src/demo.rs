@@ -10,16 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use crate::apps::derive::sha256_hex;
 use crate::config::Config;
 use crate::routing::{BackendHost, HostPattern, Route};
 use crate::server;
 use crate::standin::{Ca, Enclave};
-
-/// Hex SHA-256 of some bytes (certificate fingerprints).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
 
 pub async fn run(
     config: Config,

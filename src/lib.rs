@@ -41,9 +41,11 @@
 pub mod admin;
 pub mod apps;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod dns;
 pub mod etcd;
+pub mod file_watch;
 pub mod host;
 pub mod metrics;
 pub mod proxy;
@@ -52,4 +54,5 @@ pub mod server;
 pub mod standin;
 pub mod state;
 pub mod state_cmd;
+pub mod timing;
 pub mod tls;

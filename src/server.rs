@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::tokens::{self, TokenWatch, Tokens};
 use crate::admin::{self, AdminState};
 use crate::config::{routes, Config, ConfigError, ConfigErrors};
+use crate::control::Control;
 use crate::proxy::{fds, ProxyHandle};
 use crate::routing::reconciler::watchdog::{self, Health};
-use crate::routing::reconciler::{Control, Reconciler};
+use crate::routing::reconciler::Reconciler;
 use crate::routing::reload::{self, ApplyOptions};
 use crate::routing::sources::certificates::{self, CertWatch};
 use crate::routing::sources::etcd::cache::{CacheMetrics, EtcdCache};
@@ -354,7 +355,7 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
 
     // Custom-domain CNAME rechecks (a no-op unless `apps.cname_policy` asks);
     // stopped with the admin API.
-    tokio::spawn(crate::apps::cname::recheck(
+    tokio::spawn(crate::routing::sources::cname::recheck(
         Arc::clone(&proxy.shared),
         control.clone(),
         admin_stop.clone(),

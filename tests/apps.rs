@@ -268,7 +268,8 @@ async fn operator_mode_terminates_and_re_encrypts_to_the_pinned_enclave() {
     assert_eq!(violation_fields(&body), vec!["enclave_cert_sha256"]);
     let mut elsewhere = rec.clone();
     elsewhere["domain_name"] = "shop.other.test".into();
-    elsewhere["enclave_cert_sha256"] = mse_proxy::demo::sha256_hex(leaf.cert_der.as_ref()).into();
+    elsewhere["enclave_cert_sha256"] =
+        mse_proxy::apps::derive::sha256_hex(leaf.cert_der.as_ref()).into();
     let (st, body) = put_app(&live, "p", "shop", &elsewhere).await;
     assert_eq!(
         (st, violation_fields(&body)),
@@ -276,7 +277,7 @@ async fn operator_mode_terminates_and_re_encrypts_to_the_pinned_enclave() {
         "{body}"
     );
 
-    rec["enclave_cert_sha256"] = mse_proxy::demo::sha256_hex(leaf.cert_der.as_ref()).into();
+    rec["enclave_cert_sha256"] = mse_proxy::apps::derive::sha256_hex(leaf.cert_der.as_ref()).into();
     let (st, body) = put_app(&live, "p", "shop", &rec).await;
     assert_eq!(st, 200, "{body}");
 
@@ -299,7 +300,8 @@ async fn operator_mode_terminates_and_re_encrypts_to_the_pinned_enclave() {
     // A redeploy whose pin no longer matches the enclave: the client's
     // handshake with the platform works, the upstream one is refused.
     let other = enclave_ca.issue(&[config]).unwrap();
-    rec["enclave_cert_sha256"] = mse_proxy::demo::sha256_hex(other.cert_der.as_ref()).into();
+    rec["enclave_cert_sha256"] =
+        mse_proxy::apps::derive::sha256_hex(other.cert_der.as_ref()).into();
     let (st, body) = put_app(&live, "p", "shop", &rec).await;
     assert_eq!(st, 200, "{body}");
     let (body, _) = get(live.addr(), public, &platform_ca).await.unwrap();

@@ -30,9 +30,9 @@ use crate::apps::cname::{check_all, custom_hosts};
 use crate::apps::store::AppView;
 use crate::apps::{AppKey, AppPut, AppRecord};
 use crate::config::ConfigErrors;
+use crate::control::ControlError;
 use crate::host::parse_host_pattern;
 use crate::host::HostPattern;
-use crate::routing::reconciler::ControlError;
 
 /// The apps routes, merged into [`super::router`]; a record body is
 /// capped at `max_body` bytes (413 beyond).

@@ -21,14 +21,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
-use super::audit;
 use super::tokens::Tokens;
-use super::{AdminState, ApiError};
+use super::ApiError;
 use crate::config::Role;
 
 /// What the admin API knows of its credentials.
@@ -195,36 +191,6 @@ impl Auth {
             }
         }
     }
-}
-
-/// The middleware: authenticates from the head, then runs the handler,
-/// then counts the answer and writes the audit line of a write.
-pub async fn guard(State(s): State<Arc<AdminState>>, mut req: Request, next: Next) -> Response {
-    let need = required(req.method(), req.uri().path(), s.auth.metrics_auth);
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let peer = req.extensions().get::<PeerCert>().cloned();
-    let (id, decided) = match need {
-        None => (Identity { who: "-".into() }, Ok(())),
-        Some(role) => s.auth.decide(role, req.headers(), peer.as_ref()),
-    };
-    let who = id.who.clone();
-    let resp = match decided {
-        Ok(()) => {
-            req.extensions_mut().insert(id);
-            match tokio::time::timeout(s.request_timeout, next.run(req)).await {
-                Ok(r) => r,
-                Err(_) => ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request took longer than admin.request_timeout",
-                )
-                .into_response(),
-            }
-        }
-        Err(e) => e.into_response(),
-    };
-    audit::record(&s.shared.metrics, need, &who, &method, &path, resp.status());
-    resp
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::routing::reconciler::ControlError;
+use crate::control::ControlError;
 use crate::routing::sources::etcd::write::Written;
 
 /// A JSON error answer.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::routes::{delete_route, get_route, list_routes, put_route, reload};
 use super::status::{healthz, metrics, readyz, readyz_writes};
-use super::{apps, auth, tls, AdminState};
+use super::{apps, guard, tls, AdminState};
 
 pub fn router(state: Arc<AdminState>) -> Router {
     let route_body = DefaultBodyLimit::max(state.max_route_body);
@@ -32,7 +32,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         // extractor reads a byte.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
-            auth::guard,
+            guard::guard,
         ))
         .with_state(state)
 }

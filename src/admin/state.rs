@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use super::auth;
+use crate::control::Control;
 use crate::proxy::Shared;
 use crate::routing::reconciler::watchdog::Health;
-use crate::routing::reconciler::Control;
 use crate::routing::sources::etcd::write::EtcdWriter;
 
 /// What the handlers share.

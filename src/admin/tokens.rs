@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::config::admin::TokenFile;
 use crate::config::{AdminConfig, ConfigErrors, Role, TokenSource};
-use crate::routing::sources::file::{change, parent_dir};
+use crate::file_watch::{change, parent_dir};
 
 /// A token file past this many tokens is a mistake, and every request
 /// compares its token against all of them.

@@ -55,7 +55,7 @@ pub fn route_name(key: &AppKey) -> String {
     let mut bytes = (key.project.len() as u64).to_be_bytes().to_vec();
     bytes.extend_from_slice(key.project.as_bytes());
     bytes.extend_from_slice(key.name.as_bytes());
-    let digest = crate::demo::sha256_hex(&bytes);
+    let digest = sha256_hex(&bytes);
     format!("apph.{}", &digest[..32])
 }
 
@@ -132,6 +132,12 @@ pub fn routes(app: &App, specs: &[RouteSpec]) -> Result<Vec<Route>, ConfigErrors
         }
     }
     errs.into_result(out)
+}
+
+/// Hex SHA-256 of some bytes (certificate fingerprints).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 pub mod certificate;
 pub mod cname;
 pub mod derive;
+mod error;
 pub mod mse_toml;
 pub mod plan;
 pub mod record;
@@ -30,6 +31,7 @@ pub mod store;
 pub mod stored;
 pub mod violation;
 
+pub use error::AppError;
 pub use record::{App, AppKey, AppRecord, CertOrigin};
 pub use rules::Status;
 pub use store::{AppEntry, AppPut, Apps, CnameReport};

@@ -14,12 +14,12 @@ use uuid::Uuid;
 
 use super::cname::{custom_hosts, fold, CnameState, CnameStates};
 use super::derive::{self, SOURCE};
+use super::error::AppError;
 use super::record::{self, App, AppKey, AppRecord, CertOrigin, Context};
 use super::rules::{self, ExpiryRule};
 use super::violation::{Field, Violation};
 use crate::config::apps::{AppsConfig, CnamePolicy};
 use crate::config::{ConfigError, ConfigErrors};
-use crate::routing::reconciler::ControlError;
 use crate::routing::route::{HostPattern, Route};
 use crate::tls::certs::CertStore;
 
@@ -131,7 +131,7 @@ impl Apps {
         policy: &AppsConfig,
         certs: &CertStore,
         now: DateTime<Utc>,
-    ) -> Result<Apps, ControlError> {
+    ) -> Result<Apps, AppError> {
         let mut next = self.clone();
         next.admit_into(put, policy, certs, now)?;
         Ok(next)
@@ -145,7 +145,7 @@ impl Apps {
         policy: &AppsConfig,
         certs: &CertStore,
         now: DateTime<Utc>,
-    ) -> Result<(), ControlError> {
+    ) -> Result<(), AppError> {
         self.admit_as(put, policy, certs, now, Admission::New)
     }
 
@@ -161,7 +161,7 @@ impl Apps {
         policy: &AppsConfig,
         certs: &CertStore,
         now: DateTime<Utc>,
-    ) -> Result<Apps, ControlError> {
+    ) -> Result<Apps, AppError> {
         let mut next = self.clone();
         next.admit_as(put, policy, certs, now, Admission::Restored)?;
         Ok(next)
@@ -174,10 +174,10 @@ impl Apps {
         certs: &CertStore,
         now: DateTime<Utc>,
         how: Admission,
-    ) -> Result<(), ControlError> {
+    ) -> Result<(), AppError> {
         let AppPut { key, record, cname } = put;
         if let Some(other) = self.ids.get(&record.id).filter(|k| **k != key) {
-            return Err(ControlError::Conflict(format!(
+            return Err(AppError::Conflict(format!(
                 "app id {} already belongs to app `{other}`",
                 record.id
             )));
@@ -231,7 +231,7 @@ impl Apps {
         if !v.is_empty() {
             return Err(invalid(v));
         }
-        let entry = AppEntry::build(app, states, policy).map_err(ControlError::Invalid)?;
+        let entry = AppEntry::build(app, states, policy).map_err(AppError::Invalid)?;
         self.insert(key, entry);
         Ok(())
     }
@@ -289,11 +289,11 @@ impl Apps {
     }
 
     /// The set without `key`.
-    pub fn without(&self, key: &AppKey) -> Result<Apps, ControlError> {
+    pub fn without(&self, key: &AppKey) -> Result<Apps, AppError> {
         let mut next = self.clone();
         match next.remove(key) {
             true => Ok(next),
-            false => Err(ControlError::NotFound(format!("no app `{key}`"))),
+            false => Err(AppError::NotFound(format!("no app `{key}`"))),
         }
     }
 
@@ -362,8 +362,8 @@ impl Apps {
 
 /// Violations as config errors: the field is the record's key, so a client
 /// sees `domain_name`, `expires_at`...
-pub fn invalid(v: Vec<Violation>) -> ControlError {
-    ControlError::Invalid(ConfigErrors(
+pub fn invalid(v: Vec<Violation>) -> AppError {
+    AppError::Invalid(ConfigErrors(
         v.into_iter()
             .map(|v| ConfigError::new(Path::new(SOURCE), v.field.record_key(), v.message))
             .collect(),
@@ -460,9 +460,9 @@ mod tests {
         apps.routes().map(|r| r.name.clone()).collect()
     }
 
-    fn fields(e: ControlError) -> Vec<String> {
+    fn fields(e: AppError) -> Vec<String> {
         match e {
-            ControlError::Invalid(errs) => errs.0.into_iter().map(|e| e.field).collect(),
+            AppError::Invalid(errs) => errs.0.into_iter().map(|e| e.field).collect(),
             other => panic!("{other}"),
         }
     }
@@ -643,7 +643,7 @@ mod tests {
         other.key.name = "blog".into();
         assert!(matches!(
             apps.admit(other, &p, &certs, now),
-            Err(ControlError::Conflict(_))
+            Err(AppError::Conflict(_))
         ));
         let mut op = put(2, "a.apps.example.com", &[]);
         op.record.ssl_certificate_origin = CertOrigin::Operator;
@@ -657,7 +657,7 @@ mod tests {
                 project: "p".into(),
                 name: "nope".into()
             }),
-            Err(ControlError::NotFound(_))
+            Err(AppError::NotFound(_))
         ));
     }
 }

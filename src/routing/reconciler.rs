@@ -12,11 +12,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -31,264 +31,21 @@ use super::reload::{self, Applied, ApplyOptions};
 use super::route::Route;
 use super::table::{Snapshot, Source};
 use crate::apps::{AppKey, AppPut, Apps, CnameReport};
-use crate::config::routes::{self, check_conflicts, RouteSpec};
+use crate::config::routes::{self, check_conflicts};
 use crate::config::{ConfigError, ConfigErrors, ControlLimits};
+use crate::control::api::{Command, EtcdSet, Validated, API};
+use crate::control::{Admitted, Control, ControlError, Origin, ReconcilerStats};
 use crate::proxy::Shared;
 use crate::routing::route::HostPattern;
-use crate::routing::sources::etcd::follow::Origin;
 use crate::routing::sources::etcd::EtcdStatus;
 use crate::state::{Change, StateStore, Stored};
-use crate::tls::certs::{CertStore, PairUpdate};
+use crate::timing::sleep_until_opt;
+use crate::tls::certs::CertStore;
 
-/// Why a change was refused; nothing was changed.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("invalid: {0}")]
-    Invalid(ConfigErrors),
-    #[error("conflict: {0}")]
-    Conflict(String),
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("the route reconciler has stopped")]
-    Stopped,
-    /// The routes file changed while it was read; it will be read again.
-    #[error("the routes file changed while it was read")]
-    Unsettled,
-    /// The shared store cannot take the write now.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-}
-
-type Reply = oneshot::Sender<Result<Applied, ControlError>>;
-
-/// A route spec as validated off the reconciler task.
-type Validated = Result<Box<Route>, ConfigErrors>;
-
-/// Longest wait for a route's files (its `ca_file`) to be read. Only
-/// regular files of bounded size are read, so only a stuck file system
-/// gets here; the thread may stay blocked, but no change waits on it.
-const READ_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The etcd route set, as read at one revision.
-struct EtcdSet {
-    routes: BTreeMap<String, Route>,
-    apps: Vec<AppPut>,
-    revision: i64,
-    origin: Origin,
-}
-
-/// An app as this instance would admit it: what an etcd write stores.
-#[derive(Debug)]
-pub struct Admitted {
-    /// The record with `deployed_at` filled in.
-    pub record: crate::apps::AppRecord,
-    pub cname: crate::apps::cname::CnameStates,
-    /// Every hostname of the app (claimed in etcd for it).
-    pub hosts: Vec<String>,
-    pub expires_at: chrono::DateTime<Utc>,
-}
-
-enum Command {
-    /// Re-read the routes file now (SIGHUP, `POST /reload`).
-    ReloadFile(Option<Reply>),
-    /// The file changed on disk: re-read it once things settle.
-    FileTouched,
-    /// The file is being written in place: re-read once it is closed, or
-    /// after a longer wait if the writer keeps it open.
-    FileWriting,
-    /// An API route, validated (or refused) before it was sent: its files
-    /// (a `ca_file`) are read on a blocking thread, never in this task.
-    Put(Validated, Reply),
-    Delete(String, Reply),
-    /// Register an app deployment, replacing the one under its key.
-    PutApp(Box<AppPut>, Reply),
-    DeleteApp(AppKey, Reply),
-    /// A periodic CNAME recheck found something new.
-    AppCname(Box<CnameReport>),
-    /// The whole etcd route set, after a change or a full read.
-    Etcd(Box<EtcdSet>, Reply),
-    /// Would this route apply here? (An etcd write checks before it writes.)
-    CheckPut(Validated, oneshot::Sender<Result<Route, ControlError>>),
-    /// Would this app be admitted here?
-    CheckApp(Box<AppPut>, oneshot::Sender<Result<Admitted, ControlError>>),
-    /// Certificates whose files changed on disk, read again: swap in those
-    /// that loaded (answer: whether they were taken), refuse the others.
-    Certificates(Vec<PairUpdate>, oneshot::Sender<bool>),
-    /// The watchdog's liveness check: answered at once.
-    Ping(oneshot::Sender<()>),
-    /// Tests only: stop answering for this long, as a stuck read would.
-    Stall(std::time::Duration),
-}
-
-/// Counters the reconciler keeps, for `/routes`, tests and metrics.
-#[derive(Debug, Default)]
-pub struct ReconcilerStats {
-    pub applied: AtomicU64,
-    pub refused: AtomicU64,
-    pub expiries: AtomicU64,
-    /// Set once the first route set is live.
-    pub ready: AtomicBool,
-}
-
-/// A cheap, cloneable handle for sending changes to the reconciler.
-#[derive(Clone, Debug)]
-pub struct Control {
-    tx: mpsc::Sender<Command>,
-    /// What API routes are validated under (`[limits]`).
-    limits: crate::config::ControlLimits,
-    pub stats: Arc<ReconcilerStats>,
-    /// The registered apps, published after every change that applied.
-    apps: Arc<ArcSwap<Apps>>,
-}
-
-impl Control {
-    async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<Applied, ControlError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .await
-            .map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| ControlError::Stopped)?
-    }
-
-    pub async fn reload_file(&self) -> Result<Applied, ControlError> {
-        self.ask(|r| Command::ReloadFile(Some(r))).await
-    }
-
-    pub async fn put(&self, spec: RouteSpec) -> Result<Applied, ControlError> {
-        let route = self.validate(spec).await;
-        self.ask(|r| Command::Put(route, r)).await
-    }
-
-    /// Validates an API route spec on a blocking thread (it may read its
-    /// `ca_file`), within [`READ_BOUND`].
-    async fn validate(&self, spec: RouteSpec) -> Validated {
-        let limits = self.limits;
-        let at = format!("route `{}`", spec.name);
-        let field = at.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            routes::validate_one(Path::new(API), &at, &spec, &limits).map(Box::new)
-        });
-        let refused = |why: String| Err(ConfigError::new(Path::new(API), field, why).into());
-        match tokio::time::timeout(READ_BOUND, read).await {
-            Ok(Ok(validated)) => validated,
-            Ok(Err(e)) => refused(format!("validation failed: {e}")),
-            Err(_) => refused(format!(
-                "its files took over {}s to read; refused",
-                READ_BOUND.as_secs()
-            )),
-        }
-    }
-
-    pub async fn delete(&self, name: String) -> Result<Applied, ControlError> {
-        self.ask(|r| Command::Delete(name, r)).await
-    }
-
-    pub async fn put_app(&self, put: AppPut) -> Result<Applied, ControlError> {
-        self.ask(|r| Command::PutApp(Box::new(put), r)).await
-    }
-
-    pub async fn delete_app(&self, key: AppKey) -> Result<Applied, ControlError> {
-        self.ask(|r| Command::DeleteApp(key, r)).await
-    }
-
-    /// Replaces the etcd routes with `routes`, read at `revision`.
-    pub async fn etcd_set(
-        &self,
-        routes: BTreeMap<String, Route>,
-        apps: Vec<AppPut>,
-        revision: i64,
-        origin: Origin,
-    ) -> Result<Applied, ControlError> {
-        let set = Box::new(EtcdSet {
-            routes,
-            apps,
-            revision,
-            origin,
-        });
-        self.ask(|r| Command::Etcd(set, r)).await
-    }
-
-    /// Checks that `spec` would apply here, as `put` would, without
-    /// applying it; returns the validated route.
-    pub async fn check_put(&self, spec: RouteSpec) -> Result<Route, ControlError> {
-        let route = self.validate(spec).await;
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::CheckPut(route, reply))
-            .await
-            .map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| ControlError::Stopped)?
-    }
-
-    /// Checks that `put` would be admitted here, without registering it.
-    pub async fn check_app(&self, put: AppPut) -> Result<Admitted, ControlError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::CheckApp(Box::new(put), reply))
-            .await
-            .map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| ControlError::Stopped)?
-    }
-
-    /// Hands a CNAME recheck's findings to the reconciler (no answer: it
-    /// logs what it did).
-    pub async fn cname_checked(&self, report: CnameReport) -> Result<(), ControlError> {
-        self.tx
-            .send(Command::AppCname(Box::new(report)))
-            .await
-            .map_err(|_| ControlError::Stopped)
-    }
-
-    /// The registered apps as of the last applied change.
-    pub fn apps(&self) -> Arc<Apps> {
-        self.apps.load_full()
-    }
-
-    /// From the certificate watch: re-read certificates to swap in, or to
-    /// refuse (counted and logged here). Answers whether the ones that
-    /// loaded were taken.
-    pub async fn certificates_read(&self, updates: Vec<PairUpdate>) -> Result<bool, ControlError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Certificates(updates, reply))
-            .await
-            .map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| ControlError::Stopped)
-    }
-
-    /// Answers once the reconciler has taken the command: it is alive and
-    /// not stuck on anything.
-    pub async fn ping(&self) -> Result<(), ControlError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Ping(reply))
-            .await
-            .map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| ControlError::Stopped)
-    }
-
-    /// Test hook: makes the reconciler stop answering for `d`, as a
-    /// blocked read inside it would, so the watchdog can be seen to act.
-    #[doc(hidden)]
-    pub async fn stall_for_tests(&self, d: std::time::Duration) {
-        let _ = self.tx.send(Command::Stall(d)).await;
-    }
-
-    /// From the file watcher (any thread): never blocks; if the queue is
-    /// full a re-read is already on its way.
-    pub fn file_touched(&self) {
-        let _ = self.tx.try_send(Command::FileTouched);
-    }
-
-    /// From the file watcher: the file is being modified in place.
-    pub fn file_writing(&self) {
-        let _ = self.tx.try_send(Command::FileWriting);
-    }
-}
-
-/// Where API-made changes are reported in error messages.
-const API: &str = "admin API";
+/// Longest wait for the routes file and certificates to be read and
+/// validated: a million routes take a few seconds; past this the file
+/// system is stuck, and the reload is refused (the thread is left behind).
+const FILE_READ_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The `source` of an apply that swaps renewed certificates (routes
 /// unchanged): logged, but not counted as a route set change.
@@ -370,15 +127,7 @@ impl Reconciler {
             );
         }
         stats.ready.store(r.etcd.is_none(), Ordering::Relaxed);
-        Ok((
-            r,
-            Control {
-                tx,
-                limits,
-                stats,
-                apps: apps_view,
-            },
-        ))
+        Ok((r, Control::new(tx, limits, stats, apps_view)))
     }
 
     /// Runs until every [`Control`] is dropped.
@@ -421,7 +170,7 @@ impl Reconciler {
                 // written in between; reading then would drop routes. Wait
                 // for the close (FileTouched) or, failing that, much longer.
                 let debounce = self.shared.config.reload.debounce;
-                let fallback = Instant::now() + super::sources::file::slow_writer_wait(debounce);
+                let fallback = Instant::now() + crate::file_watch::slow_writer_wait(debounce);
                 if self.reread_at.is_none_or(|at| at < fallback) {
                     self.reread_at = Some(fallback);
                 }
@@ -486,8 +235,8 @@ impl Reconciler {
         let at = path.clone();
         let stamp = self
             .off_task(
-                tokio::task::spawn_blocking(move || super::sources::file::stamp(&at)),
-                waiting::FILE_READ_BOUND,
+                tokio::task::spawn_blocking(move || crate::file_watch::stamp(&at)),
+                FILE_READ_BOUND,
             )
             .await
             .unwrap_or_default();
@@ -518,7 +267,7 @@ impl Reconciler {
     async fn reload_file_checked(
         &mut self,
         why: &'static str,
-        settled: Option<super::sources::file::Stamp>,
+        settled: Option<crate::file_watch::Stamp>,
     ) -> Result<Applied, ControlError> {
         let Some(path) = self.shared.config.routes_file.clone() else {
             return Err(ControlError::NotFound(
@@ -536,9 +285,9 @@ impl Reconciler {
                 let certs = CertStore::load(&cfg.source, &cfg.certificates)?;
                 Ok((file_routes, Arc::new(certs)))
             });
-            (read, super::sources::file::stamp(&at))
+            (read, crate::file_watch::stamp(&at))
         });
-        let read = self.off_task(work, waiting::FILE_READ_BOUND).await;
+        let read = self.off_task(work, FILE_READ_BOUND).await;
         let result = read
             .map_err(|e| {
                 ControlError::Invalid(
@@ -1079,14 +828,6 @@ impl Reconciler {
             hosts: e.app.hosts().map(|(_, h)| h.to_string()).collect(),
             expires_at: e.app.expiry.at,
         })
-    }
-}
-
-/// Sleeps until `at`, or forever.
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

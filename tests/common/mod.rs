@@ -391,7 +391,7 @@ pub fn terminate_spec(
 /// Upstream settings pinning `leaf` by the SHA-256 of its DER.
 pub fn pinned(leaf: &Leaf) -> UpstreamSpec {
     UpstreamSpec {
-        pin_sha256: Some(mse_proxy::demo::sha256_hex(leaf.cert_der.as_ref())),
+        pin_sha256: Some(mse_proxy::apps::derive::sha256_hex(leaf.cert_der.as_ref())),
         ..Default::default()
     }
 }

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::{ControlError, Reconciler};
+use super::Reconciler;
 use crate::apps::stored::StoredApp;
+use crate::apps::AppError;
 use crate::apps::{AppKey, Apps};
 use crate::config::routes;
+use crate::control::ControlError;
 use crate::routing::reload::Applied;
 use crate::routing::route::Route;
 use crate::routing::table::Source;
@@ -148,6 +150,7 @@ impl Reconciler {
             let next = self
                 .apps
                 .restore(put.into_put(), &self.shared.config.apps, &certs, now)
+                .map_err(ControlError::from)
                 .and_then(|next| self.fits(&self.api_routes, &next).map(|()| next));
             match next {
                 Ok(next) => self.apps = next,
@@ -169,10 +172,10 @@ impl Reconciler {
 /// violation is about the dates the expiry is computed from (the record
 /// passed these checks when it was stored, so only time can have failed
 /// them since).
-fn expired(e: &ControlError) -> bool {
+fn expired(e: &AppError) -> bool {
     const TIME_FIELDS: [&str; 3] = ["expires_at", "deployed_at", "owner_certificate"];
     match e {
-        ControlError::Invalid(errs) => {
+        AppError::Invalid(errs) => {
             !errs.is_empty()
                 && errs
                     .0
@@ -285,7 +288,7 @@ pub fn plan_import(
                 apps = next;
             }
             Err(e) if expired(&e) => plan.expired.push(format!("{at} `{key}`")),
-            Err(ControlError::Invalid(errs)) => {
+            Err(AppError::Invalid(errs)) => {
                 // Violations name the record's field (`expires_at`): say
                 // where that field is in the file.
                 let first = errs.0.into_iter().next();

@@ -14,11 +14,6 @@ use tokio::time::Instant;
 use super::{sleep_until_opt, Command, Reconciler};
 use crate::routing::reload;
 
-/// Longest wait for the routes file and certificates to be read and
-/// validated: a million routes take a few seconds; past this the file
-/// system is stuck, and the reload is refused (the thread is left behind).
-pub(super) const FILE_READ_BOUND: Duration = Duration::from_secs(60);
-
 /// Commands taken off the queue while waiting, at most: past it the queue
 /// itself holds the senders back, as it does when the task is busy.
 const DEFERRED_MAX: usize = 64;

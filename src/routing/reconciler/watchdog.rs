@@ -110,19 +110,20 @@ fn ended(r: Result<(), JoinError>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::reconciler::{Command, ReconcilerStats};
+    use crate::control::api::Command;
+    use crate::control::ReconcilerStats;
     use arc_swap::ArcSwap;
     use tokio::sync::mpsc;
 
     /// A control whose commands arrive on the returned receiver.
     fn control() -> (Control, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(4);
-        let c = Control {
+        let c = Control::new(
             tx,
-            limits: Default::default(),
-            stats: Arc::new(ReconcilerStats::default()),
-            apps: Arc::new(ArcSwap::from_pointee(Default::default())),
-        };
+            Default::default(),
+            Arc::new(ReconcilerStats::default()),
+            Arc::new(ArcSwap::from_pointee(Default::default())),
+        );
         (c, rx)
     }
 

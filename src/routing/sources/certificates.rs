@@ -26,10 +26,11 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::file::{change, parent_dir, slow_writer_wait, stamp};
 use crate::config::CertificateFiles;
+use crate::control::Control;
+use crate::file_watch::{change, parent_dir, slow_writer_wait, stamp};
 use crate::proxy::Shared;
-use crate::routing::reconciler::{sleep_until_opt, Control};
+use crate::timing::sleep_until_opt;
 use crate::tls::certs::{Digest, PairRead, PairUpdate};
 
 /// Keeps the watch alive while held; dropping it ends the task.

@@ -2,5 +2,6 @@
 //! (see [`crate::admin`]).
 
 pub mod certificates;
+pub mod cname;
 pub mod etcd;
 pub mod file;

@@ -30,23 +30,9 @@ use crate::config::etcd::EtcdConfig;
 use crate::config::routes::{self, RouteSpec};
 use crate::config::ConfigError;
 use crate::config::ControlLimits;
+use crate::control::{Control, Origin};
 use crate::proxy::Shared;
-use crate::routing::reconciler::Control;
 use crate::routing::route::Route;
-
-/// Where a route set handed to the reconciler came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// A full read of the prefix: the whole truth at its revision, even one
-    /// lower than the last seen (a store rebuilt from scratch restarts its
-    /// revisions).
-    Read,
-    /// Watch events after a full read.
-    Watch,
-    /// The local cache of etcd (`cache.rs`), read because etcd was
-    /// unreachable at start: stale, flagged as such.
-    Fallback,
-}
 
 /// The etcd route set as this instance last read it.
 #[derive(Default)]

@@ -20,9 +20,9 @@ use super::{connect, host_key, route_key, timed, EtcdStatus};
 use crate::apps::{AppKey, AppPut};
 use crate::config::etcd::EtcdConfig;
 use crate::config::routes::RouteSpec;
+use crate::control::{Control, ControlError};
 use crate::host::parse_host_pattern;
 use crate::proxy::Shared;
-use crate::routing::reconciler::{Control, ControlError};
 use crate::routing::table::Source;
 
 /// Attempts at a transaction that lost a race with another writer.

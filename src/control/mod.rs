@@ -1,0 +1,5 @@
+//! The control plane's interface ([`api`]): what sources send and how.
+
+pub mod api;
+
+pub use api::{Admitted, Control, ControlError, Origin, ReconcilerStats};
