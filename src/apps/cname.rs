@@ -11,6 +11,12 @@
 //! registration is refused under `enforce` (the rule is "must resolve"), but
 //! a later recheck keeps the last verdict: a DNS outage must not withdraw
 //! every custom domain at once.
+//!
+//! A verdict covers the ownership proof too (`super::ownership`): a
+//! custom domain is [`CnameState::Ok`] only when its CNAME reaches the
+//! ingress *and* its `_mse-challenge` TXT record holds the app's project
+//! value; a missing or foreign proof is [`CnameState::Wrong`], and the
+//! policy treats it as a wrong CNAME (refused, withdrawn, restored).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,14 +85,25 @@ pub async fn check(dns: &Dns, host: &str, ingress: &str) -> CnameState {
     ))
 }
 
-/// Checks every hostname in `hosts` (see [`custom_hosts`]).
-pub async fn check_all(dns: &Dns, cfg: &AppsConfig, hosts: &[String]) -> CnameStates {
+/// Checks every hostname in `hosts` (see [`custom_hosts`]) of an app of
+/// `project`: its CNAME, then, if that reaches the ingress, its ownership
+/// proof.
+pub async fn check_all(
+    dns: &Dns,
+    cfg: &AppsConfig,
+    project: &str,
+    hosts: &[String],
+) -> CnameStates {
     let mut out = CnameStates::new();
     let Some(ingress) = cfg.ingress_hostname.as_deref() else {
         return out;
     };
     for h in hosts {
-        out.insert(h.clone(), check(dns, h, ingress).await);
+        let state = match check(dns, h, ingress).await {
+            CnameState::Ok => super::ownership::check(dns, h, project).await,
+            other => other,
+        };
+        out.insert(h.clone(), state);
     }
     out
 }
@@ -106,7 +123,8 @@ pub fn fold(known: &CnameStates, fresh: CnameStates) -> CnameStates {
         .collect()
 }
 
-/// Rechecks every registered app's custom hostnames each
+/// Rechecks every registered app's custom hostnames (CNAME and ownership
+/// proof) each
 /// `apps.cname_recheck` and reports changes to the reconciler, which
 /// withdraws or restores routes. Lookups run here, never in the reconciler
 /// task, so a slow DNS never holds up a route change. Stops with `stop`.
@@ -129,7 +147,7 @@ pub async fn recheck(shared: Arc<Shared>, control: Control, stop: CancellationTo
             if hosts.is_empty() {
                 continue;
             }
-            let fresh = check_all(&shared.dns, cfg, &hosts).await;
+            let fresh = check_all(&shared.dns, cfg, &entry.app.key.project, &hosts).await;
             for (h, s) in &fresh {
                 if let CnameState::Unverified(why) = s {
                     tracing::warn!(app = %entry.app.key, host = %h, error = %why, "CNAME recheck got no answer; keeping the last verdict");

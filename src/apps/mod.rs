@@ -9,6 +9,7 @@
 //! certificate the owner certificate's notAfter and names (x509-parser)
 //! derive      App → its routes (`app.{project}.{name}` and `.config`)
 //! cname       custom-domain CNAME checks (hickory), and their recheck loop
+//! ownership   the TXT proof that a custom domain is meant for the project
 //! store       the registered apps as the reconciler holds them
 //! stored      an app record as etcd and the embedded state store keep it
 //! mse_toml    the documented `mse.toml`, for `mse-proxy app plan`
@@ -23,6 +24,7 @@ pub mod certificate;
 pub mod cname;
 pub mod derive;
 pub mod mse_toml;
+pub mod ownership;
 pub mod plan;
 pub mod record;
 pub mod rules;
