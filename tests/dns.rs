@@ -202,7 +202,7 @@ const INGRESS: &str = "proxy.mse.example.test";
 
 fn apps_config(dns: &Dnsmasq) -> String {
     format!(
-        "[dns]\nnameservers = [\"{}\"]\n[apps]\nplatform_domains = [\"apps.example.test\"]\ningress_hostname = \"{INGRESS}\"\ncname_policy = \"enforce\"\n",
+        "[dns]\nnameservers = [\"{}\"]\n[apps]\nplatform_domains = [\"apps.example.test\"]\ningress_hostname = \"{INGRESS}\"\ncname_policy = \"enforce\"\ncname_recheck = \"100ms\"\n",
         dns.addr
     )
 }
@@ -309,7 +309,7 @@ async fn a_custom_domain_needs_the_txt_proof_of_its_own_project() {
 
     // The domain's owner publishes the new project's proof: admitted.
     let args = records(&[("shop.customer.test", "p"), ("shop.customer.test", "q")]);
-    let _dns = dns
+    let dns = dns
         .restart(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     let (st, body) = put_app(
@@ -320,5 +320,34 @@ async fn a_custom_domain_needs_the_txt_proof_of_its_own_project() {
     )
     .await;
     assert_eq!(st, 200, "{body}");
-    assert!(served(live.addr(), "shop.customer.test", &ca).await);
+    let mut conn = EchoConn::open(live.addr(), "shop.customer.test", &ca).await;
+
+    // The recheck finds the proof gone (only the old project's is left):
+    // the domain is withdrawn, and comes back with the proof.
+    let args = records(&[("shop.customer.test", "p")]);
+    let dns = dns
+        .restart(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert!(
+        conn.closed_within(Duration::from_secs(10)).await,
+        "the domain was not withdrawn without its proof"
+    );
+    let (_, app) = admin_get(&live, "/apps/q/shop").await;
+    assert_eq!(
+        app["cname"]["shop.customer.test"]["state"], "wrong",
+        "{app}"
+    );
+    let args = records(&[("shop.customer.test", "q")]);
+    let _dns = dns
+        .restart(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || served(
+            live.addr(),
+            "shop.customer.test",
+            &ca
+        ))
+        .await,
+        "the domain did not come back with its proof"
+    );
 }
