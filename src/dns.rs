@@ -1,7 +1,17 @@
 //! One shared DNS resolver with its cache, for backends named by host name.
 //! IP-literal backends never touch it.
+//!
+//! ```text
+//! screen  which resolved addresses a backend may have (no loopback,
+//!         link-local, admin listener... unless allow-listed)
+//! stale   the last good answer per name, served while the DNS is down
+//! ```
 
-use std::net::IpAddr;
+pub mod screen;
+pub mod stale;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -23,11 +33,20 @@ pub enum DnsError {
 }
 
 /// The shared resolver. hickory keeps its own TTL-bound cache, so repeated
-/// connections to one backend name cost one lookup per TTL.
+/// connections to one backend name cost one lookup per TTL; behind it, the
+/// stale cache answers for a name while the DNS server does not.
 pub struct Dns {
     resolver: Result<TokioResolver, String>,
     /// `mse_proxy_dns_lookups_total{result}`.
     lookups: prometheus::IntCounterVec,
+    /// `mse_proxy_backend_addresses_refused_total{reason}`.
+    refused: prometheus::IntCounterVec,
+    /// `dns.allow_internal` and the admin listener's address.
+    screen: screen::Screen,
+    /// At most `dns.cache_size` names (default 4,096), each served up to
+    /// `dns.serve_stale` after its last good lookup. A std mutex: it is
+    /// held for a map operation, never across an `.await`.
+    stale: Mutex<stale::StaleCache>,
 }
 
 impl std::fmt::Debug for Dns {
@@ -42,8 +61,13 @@ impl Dns {
     /// Builds the resolver from the config: the configured nameservers, or
     /// the system's resolv.conf when none are given. A system without a
     /// usable resolv.conf still starts (IP backends work); name lookups then
-    /// fail with [`DnsError::NoResolver`].
-    pub fn new(cfg: &DnsConfig, lookups: prometheus::IntCounterVec) -> Self {
+    /// fail with [`DnsError::Unavailable`]. `lookups` and `refused` are the
+    /// counters of lookups by result and refused addresses by reason.
+    pub fn new(
+        cfg: &DnsConfig,
+        lookups: prometheus::IntCounterVec,
+        refused: prometheus::IntCounterVec,
+    ) -> Self {
         let builder = if cfg.nameservers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| e.to_string())
         } else {
@@ -75,19 +99,74 @@ impl Dns {
         if let Err(e) = &resolver {
             tracing::warn!(error = %e, "no DNS resolver; backends named by host name will fail");
         }
-        Self { resolver, lookups }
+        Self {
+            resolver,
+            lookups,
+            refused,
+            screen: screen::Screen {
+                allow: cfg.allow_internal.clone(),
+                admin: Default::default(),
+            },
+            stale: Mutex::new(stale::StaleCache::new(cfg.cache_size, cfg.serve_stale)),
+        }
     }
 
-    /// The addresses of `name`, in the resolver's preferred order.
+    /// Tells the screen where the admin listener is bound; the first call
+    /// wins (the address does not change while the process runs).
+    pub fn set_admin_address(&self, addr: SocketAddr) {
+        let _ = self.screen.admin.set(addr);
+    }
+
+    /// The addresses of `name`, in the resolver's preferred order. When the
+    /// DNS server gives no answer, the last good one (see [`stale`]), counted
+    /// as `stale`; an NXDOMAIN or empty answer is believed and forgets it.
     pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
         let r = self.lookup(name).await;
-        let result = match &r {
-            Ok(_) => "ok",
-            Err(DnsError::NotFound { .. }) => "not_found",
-            Err(DnsError::Unavailable { .. }) => "unavailable",
+        let key = name.trim_end_matches('.').to_ascii_lowercase();
+        let now = tokio::time::Instant::now();
+        let mut stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        let (r, result) = match r {
+            Ok(ips) => {
+                stale.put(&key, &ips, now);
+                (Ok(ips), "ok")
+            }
+            Err(e @ DnsError::NotFound { .. }) => {
+                stale.forget(&key);
+                (Err(e), "not_found")
+            }
+            Err(e @ DnsError::Unavailable { .. }) => match stale.get(&key, now) {
+                Some(ips) => {
+                    tracing::debug!(name, error = %e, "DNS gave no answer; serving the last good one");
+                    (Ok(ips), "stale")
+                }
+                None => (Err(e), "unavailable"),
+            },
         };
+        drop(stale);
         self.lookups.with_label_values(&[result]).inc();
         r
+    }
+
+    /// Whether `addr`, resolved from backend `backend` of route `route`
+    /// (which allow-lists `route_allow`), may be connected to. A refusal is
+    /// counted by reason and logged with the route, the name and the address.
+    pub fn admits(
+        &self,
+        route: &str,
+        backend: &str,
+        addr: SocketAddr,
+        route_allow: &[ipnet::IpNet],
+    ) -> Result<(), screen::Refusal> {
+        self.screen.check(addr, route_allow).inspect_err(|why| {
+            self.refused.with_label_values(&[why.as_str()]).inc();
+            tracing::warn!(
+                route,
+                backend,
+                address = %addr,
+                reason = %why,
+                "resolved backend address refused; allow-list it in dns.allow_internal or the route's allow_internal_backends"
+            );
+        })
     }
 
     async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
@@ -149,6 +228,45 @@ impl Dns {
                 _ => None,
             })),
             Err(e) if e.is_no_records_found() => Ok(None),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
+    }
+
+    /// The TXT records of `name`, each record's strings joined (as SPF and
+    /// ACME do: a long value is split into 255-byte strings), for the
+    /// custom-domain ownership proof (`crate::apps::ownership`). Empty when
+    /// the DNS answers that there are none; an error when it gives no
+    /// answer. Through the same resolver as [`Dns::cname`]; not counted in
+    /// `dns_lookups_total`, which is about backends.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType};
+        let unavailable = |reason: String| DnsError::Unavailable {
+            name: name.to_string(),
+            reason,
+        };
+        let resolver = self
+            .resolver
+            .as_ref()
+            .map_err(|e| unavailable(format!("no resolver: {e}")))?;
+        let wanted = name.trim_end_matches('.').to_ascii_lowercase();
+        match resolver
+            .lookup(format!("{wanted}.").as_str(), RecordType::TXT)
+            .await
+        {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(unavailable(e.to_string())),
         }
     }

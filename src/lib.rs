@@ -25,7 +25,7 @@
 //! renewal on disk is swapped in the same way, with the routes unchanged;
 //! `apps` turns the platform's app records into derived routes under its
 //! rules (expiry, trust scenario, status, custom-domain CNAMEs), a third
-//! route source of the same reconciler, written through `admin_apps`;
+//! route source of the same reconciler, written through `admin::apps`;
 //! `routing::sources::etcd` makes etcd the store several instances share
 //! (a follower feeding the same reconciler, transactional writes), over
 //! the small gRPC client in `etcd`; without it, `state` keeps what the

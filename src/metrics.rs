@@ -114,6 +114,11 @@ pub struct Metrics {
     /// The etcd revision of the set last written to that cache.
     pub etcd_cache_revision: IntGauge,
     pub dns_lookups: IntCounterVec,
+    /// Resolved backend addresses refused by `crate::dns::screen`, by
+    /// reason (`loopback`, `link_local`, `unspecified`, `multicast`,
+    /// `broadcast`, `admin`); the connection's outcome, per route, is
+    /// `backend_address_refused` when no address was left.
+    pub backend_addresses_refused: IntCounterVec,
     pub active: IntGauge,
     /// `limits.max_connections`, set once at start (the static config is not
     /// reloaded): `active` over this is how close accepts are to refusal.
@@ -259,8 +264,19 @@ impl Metrics {
             ))
             .unwrap(),
             dns_lookups: IntCounterVec::new(
-                opts("dns_lookups_total", "Backend name lookups, by result"),
+                opts(
+                    "dns_lookups_total",
+                    "Backend name lookups, by result (stale: the DNS did not answer, the last good answer was served)",
+                ),
                 &["result"],
+            )
+            .unwrap(),
+            backend_addresses_refused: IntCounterVec::new(
+                opts(
+                    "backend_addresses_refused_total",
+                    "Resolved backend addresses refused as internal (loopback, link-local, the admin listener...), by reason",
+                ),
+                &["reason"],
             )
             .unwrap(),
             active: IntGauge::with_opts(opts(
@@ -354,6 +370,7 @@ impl Metrics {
             Box::new(m.etcd_cache_write_errors.clone()),
             Box::new(m.etcd_cache_revision.clone()),
             Box::new(m.dns_lookups.clone()),
+            Box::new(m.backend_addresses_refused.clone()),
             Box::new(m.active.clone()),
             Box::new(m.connections_max.clone()),
             Box::new(m.etcd_connected.clone()),
@@ -392,8 +409,11 @@ impl Metrics {
                 m.admin_requests.with_label_values(&[access, outcome]);
             }
         }
-        for r in ["ok", "not_found", "unavailable"] {
+        for r in ["ok", "stale", "not_found", "unavailable"] {
             m.dns_lookups.with_label_values(&[r]);
+        }
+        for r in crate::dns::screen::Refusal::ALL {
+            m.backend_addresses_refused.with_label_values(&[r.as_str()]);
         }
         for r in ["start", "reconnect", "compacted"] {
             m.etcd_resyncs.with_label_values(&[r]);

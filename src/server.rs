@@ -273,6 +273,11 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     };
     reload::apply(&router, first, opts).map_err(|e| anyhow::anyhow!(e))?;
     let proxy = ProxyHandle::start(config, router).context("starting listeners")?;
+    // A configured port is known to the resolver's screen from the start;
+    // an ephemeral one (port 0, tests) only now that it is bound.
+    if let Some(l) = &admin_listener {
+        proxy.shared.dns.set_admin_address(l.local_addr()?);
+    }
     let etcd_status = proxy
         .shared
         .config

@@ -319,7 +319,8 @@ async fn operator_mode_terminates_and_re_encrypts_to_the_pinned_enclave() {
     );
 }
 
-/// dnsmasq arguments: the ingress, a custom domain with the right CNAME, one
+/// dnsmasq arguments: the ingress, a custom domain with the right CNAME
+/// (and project `p`'s ownership proof: tests/dns.rs tests the proof), one
 /// with a CNAME elsewhere; other names under `.test` do not exist.
 fn dns_records(shop_target: &str) -> Vec<String> {
     vec![
@@ -328,6 +329,10 @@ fn dns_records(shop_target: &str) -> Vec<String> {
         "--host-record=elsewhere.test,127.0.0.2".into(),
         format!("--cname=shop.customer.test,{shop_target}"),
         "--cname=wrong.customer.test,elsewhere.test".into(),
+        format!(
+            "--txt-record=_mse-challenge.shop.customer.test,{}",
+            mse_proxy::apps::ownership::txt_value("p")
+        ),
     ]
 }
 
@@ -691,6 +696,15 @@ fn app_plan_with_an_owner_certificate() {
     assert_eq!(p["expiry_rule"], "owner_certificate");
     assert_eq!(p["record"]["ssl_certificate_origin"], "owner");
     assert_eq!(p["record"]["domain_name"], "shop.owner.test");
+    // The custom domain's ownership proof, as a tenant publishes it.
+    assert_eq!(
+        p["ownership_proof"],
+        serde_json::json!({
+            "domain": "shop.owner.test",
+            "txt_name": "_mse-challenge.shop.owner.test",
+            "txt_value": mse_proxy::apps::ownership::txt_value("p"),
+        })
+    );
     let routes: Vec<(String, String)> = p["routes"]
         .as_array()
         .unwrap()

@@ -78,7 +78,7 @@ async fn put_app(
         Err((field, message)) => return violations(vec![(field, message)]),
     };
     let key = AppKey { project, name };
-    // The CNAME checks run here, before the reconciler sees the record: a
+    // The CNAME and ownership checks run here, before the reconciler sees the record: a
     // slow DNS holds up this request only, never other route changes.
     let cfg = &s.shared.config.apps;
     let hosts: Vec<String> = [
@@ -93,7 +93,7 @@ async fn put_app(
     })
     .collect();
     let custom = custom_hosts(cfg, hosts.iter().map(String::as_str));
-    let cname = check_all(&s.shared.dns, cfg, &custom).await;
+    let cname = check_all(&s.shared.dns, cfg, &key.project, &custom).await;
     let put = AppPut {
         key: key.clone(),
         record,

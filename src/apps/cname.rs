@@ -11,10 +11,14 @@
 //! registration is refused under `enforce` (the rule is "must resolve"), but
 //! a later recheck keeps the last verdict: a DNS outage must not withdraw
 //! every custom domain at once.
+//!
+//! A verdict covers the ownership proof too (`super::ownership`): a
+//! custom domain is [`CnameState::Ok`] only when its CNAME reaches the
+//! ingress *and* its `_mse-challenge` TXT record holds the app's project
+//! value; a missing or foreign proof is [`CnameState::Wrong`], and the
+//! policy treats it as a wrong CNAME (refused, withdrawn, restored).
 
 use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
 
 use crate::config::apps::{AppsConfig, CnamePolicy};
 use crate::dns::Dns;
@@ -22,17 +26,7 @@ use crate::dns::Dns;
 /// CNAME hops followed before giving up (a chain through a CDN is 2 or 3).
 const MAX_HOPS: usize = 8;
 
-/// What is known of one hostname's CNAME.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", content = "detail", rename_all = "snake_case")]
-pub enum CnameState {
-    /// The CNAME (chain) reaches the ingress hostname.
-    Ok,
-    /// The DNS answered, and not with a CNAME to the ingress.
-    Wrong(String),
-    /// The DNS did not answer; nothing is known.
-    Unverified(String),
-}
+pub use super::verdict::CnameState;
 
 /// Per hostname.
 pub type CnameStates = BTreeMap<String, CnameState>;
@@ -73,14 +67,25 @@ pub async fn check(dns: &Dns, host: &str, ingress: &str) -> CnameState {
     ))
 }
 
-/// Checks every hostname in `hosts` (see [`custom_hosts`]).
-pub async fn check_all(dns: &Dns, cfg: &AppsConfig, hosts: &[String]) -> CnameStates {
+/// Checks every hostname in `hosts` (see [`custom_hosts`]) of an app of
+/// `project`: its CNAME, then, if that reaches the ingress, its ownership
+/// proof.
+pub async fn check_all(
+    dns: &Dns,
+    cfg: &AppsConfig,
+    project: &str,
+    hosts: &[String],
+) -> CnameStates {
     let mut out = CnameStates::new();
     let Some(ingress) = cfg.ingress_hostname.as_deref() else {
         return out;
     };
     for h in hosts {
-        out.insert(h.clone(), check(dns, h, ingress).await);
+        let state = match check(dns, h, ingress).await {
+            CnameState::Ok => super::ownership::check(dns, h, project).await,
+            other => other,
+        };
+        out.insert(h.clone(), state);
     }
     out
 }

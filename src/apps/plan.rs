@@ -99,6 +99,11 @@ pub struct Plan {
     pub expires_at: String,
     pub expiry_rule: ExpiryRule,
     pub routes: Vec<RouteSpec>,
+    /// With a custom domain (`[cloud.ssl] domain_name` outside the
+    /// platform's domains): the TXT record that proves it is meant for
+    /// this project (`crate::apps::ownership`), to publish before deploying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ownership_proof: Option<super::ownership::Proof>,
 }
 
 /// What the plan takes besides the file.
@@ -251,7 +256,13 @@ pub fn plan(
     };
     let specs = derive::specs(&app, policy, &Default::default());
     derive::routes(&app, &specs)?;
+    let ownership_proof = cfg
+        .ssl
+        .as_ref()
+        .filter(|_| !policy.is_platform_host(&app.domain))
+        .map(|_| super::ownership::Proof::new(&app.domain, &key.project));
     Ok(Plan {
+        ownership_proof,
         project: key.project,
         name: key.name,
         expires_at: rules::stamp(app.expiry.at),

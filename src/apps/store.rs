@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::cname::{custom_hosts, fold, CnameState, CnameStates};
 use super::derive::{self, SOURCE};
 use super::error::AppError;
+use super::ownership::Proof;
 use super::record::{self, App, AppKey, AppRecord, CertOrigin, Context};
 use super::rules::{self, ExpiryRule};
 use super::violation::{Field, Violation};
@@ -219,10 +220,14 @@ impl Apps {
                             .get(host.as_str())
                             .copied()
                             .unwrap_or(Field::DomainName),
-                        format!("a custom domain needs a CNAME to `{ingress}`: {why}"),
+                        format!(
+                            "a custom domain needs a CNAME to `{ingress}` and {} (the proof of control for project `{}`): {why}",
+                            Proof::new(&host, &app.key.project),
+                            app.key.project
+                        ),
                     )),
                     _ => {
-                        tracing::warn!(app = %app.key, host = %host, reason = %why, "custom domain has no CNAME to {ingress}; routed anyway (apps.cname_policy = \"warn\")")
+                        tracing::warn!(app = %app.key, host = %host, reason = %why, "custom domain has no CNAME to {ingress} or no ownership proof; routed anyway (apps.cname_policy = \"warn\")")
                     }
                 }
             }
@@ -316,10 +321,10 @@ impl Apps {
         for (host, s) in &states {
             match (entry.cname.get(host), s) {
                 (Some(CnameState::Ok), CnameState::Wrong(why)) => {
-                    tracing::warn!(app = %report.key, host = %host, reason = %why, policy = policy.cname_policy.as_str(), "custom domain lost its CNAME to the ingress")
+                    tracing::warn!(app = %report.key, host = %host, reason = %why, policy = policy.cname_policy.as_str(), "custom domain lost its CNAME to the ingress or its ownership proof")
                 }
                 (Some(CnameState::Wrong(_)), CnameState::Ok) => {
-                    tracing::info!(app = %report.key, host = %host, "custom domain CNAME to the ingress is back")
+                    tracing::info!(app = %report.key, host = %host, "custom domain CNAME to the ingress and ownership proof are back")
                 }
                 _ => {}
             }

@@ -28,6 +28,10 @@ pub const DURATION_MAX: &[(&str, Duration)] = &[
     ("reload.stall_timeout", Duration::from_secs(600)),
     ("health.failure_cooldown", HOUR),
     ("apps.cname_recheck", Duration::from_secs(7 * 86400)),
+    ("dns.timeout", MINUTE),
+    // RFC 8767 suggests 1 to 3 days; past a day an address may well belong
+    // to someone else by now.
+    ("dns.serve_stale", DAY),
 ];
 
 /// Records an error if `value` of `field` is past its bound.

@@ -56,8 +56,15 @@ pub struct Timeouts {
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
+    /// hickory's cache, and the bound of the stale cache (names).
     pub cache_size: usize,
     pub timeout: Duration,
+    /// `dns.allow_internal`: internal networks any route's backend names
+    /// may resolve into (`crate::dns::screen`).
+    pub allow_internal: Vec<ipnet::IpNet>,
+    /// `dns.serve_stale`: how long a last good answer is served while the
+    /// DNS server does not answer (`crate::dns::stale`).
+    pub serve_stale: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +155,35 @@ pub const MAX_CONNECTIONS: usize = 10_000_000;
 /// `limits.max_connections` when unset (lowered at start to what the file
 /// descriptors hold, see `proxy::fds`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
+/// Largest accepted `dns.cache_size` (names): it also bounds the stale
+/// cache, which the proxy holds in memory for as long as it runs.
+const DNS_CACHE_MAX: usize = 1_000_000;
+
+/// Parses a list of networks (`10.0.0.0/8`) or single addresses, each error
+/// naming `field[i]`.
+pub(crate) fn parse_networks(
+    path: &Path,
+    field: &str,
+    list: &[String],
+    errs: &mut ConfigErrors,
+) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::with_capacity(list.len());
+    for (i, n) in list.iter().enumerate() {
+        match n
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => errs.push(
+                path,
+                format!("{field}[{i}]"),
+                format!("`{n}` is not a network such as `127.0.0.0/8` or an IP address"),
+            ),
+        }
+    }
+    nets
+}
 
 /// Smallest and largest accepted `limits.max_client_hello_bytes`: below 2 KiB
 /// today's post-quantum browser hellos no longer fit; above 64 KiB a client
@@ -336,6 +372,24 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
     if raw.dns.timeout.is_zero() {
         errs.push(path, "dns.timeout", "must be greater than zero");
     }
+    bounds::check(path, "dns.timeout", raw.dns.timeout, &mut errs);
+    bounds::check(path, "dns.serve_stale", raw.dns.serve_stale, &mut errs);
+    if raw.dns.cache_size > DNS_CACHE_MAX {
+        errs.push(
+            path,
+            "dns.cache_size",
+            format!(
+                "{} is more than the most allowed, {DNS_CACHE_MAX}",
+                raw.dns.cache_size
+            ),
+        );
+    }
+    let allow_internal = parse_networks(
+        path,
+        "dns.allow_internal",
+        &raw.dns.allow_internal,
+        &mut errs,
+    );
 
     let format = match raw.log.format.as_str() {
         "text" => LogFormat::Text,
@@ -420,6 +474,8 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             nameservers,
             cache_size: raw.dns.cache_size,
             timeout: raw.dns.timeout,
+            allow_internal,
+            serve_stale: raw.dns.serve_stale,
         },
         log: LogConfig {
             format,
@@ -564,6 +620,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(errs.contains("missing field `key`"), "{errs}");
+    }
+
+    #[test]
+    fn dns_hygiene_and_serve_stale_have_defaults_and_bounds() {
+        let c = load("[[listener]]\naddress = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(c.dns.serve_stale, Duration::from_secs(3600));
+        assert!(c.dns.allow_internal.is_empty());
+        let c = load(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[dns]\nallow_internal = [\"127.0.0.1/8\", \"::1\"]\nserve_stale = \"0s\"\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = c.dns.allow_internal.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(c.dns.serve_stale, Duration::ZERO);
+        let e = load(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[dns]\nallow_internal = [\"loopback\"]\nserve_stale = \"30days\"\ncache_size = 2000000\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "/etc/mse/proxy.toml: dns.serve_stale: 30days is more than the most allowed, 1day",
+            "/etc/mse/proxy.toml: dns.cache_size: 2000000 is more than the most allowed, 1000000",
+            "/etc/mse/proxy.toml: dns.allow_internal[0]: `loopback` is not a network",
+        ] {
+            assert!(e.contains(want), "{want} not in:\n{e}");
+        }
     }
 
     #[test]

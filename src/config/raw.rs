@@ -236,6 +236,13 @@ pub struct RawDns {
     pub cache_size: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Networks (CIDR, or single addresses) that backend names may resolve
+    /// into although internal (loopback, link-local...), for every route.
+    pub allow_internal: Vec<String>,
+    /// How long after its last good lookup a name's answer is still served
+    /// while the DNS server does not answer; `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub serve_stale: Duration,
 }
 
 impl Default for RawDns {
@@ -244,6 +251,8 @@ impl Default for RawDns {
             nameservers: Vec::new(),
             cache_size: 4096,
             timeout: Duration::from_secs(2),
+            allow_internal: Vec::new(),
+            serve_stale: Duration::from_secs(3600),
         }
     }
 }

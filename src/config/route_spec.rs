@@ -34,6 +34,12 @@ pub struct RouteSpec {
     pub upstream: Option<UpstreamSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppMeta>,
+    /// Internal networks (CIDR or addresses, e.g. `["127.0.0.0/8"]`) this
+    /// route's backend names may resolve into, beside `dns.allow_internal`.
+    /// A list rather than a yes/no: a route that needs a loopback sidecar
+    /// should not also reach the cloud metadata address on link-local.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_internal_backends: Option<Vec<String>>,
 }
 
 impl RouteSpec {
@@ -50,6 +56,7 @@ impl RouteSpec {
             alpn: None,
             upstream: None,
             app: None,
+            allow_internal_backends: None,
         }
     }
 

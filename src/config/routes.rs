@@ -15,6 +15,10 @@ use super::{ConfigError, ConfigErrors, ControlLimits};
 use crate::host::{check_hostname, normalize_host, parse_host_pattern, HostPattern};
 use crate::routing::route::{Backend, BackendHost, Mode, Route};
 
+/// Most networks one route may allow-list: a handful is plenty, and each
+/// connect to a named backend scans them for a refused address.
+pub const MAX_ALLOW_INTERNAL: usize = 16;
+
 /// Largest routes file read: a million routes of a few hosts each fit
 /// many times over; past it the file is a mistake.
 pub const MAX_ROUTES_FILE: u64 = 1 << 30;
@@ -279,9 +283,31 @@ pub fn validate_one(
         }
     };
 
+    let allow_internal = match &spec.allow_internal_backends {
+        None => Vec::new(),
+        Some(list) if list.len() > MAX_ALLOW_INTERNAL => {
+            errs.push(
+                file,
+                format!("{at}.allow_internal_backends"),
+                format!(
+                    "{} networks; at most {MAX_ALLOW_INTERNAL} are allowed",
+                    list.len()
+                ),
+            );
+            Vec::new()
+        }
+        Some(list) => super::parse_networks(
+            file,
+            &format!("{at}.allow_internal_backends"),
+            list,
+            &mut errs,
+        ),
+    };
+
     errs.into_result(Route {
         name: spec.name.clone(),
         proxy_protocol,
+        allow_internal: allow_internal.into(),
         terminate,
         close_grace,
         hosts,
@@ -344,6 +370,28 @@ mod tests {
         assert!(parse_host_pattern("bad host").is_err());
         assert!(parse_host_pattern("-a.example.com").is_err());
         assert!(parse_host_pattern("a..b").is_err());
+    }
+
+    #[test]
+    fn internal_allow_lists_are_networks_named_by_field_and_capped() {
+        let mut s = spec("r", &["a.test"], &["node.test:443"]);
+        s.allow_internal_backends = Some(vec!["127.0.0.0/8".into(), "fe80::1".into()]);
+        let r = validate_one(Path::new("f"), "route[0]", &s, &ControlLimits::default()).unwrap();
+        let nets: Vec<String> = r.allow_internal.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.0/8", "fe80::1/128"]);
+        s.allow_internal_backends = Some(vec!["10.0.0.0/8".into(), "nope".into()]);
+        let e = validate_one(Path::new("f"), "route[0]", &s, &ControlLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("f: route[0].allow_internal_backends[1]: `nope` is not a network"),
+            "{e}"
+        );
+        s.allow_internal_backends = Some(vec!["10.0.0.0/8".into(); MAX_ALLOW_INTERNAL + 1]);
+        let e = validate_one(Path::new("f"), "route[0]", &s, &ControlLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 16"), "{e}");
     }
 
     #[test]

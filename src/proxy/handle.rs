@@ -44,7 +44,14 @@ impl ProxyHandle {
         let metrics = Metrics::new(config.metrics_per_route);
         metrics.certificates_configured(config.certificates.iter().map(|c| c.name.as_str()));
         metrics.connections_max.set(config.max_connections as i64);
-        let dns = Dns::new(&config.dns, metrics.dns_lookups.clone());
+        let dns = Dns::new(
+            &config.dns,
+            metrics.dns_lookups.clone(),
+            metrics.backend_addresses_refused.clone(),
+        );
+        if let Some(a) = config.admin.as_ref().filter(|a| a.address.port() != 0) {
+            dns.set_admin_address(a.address);
+        }
         let kill = router.closers().clone();
         let shared = Arc::new(Shared {
             metrics,

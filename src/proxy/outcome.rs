@@ -29,8 +29,13 @@ pub enum Outcome {
     UpstreamTimeout,
     /// The backend names do not resolve (NXDOMAIN, no address).
     DnsError,
-    /// The DNS server did not answer.
+    /// The DNS server did not answer (and no stale answer was young enough).
     DnsUnavailable,
+    /// The backend names resolve only to addresses the proxy refuses
+    /// (loopback, link-local, the admin listener..., see
+    /// `crate::dns::screen`) and no allow-list names them. The DNS's or the
+    /// route's fault, not the backend's: nothing was connected to.
+    BackendAddressRefused,
     /// Every backend failed, for mixed or other reasons.
     UpstreamConnectError,
     /// Terminate: the TLS handshake with the backend failed (certificate
@@ -64,7 +69,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for pre-registering metric label values.
-    pub const ALL: [Outcome; 25] = [
+    pub const ALL: [Outcome; 26] = [
         Outcome::Ok,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -77,6 +82,7 @@ impl Outcome {
         Outcome::UpstreamTimeout,
         Outcome::DnsError,
         Outcome::DnsUnavailable,
+        Outcome::BackendAddressRefused,
         Outcome::UpstreamConnectError,
         Outcome::UpstreamTlsError,
         Outcome::ClientError,
@@ -106,6 +112,7 @@ impl Outcome {
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::DnsError => "dns_error",
             Outcome::DnsUnavailable => "dns_unavailable",
+            Outcome::BackendAddressRefused => "backend_address_refused",
             Outcome::UpstreamConnectError => "upstream_connect_error",
             Outcome::UpstreamTlsError => "upstream_tls_error",
             Outcome::ClientError => "client_error",

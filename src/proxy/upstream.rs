@@ -2,10 +2,13 @@
 //! each attempt under the connect timeout; the first that answers wins.
 //! Addresses that failed recently are tried last (passive health), and when
 //! everything fails the kind of failure becomes the connection's outcome.
+//! A name's resolved addresses pass the resolver's screen first
+//! (`crate::dns::screen`): a refused one is dropped, never connected to, and
+//! never marks the backend as failing.
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -18,7 +21,7 @@ use super::proxy_protocol;
 use super::relay::write_all;
 use super::Shared;
 use crate::dns::{Dns, DnsError};
-use crate::routing::{Backend, BackendHost, RouteEntry};
+use crate::routing::{BackendHost, Route, RouteEntry};
 
 /// How one attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub enum Failure {
     Timeout,
     DnsNotFound,
     DnsUnavailable,
+    /// Every address the name resolved to was refused by the screen.
+    AddressRefused,
     /// The proxy itself is out of something a connect needs (file
     /// descriptors, memory, local ports): says nothing about the backend.
     Local,
@@ -57,6 +62,7 @@ impl ConnectError {
             Some(Failure::Timeout) => Outcome::UpstreamTimeout,
             Some(Failure::DnsNotFound) => Outcome::DnsError,
             Some(Failure::DnsUnavailable) => Outcome::DnsUnavailable,
+            Some(Failure::AddressRefused) => Outcome::BackendAddressRefused,
             _ => Outcome::UpstreamConnectError,
         }
     }
@@ -85,31 +91,36 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Connects to the first backend that accepts. Addresses in cool-down are
-/// kept for a second pass, so they are used only when nothing else answers.
+/// Connects to the first backend of `route` that accepts. Addresses in
+/// cool-down are kept for a second pass, so they are used only when nothing
+/// else answers.
 pub async fn connect(
-    backends: &[Backend],
+    route: &Route,
     dns: &Dns,
     health: &Health,
     timeout: Duration,
     failures: &prometheus::IntCounter,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let mut err = ConnectError::default();
-    let r = connect_inner(backends, dns, health, timeout, &mut err).await;
-    let backend_failures = err.attempts.iter().filter(|(_, k, _)| *k != Failure::Local);
+    let r = connect_inner(route, dns, health, timeout, &mut err).await;
+    // Neither the proxy's own shortage nor a refused address is the backend's.
+    let backend_failures = err
+        .attempts
+        .iter()
+        .filter(|(_, k, _)| !matches!(k, Failure::Local | Failure::AddressRefused));
     failures.inc_by(backend_failures.count() as u64);
     r.ok_or(err)
 }
 
 async fn connect_inner(
-    backends: &[Backend],
+    route: &Route,
     dns: &Dns,
     health: &Health,
     timeout: Duration,
     err: &mut ConnectError,
 ) -> Option<(TcpStream, SocketAddr)> {
     let mut cooling: Vec<(SocketAddr, String)> = Vec::new();
-    for b in backends {
+    for b in &route.backends {
         match &b.host {
             BackendHost::Ip(ip) => {
                 let addr = SocketAddr::new(*ip, b.port);
@@ -123,7 +134,28 @@ async fn connect_inner(
             }
             BackendHost::Name(name) => match dns.resolve(name).await {
                 Ok(ips) => {
-                    for ip in ips {
+                    let label = b.to_string();
+                    let admitted: Vec<IpAddr> = ips
+                        .iter()
+                        .copied()
+                        .filter(|ip| {
+                            let addr = SocketAddr::new(*ip, b.port);
+                            dns.admits(&route.name, &label, addr, &route.allow_internal)
+                                .is_ok()
+                        })
+                        .collect();
+                    if admitted.is_empty() {
+                        let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+                        err.attempts.push((
+                            label,
+                            Failure::AddressRefused,
+                            format!(
+                                "resolves only to refused internal addresses ({})",
+                                list.join(", ")
+                            ),
+                        ));
+                    }
+                    for ip in admitted {
                         let addr = SocketAddr::new(ip, b.port);
                         if health.is_cooling(addr) {
                             cooling.push((addr, format!("{b} ({addr})")));
@@ -215,7 +247,7 @@ pub async fn connect_route(
     let start = Instant::now();
     let metrics = entry.metrics(&shared.metrics);
     let (stream, addr) = connect(
-        &route.backends,
+        route,
         &shared.dns,
         &shared.health,
         shared.config.timeouts.upstream_connect,
@@ -236,4 +268,31 @@ pub async fn connect_route(
         })?;
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempts(kinds: &[Failure]) -> ConnectError {
+        ConnectError {
+            attempts: kinds
+                .iter()
+                .map(|k| ("b:1".to_string(), *k, String::new()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn refused_addresses_are_their_own_outcome_only_when_nothing_else_failed() {
+        use Failure::*;
+        let o = |k: &[Failure]| attempts(k).outcome();
+        assert_eq!(o(&[AddressRefused]), Outcome::BackendAddressRefused);
+        assert_eq!(
+            o(&[AddressRefused, AddressRefused]),
+            Outcome::BackendAddressRefused
+        );
+        assert_eq!(o(&[AddressRefused, Refused]), Outcome::UpstreamConnectError);
+        assert_eq!(o(&[AddressRefused, Local]), Outcome::LocalResourceExhausted);
+    }
 }

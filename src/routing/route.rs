@@ -79,6 +79,10 @@ pub struct Route {
     pub proxy_protocol: bool,
     /// Overrides the global grace before connections close on expiry/removal.
     pub close_grace: Option<std::time::Duration>,
+    /// Internal networks the backend names may resolve into
+    /// (`allow_internal_backends`; `crate::dns::screen`). A boxed slice:
+    /// empty on almost every route, and 16 bytes there.
+    pub allow_internal: Box<[ipnet::IpNet]>,
     pub app: Option<AppMeta>,
     /// The spec it was built from, as given, for echoing back in the API.
     pub spec: RouteSpec,
@@ -87,8 +91,9 @@ pub struct Route {
 impl Route {
     /// Whether `other` does what this route does: the same name, hosts
     /// (already normalised; in any order), mode, terminate settings,
-    /// backends (in order: they are tried in order), expiry and PROXY
-    /// header. The spec as written, app metadata and the close grace are
+    /// backends (in order: they are tried in order), expiry, PROXY
+    /// header and internal allow-list (narrowing it must reach the open
+    /// connections too). The spec as written, app metadata and the close grace are
     /// left out: an edit of only those is cosmetic, and a reload keeps the
     /// route's connections through it.
     pub fn acts_like(&self, other: &Route) -> bool {
@@ -98,6 +103,7 @@ impl Route {
             && self.backends == other.backends
             && self.expires_at == other.expires_at
             && self.proxy_protocol == other.proxy_protocol
+            && self.allow_internal == other.allow_internal
             && same_hosts(&self.hosts, &other.hosts)
     }
 
@@ -151,6 +157,9 @@ mod tests {
         let mut proxied = base.clone();
         proxied.proxy_protocol = Some("v2".into());
         real.push(proxied);
+        let mut internal = base.clone();
+        internal.allow_internal_backends = Some(vec!["127.0.0.0/8".into()]);
+        real.push(internal);
         for s in &real {
             assert!(!a.acts_like(&route(s)), "{s:?} is a real change");
         }

@@ -12,7 +12,8 @@ use crate::config::apps::CnamePolicy;
 use crate::control::Control;
 use crate::proxy::Shared;
 
-/// Rechecks every registered app's custom hostnames each
+/// Rechecks every registered app's custom hostnames (CNAME and ownership
+/// proof) each
 /// `apps.cname_recheck` and reports changes to the reconciler, which
 /// withdraws or restores routes. Lookups run here, never in the reconciler
 /// task, so a slow DNS never holds up a route change. Stops with `stop`.
@@ -35,7 +36,7 @@ pub async fn recheck(shared: Arc<Shared>, control: Control, stop: CancellationTo
             if hosts.is_empty() {
                 continue;
             }
-            let fresh = check_all(&shared.dns, cfg, &hosts).await;
+            let fresh = check_all(&shared.dns, cfg, &entry.app.key.project, &hosts).await;
             for (h, s) in &fresh {
                 if let CnameState::Unverified(why) = s {
                     tracing::warn!(app = %entry.app.key, host = %h, error = %why, "CNAME recheck got no answer; keeping the last verdict");
