@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use super::rate::Rate;
 use super::raw::RawLimits;
 use super::ConfigErrors;
 
@@ -19,6 +20,11 @@ pub struct ClientLimits {
     pub unrouted: usize,
     /// `limits.max_connections_per_client`: connections in all (0: off).
     pub connections: usize,
+    /// `limits.client_new_connections_per_second` and `_burst`: how fast
+    /// one client may open connections (`None`: no limit). The caps above
+    /// count connections held; a client that connects and closes in a loop
+    /// holds few and costs a handshake each, which only a rate catches.
+    pub rate: Option<Rate>,
     pub prefixes: ClientPrefixes,
 }
 
@@ -26,6 +32,20 @@ pub struct ClientLimits {
 /// IPv4 address, far from what one client could take from 100,000 slots.
 pub const DEFAULT_UNROUTED: usize = 256;
 pub const DEFAULT_CONNECTIONS: usize = 4096;
+
+/// `limits.client_new_connections_per_second` by default. A browser opens
+/// at most six connections to a host for a page (one with HTTP/2), and
+/// keeps them alive; an office or a carrier-grade NAT of a few hundred
+/// users behind one address, each loading a page every few seconds, stays
+/// well under 100 a second. A client looping on connect opens thousands a
+/// second: at 100 it costs a proxy that accepts some 10,000 a second about
+/// 1% of its handshakes.
+pub const DEFAULT_RATE: u32 = 100;
+
+/// An unset client burst is this many seconds of its rate (500 by
+/// default): a whole office opening pages at once, or a browser restoring
+/// dozens of tabs, passes at full speed.
+pub const BURST_SECONDS: u32 = 5;
 
 impl ClientLimits {
     pub fn validate(path: &Path, raw: &RawLimits, errs: &mut ConfigErrors) -> ClientLimits {
@@ -39,9 +59,21 @@ impl ClientLimits {
         if !(16..=128).contains(&prefixes.ipv6) {
             errs.push(path, "limits.client_ipv6_prefix", "must be from 16 to 128");
         }
+        let rate = super::rate::validate(
+            path,
+            (
+                "limits.client_new_connections_per_second",
+                "limits.client_new_connections_burst",
+            ),
+            raw.client_new_connections_per_second,
+            raw.client_new_connections_burst,
+            |r| r.saturating_mul(BURST_SECONDS),
+            errs,
+        );
         ClientLimits {
             unrouted: raw.max_unrouted_per_client,
             connections: raw.max_connections_per_client,
+            rate,
             prefixes,
         }
     }

@@ -189,6 +189,15 @@ pub struct RawLimits {
     /// Prefix lengths that group addresses into one client.
     pub client_ipv4_prefix: u8,
     pub client_ipv6_prefix: u8,
+    /// New connections one client may open a second; 0: no limit.
+    pub client_new_connections_per_second: u32,
+    /// Unset: `crate::config::clients::BURST_SECONDS` of the rate.
+    pub client_new_connections_burst: Option<u32>,
+    /// Per-route fairness (`crate::config::route_limits`): connections one
+    /// route may hold (0: no cap), and its new-connection rate (0: none).
+    pub max_connections_per_route: usize,
+    pub route_new_connections_per_second: u32,
+    pub route_new_connections_burst: Option<u32>,
     /// Caps on route sets (`crate::config::limits`).
     pub max_hosts_per_route: usize,
     pub max_backends_per_route: usize,
@@ -204,6 +213,11 @@ impl Default for RawLimits {
             max_connections_per_client: super::clients::DEFAULT_CONNECTIONS,
             client_ipv4_prefix: 32,
             client_ipv6_prefix: 64,
+            client_new_connections_per_second: super::clients::DEFAULT_RATE,
+            client_new_connections_burst: None,
+            max_connections_per_route: super::route_limits::DEFAULT_MAX_CONNECTIONS,
+            route_new_connections_per_second: super::route_limits::DEFAULT_RATE,
+            route_new_connections_burst: None,
             max_client_hello_bytes: 16 * 1024,
             max_hosts_per_route: d.hosts_per_route,
             max_backends_per_route: d.backends_per_route,

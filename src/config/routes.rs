@@ -8,6 +8,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::route_limits::{RouteLimits, RouteLimitsSpec};
 use super::terminate::{self, UpstreamSpec};
 use super::{ConfigError, ConfigErrors, ControlLimits};
 use crate::routing::route::{AppMeta, Backend, BackendHost, HostPattern, Mode, Route};
@@ -40,6 +41,10 @@ pub struct RouteSpec {
     pub upstream: Option<UpstreamSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppMeta>,
+    /// This route's connection cap and new-connection rate
+    /// (`[route.limits]`); absent fields take `[limits]`'s defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RouteLimitsSpec>,
 }
 
 impl RouteSpec {
@@ -56,6 +61,7 @@ impl RouteSpec {
             alpn: None,
             upstream: None,
             app: None,
+            limits: None,
         }
     }
 
@@ -343,8 +349,16 @@ pub fn validate_one(
         }
     };
 
+    let limits = RouteLimits::validate(
+        file,
+        at,
+        spec.limits.as_ref().unwrap_or(&RouteLimitsSpec::default()),
+        &mut errs,
+    );
+
     errs.into_result(Route {
         name: spec.name.clone(),
+        limits,
         proxy_protocol,
         terminate,
         close_grace,

@@ -1,6 +1,7 @@
 //! The data plane: listeners, the life of a connection, passthrough relay.
 
 mod buffer;
+pub mod client_rate;
 pub mod conn;
 pub mod fds;
 pub mod health;
@@ -40,11 +41,12 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Passive health of backend addresses.
     pub health: health::Health,
-    /// Per-client-IP slots for connections whose hello is not read yet.
     /// Per client, connections whose hello is not read yet.
     pub unrouted: limits::PerClientLimit,
     /// Per client, connections in all.
     pub per_client: limits::PerClientLimit,
+    /// Per client, the new-connection rate.
+    pub client_rate: client_rate::ClientRate,
     /// One permit per open connection, moved into the connection's task.
     pub limit: Arc<Semaphore>,
     /// Cancelled when the shutdown grace runs out: live connections close.
@@ -115,6 +117,7 @@ impl ProxyHandle {
                 config.clients.connections,
                 config.clients.prefixes,
             ),
+            client_rate: client_rate::ClientRate::new(config.clients.rate, config.clients.prefixes),
             limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
             router,

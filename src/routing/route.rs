@@ -109,6 +109,9 @@ pub struct Route {
     /// Overrides the global grace before connections close on expiry/removal.
     pub close_grace: Option<std::time::Duration>,
     pub app: Option<AppMeta>,
+    /// This route's own connection cap and new-connection rate; unset
+    /// fields take `[limits]`'s at admission.
+    pub limits: crate::config::route_limits::RouteLimits,
     /// The spec it was built from, as given, for echoing back in the API.
     pub spec: RouteSpec,
 }
@@ -117,9 +120,13 @@ impl Route {
     /// Whether `other` does what this route does: the same name, hosts
     /// (already normalised; in any order), mode, terminate settings,
     /// backends (in order: they are tried in order), expiry and PROXY
-    /// header. The spec as written, app metadata and the close grace are
-    /// left out: an edit of only those is cosmetic, and a reload keeps the
-    /// route's connections through it.
+    /// header. The spec as written, app metadata, the close grace and the
+    /// limits are left out: an edit of only those is cosmetic, and a reload
+    /// keeps the route's connections through it. Limits in particular: a
+    /// lowered cap refuses new connections until the route is under it,
+    /// and closing live ones for it would be the outage the cap is there
+    /// to prevent (the successor entry shares the open count and the rate
+    /// bucket, so the new limits apply to them at once).
     pub fn acts_like(&self, other: &Route) -> bool {
         self.name == other.name
             && self.mode == other.mode
@@ -164,6 +171,11 @@ mod tests {
             RouteSpec::passthrough("a", &["B.TEST.", "a.Test"], &["127.0.0.1:1", "127.0.0.1:2"]);
         cosmetic.close_grace = Some("5s".into());
         cosmetic.app = Some(Default::default());
+        cosmetic.limits = Some(crate::config::route_limits::RouteLimitsSpec {
+            max_connections: Some(1),
+            new_connections_per_second: Some(2),
+            new_connections_burst: Some(3),
+        });
         assert!(a.acts_like(&route(&cosmetic)));
         assert_ne!(a, route(&cosmetic), "still a different definition to show");
 
