@@ -361,3 +361,56 @@ async fn a_terminate_route_past_its_rate_is_refused_and_counted_while_another_ro
     }
     assert_eq!(outcomes(&p, "b", "terminate", "route_rate_limit"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_and_app_limits_through_the_admin_api_are_bounded_and_applied() {
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["api.example.test", "app.example.test"], "e").await;
+    let live = Live::start(&[], "");
+    // A route's JSON: a cap past the bound is refused, naming the field.
+    let mut route = spec("api", &["api.example.test"], &[e.addr.to_string()]);
+    route.limits = Some(cap(20_000_000));
+    let r = live.put_route("api", &route).await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body.to_string()
+            .contains("limits.max_connections: 20000000 is more than the most allowed"),
+        "{body}"
+    );
+    // Within the bound: applied.
+    route.limits = Some(cap(1));
+    assert_eq!(live.put_route("api", &route).await.status(), 200);
+    let mut held = EchoConn::open(live.addr(), "api.example.test", &ca).await;
+    assert!(tls_connect(live.addr(), "api.example.test", &ca)
+        .await
+        .is_err());
+    assert!(held.ping("held").await);
+    let (_, listed) = admin_get(&live, "/routes/api").await;
+    assert_eq!(listed["limits"]["max_connections"], 1, "{listed}");
+
+    // An app record's limits: bounded the same way, then given to its route.
+    let mut rec = app_record(1, "app.example.test", None, e.addr, "running");
+    rec["limits"] = serde_json::json!({"new_connections_burst": 0});
+    let (status, body) = put_app(&live, "p", "shop", &rec).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(violation_fields(&body), ["limits"], "{body}");
+    rec["limits"] = serde_json::json!({"max_connections": 2});
+    let (status, body) = put_app(&live, "p", "shop", &rec).await;
+    assert_eq!(status, 200, "{body}");
+    let _a = EchoConn::open(live.addr(), "app.example.test", &ca).await;
+    let _b = EchoConn::open(live.addr(), "app.example.test", &ca).await;
+    assert!(tls_connect(live.addr(), "app.example.test", &ca)
+        .await
+        .is_err());
+    let text = live.scrape().await;
+    for route in ["api", "app.p.shop"] {
+        let series = format!(
+            "mse_proxy_connections_total{{mode=\"passthrough\",outcome=\"route_limit\",route=\"{route}\"}}"
+        );
+        assert!(
+            sample(&text, &series).is_some_and(|n| n >= 1.0),
+            "{series} in\n{text}"
+        );
+    }
+}
