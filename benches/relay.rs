@@ -42,7 +42,9 @@ async fn echo_backend() -> SocketAddr {
 fn proxy(backend: SocketAddr, splice: bool) -> Server {
     let mut cfg = Config::from_toml(
         Path::new("bench.toml"),
-        &format!("[relay]\nsplice = {splice}\n[log]\naccess_log = false\n[[listener]]\naddress = \"127.0.0.1:0\"\n"),
+        &format!("[relay]\nsplice = {splice}\n[log]\naccess_log = false\n\
+                  [limits]\nclient_new_connections_per_second = 0\nroute_new_connections_per_second = 0\n\
+                  [[listener]]\naddress = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
     cfg.state_dir = None; // in memory: no state/ in the working directory

@@ -100,6 +100,7 @@ fn setup(rt: &Runtime) -> Setup {
         std::fs::write(&key, &platform.key_pem).unwrap();
         let text = format!(
             "[[listener]]\naddress = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
+             [limits]\nclient_new_connections_per_second = 0\nroute_new_connections_per_second = 0\n\
              [[certificate]]\ncert = {cert:?}\nkey = {key:?}\n"
         );
         let mut config = Config::from_toml(Path::new("bench.toml"), &text).unwrap();

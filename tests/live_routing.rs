@@ -50,7 +50,12 @@ async fn file_rewritten_100_times_while_50_clients_connect_loses_nothing() {
         &["stable.example.test"],
         &[stable.addr.to_string()],
     );
-    let live = Live::start(std::slice::from_ref(&stable_spec), "");
+    // 50 clients on one address and one route, as fast as they can: the
+    // client and route rates (tests/fairness.rs) would refuse most.
+    let live = Live::start(
+        std::slice::from_ref(&stable_spec),
+        "[limits]\nclient_new_connections_per_second = 0\nroute_new_connections_per_second = 0\n",
+    );
     let pa = live.addr();
     let applied_before = live.applied();
     let done = Arc::new(AtomicBool::new(false));

@@ -30,7 +30,8 @@ async fn thousands_of_slow_clients_keep_memory_bounded() {
         e.addr,
         &format!(
             "workers = 1\n[timeouts]\nclient_hello = \"60s\"\n[limits]\nmax_connections = {}\n\
-             max_unrouted_per_client = 0\nmax_connections_per_client = 0\n",
+             max_unrouted_per_client = 0\nmax_connections_per_client = 0\n\
+             client_new_connections_per_second = 0\n",
             slow_n + 8
         ),
     );

@@ -230,10 +230,14 @@ address = "127.0.0.1:$PROXY_PORT"
 cert = "$TT_HOST.crt"
 key = "$TT_HOST.key"
 [limits]
-# All load comes from one client (loopback): no per-client caps. The
-# connection limit is left to what the fds hold (checked above).
+# All load comes from one client (loopback) to one route each: no
+# per-client or per-route caps or rates. The connection limit is left to
+# what the fds hold (checked above).
 max_unrouted_per_client = 0
 max_connections_per_client = 0
+client_new_connections_per_second = 0
+max_connections_per_route = 0
+route_new_connections_per_second = 0
 [log]
 level = "warn"
 access_log = $ACCESS_LOG

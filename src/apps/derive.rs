@@ -73,6 +73,8 @@ pub fn specs(app: &App, policy: &AppsConfig, withdrawn: &BTreeSet<String>) -> Ve
     let stamp = |mut s: RouteSpec| {
         s.expires_at = Some(rules::stamp(app.expiry.at));
         s.app = Some(meta.clone());
+        // Each of the app's routes gets the record's limits as its own.
+        s.limits = app.record.limits.clone();
         s
     };
     let mut out = Vec::with_capacity(2);
@@ -200,6 +202,7 @@ mod tests {
             owner_certificate: None,
             node: "10.0.0.1:443".into(),
             enclave_cert_sha256: (origin == CertOrigin::Operator).then(|| "ab".repeat(32)),
+            limits: None,
             status,
         };
         let ctx = Context {
@@ -271,6 +274,28 @@ mod tests {
         );
         assert!(derived(&app(CertOrigin::Enclave, Status::Stopped, cfg)).is_empty());
         assert!(derived(&app(CertOrigin::Enclave, Status::OnError, None)).is_empty());
+    }
+
+    #[test]
+    fn every_route_of_an_app_gets_its_record_s_limits() {
+        let mut a = app(
+            CertOrigin::Enclave,
+            Status::Running,
+            Some("cfg.apps.example.com"),
+        );
+        let limits = crate::config::route_limits::RouteLimitsSpec {
+            max_connections: Some(20),
+            new_connections_per_second: Some(5),
+            new_connections_burst: None,
+        };
+        a.record.limits = Some(limits.clone());
+        let s = specs(&a, &AppsConfig::default(), &BTreeSet::new());
+        assert_eq!(s.len(), 2);
+        for r in routes(&a, &s).unwrap() {
+            assert_eq!(r.limits.max_connections, Some(20), "{}", r.name);
+            assert_eq!(r.limits.per_second, Some(5));
+            assert_eq!(r.spec.limits.as_ref(), Some(&limits));
+        }
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub fn plan(
             .map(|s| s.certificate_pem.clone()),
         node: input.node.to_string(),
         enclave_cert_sha256: input.enclave_cert_sha256.map(str::to_string),
+        limits: None,
         status,
     };
     let key = AppKey {
@@ -290,6 +291,8 @@ fn toml_violation(file: &Path, cfg: &AppConfig, v: Violation) -> ConfigError {
         Field::SslCertificateOrigin => (cli, "--origin"),
         Field::DeployedAt => (cli, "--now"),
         Field::Id => (cli, "id"),
+        // `mse.toml` has no limits and plan sets none: never reached.
+        Field::Limits => (cli, "limits"),
     };
     ConfigError::new(at, field, v.message)
 }

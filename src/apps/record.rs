@@ -11,6 +11,7 @@ use super::certificate::{self, OwnerCertificate};
 use super::rules::{self, Expiry, ExpiryInput, Status};
 use super::violation::{Field, Violation};
 use crate::config::apps::AppsConfig;
+use crate::config::route_limits::{RouteLimits, RouteLimitsSpec};
 use crate::config::routes::parse_backend;
 use crate::host::parse_host_pattern;
 use crate::routing::route::HostPattern;
@@ -66,6 +67,11 @@ pub struct AppRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enclave_cert_sha256: Option<String>,
     pub status: Status,
+    /// The platform's limits for this app (its tier, say): the connection
+    /// cap and new-connection rate of each of its routes, as a route's own
+    /// `limits`; absent fields take `[limits]`'s defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RouteLimitsSpec>,
 }
 
 /// An app's identity: "Two apps of one project with one name cannot run at
@@ -163,6 +169,9 @@ pub fn validate(
     }
 
     let owner_certificate = trust(&record, domain.as_deref(), config_domain.is_some(), &mut v);
+    if let Some(limits) = &record.limits {
+        check_limits(limits, &mut v);
+    }
 
     let requested = record.expires_at.as_deref().and_then(|s| {
         rules::parse_zoned(s)
@@ -207,6 +216,20 @@ pub fn validate(
             })
         }
         _ => Err(v),
+    }
+}
+
+/// The record's `limits`, under the bounds of a route's own: each broken
+/// one as `limits: max_connections: ...`.
+fn check_limits(limits: &RouteLimitsSpec, v: &mut Vec<Violation>) {
+    let mut errs = crate::config::ConfigErrors::default();
+    RouteLimits::validate(std::path::Path::new("app"), "app", limits, &mut errs);
+    for e in errs.0 {
+        let field = e.field.strip_prefix("app.limits.").unwrap_or(&e.field);
+        v.push(Violation::new(
+            Field::Limits,
+            format!("{field}: {}", e.message),
+        ));
     }
 }
 
@@ -316,6 +339,7 @@ mod tests {
             owner_certificate: None,
             node: "10.0.0.1:443".into(),
             enclave_cert_sha256: None,
+            limits: None,
             status: Status::Running,
         }
     }
@@ -329,6 +353,36 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         rules::parse_zoned("2030-01-01T00:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn limits_are_bounded_as_a_route_s_own() {
+        let policy = AppsConfig::default();
+        let ctx = Context {
+            policy: &policy,
+            now: now(),
+            previous: None,
+        };
+        let mut r = record();
+        r.limits = Some(RouteLimitsSpec {
+            max_connections: Some(200),
+            new_connections_per_second: Some(10),
+            new_connections_burst: None,
+        });
+        assert!(validate(&key(), r.clone(), ctx).is_ok());
+        r.limits = Some(RouteLimitsSpec {
+            max_connections: Some(usize::MAX),
+            new_connections_per_second: None,
+            new_connections_burst: Some(0),
+        });
+        let v = validate(&key(), r, ctx).unwrap_err();
+        let text: Vec<String> = v.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(
+            text[0].starts_with("limits: max_connections: ") && text[0].contains("most allowed"),
+            "{text:?}"
+        );
+        assert!(text[1].starts_with("limits: new_connections_burst: must be at least 1"));
     }
 
     fn check(r: AppRecord) -> Result<App, Vec<Field>> {
@@ -508,6 +562,7 @@ mod properties {
                 owner_certificate: pem,
                 node,
                 enclave_cert_sha256: pin,
+                limits: None,
                 status: Status::Running,
             };
             let policy = AppsConfig::default();

@@ -452,6 +452,7 @@ mod tests {
                 owner_certificate: None,
                 node: "10.0.0.1:443".into(),
                 enclave_cert_sha256: None,
+                limits: None,
                 status: Status::Running,
             },
             cname: cname

@@ -21,6 +21,7 @@ pub enum Field {
     Node,
     EnclaveCertSha256,
     Status,
+    Limits,
 }
 
 impl Field {
@@ -40,6 +41,7 @@ impl Field {
             Field::Node => "node",
             Field::EnclaveCertSha256 => "enclave_cert_sha256",
             Field::Status => "status",
+            Field::Limits => "limits",
         }
     }
 }

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use super::ConfigErrors;
 
+/// Largest accepted `limits.max_connections`: far past what one process
+/// serves (two file descriptors and a few KiB each), and well under what
+/// the connection semaphore can count.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);

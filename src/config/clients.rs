@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use super::rate::Rate;
 use super::raw::RawLimits;
 use super::ConfigErrors;
 
@@ -19,8 +20,18 @@ pub struct ClientLimits {
     pub unrouted: usize,
     /// `limits.max_connections_per_client`: connections in all (0: off).
     pub connections: usize,
+    /// `limits.client_new_connections_per_second` and `_burst`: how fast
+    /// one client may open connections (`None`: no limit). The caps above
+    /// count connections held; a client that connects and closes in a loop
+    /// holds few and costs a handshake each, which only a rate catches.
+    pub rate: Option<Rate>,
     pub prefixes: ClientPrefixes,
 }
+
+/// An unset client burst is this many seconds of its rate (500 by
+/// default): a whole office opening pages at once, or a browser restoring
+/// dozens of tabs, passes at full speed.
+pub const BURST_SECONDS: u32 = 5;
 
 impl ClientLimits {
     pub fn validate(path: &Path, raw: &RawLimits, errs: &mut ConfigErrors) -> ClientLimits {
@@ -34,9 +45,21 @@ impl ClientLimits {
         if !(16..=128).contains(&prefixes.ipv6) {
             errs.push(path, "limits.client_ipv6_prefix", "must be from 16 to 128");
         }
+        let rate = super::rate::validate(
+            path,
+            (
+                "limits.client_new_connections_per_second",
+                "limits.client_new_connections_burst",
+            ),
+            raw.client_new_connections_per_second,
+            raw.client_new_connections_burst,
+            |r| r.saturating_mul(BURST_SECONDS),
+            errs,
+        );
         ClientLimits {
             unrouted: raw.max_unrouted_per_client,
             connections: raw.max_connections_per_client,
+            rate,
             prefixes,
         }
     }

@@ -10,7 +10,9 @@ pub mod clients;
 mod error;
 pub mod etcd;
 pub mod limits;
+pub mod rate;
 mod raw;
+pub mod route_limits;
 pub mod route_spec;
 pub mod routes;
 pub mod terminate;
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use admin::{AdminConfig, Role, TokenSource};
+pub use bounds::MAX_CONNECTIONS;
 pub use certificates::CertificateFiles;
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::ControlLimits;
@@ -122,8 +125,12 @@ pub struct Config {
     /// value the file descriptors cannot hold is then an error, where the
     /// default is lowered to fit.
     pub max_connections_set: bool,
-    /// Per client: connections whose hello is not read yet, and in all.
+    /// Per client: connections whose hello is not read yet, and in all,
+    /// and the new-connection rate.
     pub clients: clients::ClientLimits,
+    /// Per route, unless the route says otherwise: connections held and
+    /// the new-connection rate (`config::route_limits`).
+    pub route_defaults: route_limits::RouteDefaults,
     /// Passive health: how long a failing backend address is tried last.
     pub failure_cooldown: Duration,
     /// Passthrough relay through splice(2) (Linux) rather than a buffer copy.
@@ -146,11 +153,6 @@ pub struct Config {
     /// The shared route store (`[etcd]`), if any.
     pub etcd: Option<etcd::EtcdConfig>,
 }
-
-/// Largest accepted `limits.max_connections`: far past what one process
-/// serves (two file descriptors and a few KiB each), and well under what
-/// the connection semaphore can count.
-pub const MAX_CONNECTIONS: usize = 10_000_000;
 
 /// `limits.max_connections` when unset (lowered at start to what the file
 /// descriptors hold, see `proxy::fds`).
@@ -340,6 +342,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
 
     let control_limits = ControlLimits::validate(path, &raw.limits, &mut errs);
     let clients = clients::ClientLimits::validate(path, &raw.limits, &mut errs);
+    let route_defaults = route_limits::RouteDefaults::validate(path, &raw.limits, &mut errs);
 
     let unknown_sni = match raw.refusal.unknown_sni.as_deref() {
         None | Some("alert") => UnknownSniAction::Alert,
@@ -464,6 +467,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         max_connections,
         max_connections_set: raw.limits.max_connections.is_some(),
         clients,
+        route_defaults,
         failure_cooldown: raw.health.failure_cooldown,
         splice: raw.relay.splice,
         max_client_hello_bytes: cap,
@@ -598,6 +602,50 @@ mod tests {
             "/etc/mse/proxy.toml: limits.max_hosts_per_route: must be at least 1\n\
              /etc/mse/proxy.toml: limits.max_backends_per_route: must be at least 1\n\
              /etc/mse/proxy.toml: limits.max_routes: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn rates_and_route_limits_are_on_by_default_and_bounded() {
+        use rate::Rate;
+        let c = load("[[listener]]\naddress = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(
+            c.clients.rate,
+            Some(Rate {
+                per_second: 100,
+                burst: 500
+            })
+        );
+        assert_eq!(c.route_defaults, route_limits::RouteDefaults::default());
+        assert_eq!(c.route_defaults.max_connections, 10_000);
+        let c = load(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\n\
+             client_new_connections_per_second = 0\nmax_connections_per_route = 0\n\
+             route_new_connections_per_second = 7\n",
+        )
+        .unwrap();
+        assert_eq!(c.clients.rate, None);
+        assert_eq!(c.route_defaults.max_connections, 0);
+        assert_eq!(
+            c.route_defaults.rate,
+            Some(Rate {
+                per_second: 7,
+                burst: 14
+            })
+        );
+        let errs = load(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\n\
+             client_new_connections_per_second = 2000000\nclient_new_connections_burst = 0\n\
+             max_connections_per_route = 20000000\nroute_new_connections_burst = 2000000\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            errs,
+            "/etc/mse/proxy.toml: limits.client_new_connections_per_second: 2000000 is more than the most allowed, 1000000\n\
+             /etc/mse/proxy.toml: limits.client_new_connections_burst: must be at least 1 while a rate is set (a rate of 0 turns the limit off)\n\
+             /etc/mse/proxy.toml: limits.max_connections_per_route: 20000000 is more than the most allowed, 10000000 (0: no cap)\n\
+             /etc/mse/proxy.toml: limits.route_new_connections_burst: 2000000 is more than the most allowed, 1000000"
         );
     }
 

@@ -189,6 +189,15 @@ pub struct RawLimits {
     /// Prefix lengths that group addresses into one client.
     pub client_ipv4_prefix: u8,
     pub client_ipv6_prefix: u8,
+    /// New connections one client may open a second; 0: no limit.
+    pub client_new_connections_per_second: u32,
+    /// Unset: `crate::config::clients::BURST_SECONDS` of the rate.
+    pub client_new_connections_burst: Option<u32>,
+    /// Per-route fairness (`crate::config::route_limits`): connections one
+    /// route may hold (0: no cap), and its new-connection rate (0: none).
+    pub max_connections_per_route: usize,
+    pub route_new_connections_per_second: u32,
+    pub route_new_connections_burst: Option<u32>,
     /// Caps on route sets (`crate::config::limits`).
     pub max_hosts_per_route: usize,
     pub max_backends_per_route: usize,
@@ -201,6 +210,26 @@ pub struct RawLimits {
 const DEFAULT_UNROUTED: usize = 256;
 const DEFAULT_CONNECTIONS: usize = 4096;
 
+/// `limits.client_new_connections_per_second` by default. A browser opens
+/// at most six connections to a host for a page (one with HTTP/2), and
+/// keeps them alive; an office or a carrier-grade NAT of a few hundred
+/// users behind one address, each loading a page every few seconds, stays
+/// well under 100 a second. A client looping on connect opens thousands a
+/// second: at 100 it costs a proxy that accepts some 10,000 a second about
+/// 1% of its handshakes.
+const DEFAULT_CLIENT_RATE: u32 = 100;
+
+/// `limits.max_connections_per_route` by default: a tenth of the default
+/// `limits.max_connections`, so one flooded app leaves nine tenths to the
+/// others, and still more than one enclave serves at once.
+pub const DEFAULT_ROUTE_MAX_CONNECTIONS: usize = 10_000;
+
+/// `limits.route_new_connections_per_second` by default: more than one SGX
+/// enclave completes TLS handshakes in a second, so no app is held below
+/// what its backend can take, while a flood on one route cannot take all
+/// of the proxy's accept and handshake time from the others.
+pub const DEFAULT_ROUTE_RATE: u32 = 1000;
+
 /// The defaults of `[limits]`, in one place: the schema's. The types built
 /// from it (`crate::config::clients`, `crate::config::limits`) read them here.
 impl Default for RawLimits {
@@ -211,6 +240,11 @@ impl Default for RawLimits {
             max_connections_per_client: DEFAULT_CONNECTIONS,
             client_ipv4_prefix: 32,
             client_ipv6_prefix: 64,
+            client_new_connections_per_second: DEFAULT_CLIENT_RATE,
+            client_new_connections_burst: None,
+            max_connections_per_route: DEFAULT_ROUTE_MAX_CONNECTIONS,
+            route_new_connections_per_second: DEFAULT_ROUTE_RATE,
+            route_new_connections_burst: None,
             max_client_hello_bytes: 16 * 1024,
             max_hosts_per_route: 100,
             max_backends_per_route: 64,

@@ -40,6 +40,10 @@ pub struct RouteSpec {
     /// should not also reach the cloud metadata address on link-local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_internal_backends: Option<Vec<String>>,
+    /// This route's connection cap and new-connection rate
+    /// (`[route.limits]`); absent fields take `[limits]`'s defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RouteLimitsSpec>,
 }
 
 impl RouteSpec {
@@ -57,6 +61,7 @@ impl RouteSpec {
             upstream: None,
             app: None,
             allow_internal_backends: None,
+            limits: None,
         }
     }
 
@@ -120,4 +125,26 @@ pub(crate) fn valid_route_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A route's own `limits`, as written (`[route.limits]`, `"limits": {...}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimitsSpec {
+    /// Connections the route may hold at once; 0: no cap for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// New connections a second; 0: no rate limit for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_connections_per_second: Option<u32>,
+    /// New connections at once after a quiet spell; unset: twice the
+    /// route's own rate, or `limits.route_new_connections_burst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_connections_burst: Option<u32>,
+}
+
+impl RouteLimitsSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == RouteLimitsSpec::default()
+    }
 }

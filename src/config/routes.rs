@@ -8,6 +8,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::route_limits::{RouteLimits, RouteLimitsSpec};
 use super::route_spec::valid_route_name;
 pub use super::route_spec::RouteSpec;
 use super::terminate;
@@ -304,8 +305,16 @@ pub fn validate_one(
         ),
     };
 
+    let limits = RouteLimits::validate(
+        file,
+        at,
+        spec.limits.as_ref().unwrap_or(&RouteLimitsSpec::default()),
+        &mut errs,
+    );
+
     errs.into_result(Route {
         name: spec.name.clone(),
+        limits,
         proxy_protocol,
         allow_internal: allow_internal.into(),
         terminate,

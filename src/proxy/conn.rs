@@ -13,6 +13,7 @@ use super::conn_log::{access_log, ConnLog, ListenerInfo};
 use super::outcome::Outcome;
 use super::{passthrough, terminate, Shared};
 use crate::config::UnknownSniAction;
+use crate::routing::load::Refused;
 use crate::routing::Mode;
 use crate::tls::alert;
 use crate::tls::detect::{read_client_hello_after, read_proxy_header, DetectError, ProxyHeader};
@@ -124,6 +125,11 @@ fn serve<'a>(
             }
             None => Vec::new(),
         };
+        // Before any slot is taken: a client looping on connect is refused
+        // at the cost of this check. By the PROXY header's client too.
+        if !shared.client_rate.allow(log.client.ip(), Instant::now()) {
+            return Outcome::ClientRateLimit;
+        }
         // Held for the whole connection: one client cannot take every slot
         // with connections it routes and then leaves idle. Counted by the
         // client the PROXY header names, if a trusted balancer sent one.
@@ -192,17 +198,30 @@ fn serve<'a>(
             Box::pin(refuse(shared, client)).await;
             return Outcome::Expired;
         }
+        // The route's own share: a flood on one app is refused here, before
+        // it costs a backend connect (or a handshake), and cannot take the
+        // slots of another. Counted on the route, so refusals show per route.
+        let limits = entry.route.limits.effective(&shared.config.route_defaults);
+        let open = match entry.admit(&limits, Instant::now()) {
+            Ok(open) => open,
+            Err(refused) => {
+                return match refused {
+                    Refused::Full => Outcome::RouteLimit,
+                    Refused::Rate => Outcome::RouteRateLimit,
+                }
+            }
+        };
 
         match entry.route.mode {
             // Not boxed: its state is what an idle passthrough connection
             // holds, so it lives in the task itself (one allocation, not
             // two). Terminate's is larger and boxed, so that passthrough
             // connections do not pay for its size.
-            Mode::Passthrough => passthrough::run(shared, client, detected.bytes, entry, log).await,
+            Mode::Passthrough => passthrough::run(shared, client, detected.bytes, open, log).await,
             Mode::Terminate => {
                 let hello = detected.bytes;
                 Box::pin(terminate::run(
-                    shared, client, hello, deadline, entry, server_tls, log,
+                    shared, client, hello, deadline, open, server_tls, log,
                 ))
                 .await
             }

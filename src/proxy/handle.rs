@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{conn_log, health, limits, listener, Shared};
+use super::{client_rate, conn_log, health, limits, listener, Shared};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::metrics::Metrics;
@@ -61,6 +61,7 @@ impl ProxyHandle {
                 config.clients.connections,
                 config.clients.prefixes,
             ),
+            client_rate: client_rate::ClientRate::new(config.clients.rate, config.clients.prefixes),
             limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
             router,

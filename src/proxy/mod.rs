@@ -1,6 +1,7 @@
 //! The data plane: listeners, the life of a connection, passthrough relay.
 
 mod buffer;
+pub mod client_rate;
 pub mod conn;
 pub mod conn_log;
 pub mod fds;

@@ -52,6 +52,13 @@ pub enum Outcome {
     ClientLimit,
     /// The per-client limit on connections in all was reached.
     ClientTotalLimit,
+    /// The client opened new connections faster than its rate
+    /// (`limits.client_new_connections_per_second`).
+    ClientRateLimit,
+    /// The route held its `max_connections`.
+    RouteLimit,
+    /// The route took new connections faster than its rate.
+    RouteRateLimit,
     /// No byte either way for the idle timeout.
     Idle,
     /// The connection limit was reached at accept.
@@ -69,7 +76,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for pre-registering metric label values.
-    pub const ALL: [Outcome; 26] = [
+    pub const ALL: [Outcome; 29] = [
         Outcome::Ok,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -90,6 +97,9 @@ impl Outcome {
         Outcome::ProxyHeaderRefused,
         Outcome::ClientLimit,
         Outcome::ClientTotalLimit,
+        Outcome::ClientRateLimit,
+        Outcome::RouteLimit,
+        Outcome::RouteRateLimit,
         Outcome::Idle,
         Outcome::Limit,
         Outcome::LocalResourceExhausted,
@@ -120,6 +130,9 @@ impl Outcome {
             Outcome::ProxyHeaderRefused => "proxy_header_refused",
             Outcome::ClientLimit => "client_limit",
             Outcome::ClientTotalLimit => "client_total_limit",
+            Outcome::ClientRateLimit => "client_rate_limit",
+            Outcome::RouteLimit => "route_limit",
+            Outcome::RouteRateLimit => "route_rate_limit",
             Outcome::Idle => "idle_timeout",
             Outcome::Limit => "limit",
             Outcome::LocalResourceExhausted => "local_resource_exhausted",

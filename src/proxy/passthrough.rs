@@ -2,8 +2,6 @@
 //! the backend, replays the ClientHello bytes it read, and relays the rest
 //! untouched. Not one byte is added or changed.
 
-use std::sync::Arc;
-
 use tokio::net::TcpStream;
 
 use super::conn_log::ConnLog;
@@ -11,7 +9,7 @@ use super::outcome::Outcome;
 use super::relay::{self, Counters};
 use super::upstream;
 use super::Shared;
-use crate::routing::RouteEntry;
+use crate::routing::table::OpenGuard;
 
 /// A function returning an `async` block rather than an `async fn`, so that
 /// the arguments are held once: this state is most of what an idle
@@ -21,14 +19,15 @@ pub fn run<'a>(
     shared: &'a Shared,
     mut client: TcpStream,
     hello_bytes: Vec<u8>,
-    entry: Arc<RouteEntry>,
+    counted: OpenGuard,
     log: &'a mut ConnLog,
 ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
     async move {
-        let _open = entry.track();
+        // The route, counted among its open connections until this ends.
+        let entry = counted.entry();
         let route = &entry.route;
         // Boxed: a DNS lookup's state is large and over once connected.
-        let mut upstream = match Box::pin(upstream::connect_route(shared, &entry, log)).await {
+        let mut upstream = match Box::pin(upstream::connect_route(shared, entry, log)).await {
             Ok(s) => s,
             Err(outcome) => return outcome,
         };
@@ -41,7 +40,7 @@ pub fn run<'a>(
         drop(hello_bytes);
 
         let counters = Counters::default();
-        let stop = shared.stop_signal(&entry);
+        let stop = shared.stop_signal(entry);
         let relay = relay::relay(
             &mut client,
             &mut upstream,

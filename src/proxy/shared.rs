@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{health, limits, outcome, relay, Outcome};
+use super::{client_rate, health, limits, outcome, relay, Outcome};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::metrics::Metrics;
@@ -21,11 +21,12 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Passive health of backend addresses.
     pub health: health::Health,
-    /// Per-client-IP slots for connections whose hello is not read yet.
     /// Per client, connections whose hello is not read yet.
     pub unrouted: limits::PerClientLimit,
     /// Per client, connections in all.
     pub per_client: limits::PerClientLimit,
+    /// Per client, the new-connection rate.
+    pub client_rate: client_rate::ClientRate,
     /// One permit per open connection, moved into the connection's task.
     pub limit: Arc<Semaphore>,
     /// Cancelled when the shutdown grace runs out: live connections close.

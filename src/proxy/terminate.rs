@@ -22,6 +22,7 @@ use super::relay::Counters;
 use super::stream_relay::relay_streams;
 use super::upstream;
 use super::Shared;
+use crate::routing::table::OpenGuard;
 use crate::routing::RouteEntry;
 use crate::tls::terminate::{self, ClientTls, HandshakeError};
 use crate::tls::upstream::{Upstream, UpstreamTls};
@@ -43,11 +44,12 @@ pub async fn run(
     client: TcpStream,
     hello_bytes: Vec<u8>,
     deadline: Instant,
-    entry: Arc<RouteEntry>,
+    counted: OpenGuard,
     server: Option<Arc<ServerConfig>>,
     log: &mut ConnLog,
 ) -> Outcome {
-    let _open = entry.track();
+    // The route, counted among its open connections until this ends.
+    let entry = counted.entry();
     // Boxed, and freed before the relay starts: the two handshakes' state
     // is large, and an idle connection should hold only the relay's.
     let opened = Box::pin(open(
@@ -55,7 +57,7 @@ pub async fn run(
         client,
         hello_bytes,
         deadline,
-        &entry,
+        entry,
         server,
         log,
     ));
@@ -64,7 +66,7 @@ pub async fn run(
         Err(outcome) => return outcome,
     };
     let counters = Counters::default();
-    let stop = shared.stop_signal(&entry);
+    let stop = shared.stop_signal(entry);
     let idle = shared.config.timeouts.idle;
     // The streams move straight into the relay, which holds them once.
     let end = relay_streams(client_tls, upstream, idle, stop, &counters).await;

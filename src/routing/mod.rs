@@ -2,11 +2,13 @@
 //! they form ([`table`]), and applying a new route set to it ([`reload`]).
 
 pub mod delta;
+pub mod load;
 pub mod reconciler;
 pub mod reload;
 pub mod route;
 pub mod sources;
 pub mod table;
+pub mod token_bucket;
 
 pub use route::{Backend, BackendHost, HostPattern, Mode, Route};
 pub use table::{RouteEntry, Router, Snapshot, Source};

@@ -61,6 +61,14 @@ pub struct Terminate {
     pub upstream: Upstream,
 }
 
+/// A route's overrides, validated; `None` fields take `[limits]`'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    pub max_connections: Option<usize>,
+    pub per_second: Option<u32>,
+    pub burst: Option<u32>,
+}
+
 /// A validated route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -84,6 +92,9 @@ pub struct Route {
     /// empty on almost every route, and 16 bytes there.
     pub allow_internal: Box<[ipnet::IpNet]>,
     pub app: Option<AppMeta>,
+    /// This route's own connection cap and new-connection rate; unset
+    /// fields take `[limits]`'s at admission.
+    pub limits: RouteLimits,
     /// The spec it was built from, as given, for echoing back in the API.
     pub spec: RouteSpec,
 }
@@ -93,9 +104,14 @@ impl Route {
     /// (already normalised; in any order), mode, terminate settings,
     /// backends (in order: they are tried in order), expiry, PROXY
     /// header and internal allow-list (narrowing it must reach the open
-    /// connections too). The spec as written, app metadata and the close grace are
-    /// left out: an edit of only those is cosmetic, and a reload keeps the
-    /// route's connections through it.
+    /// connections too). The spec as written, app metadata, the close
+    /// grace and the limits are left out: an edit of only those is
+    /// cosmetic, and a reload keeps the route's connections through it.
+    /// Limits in particular: a lowered cap refuses new connections until
+    /// the route is under it, and closing live ones for it would be the
+    /// outage the cap is there to prevent (the successor entry shares the
+    /// open count and the rate bucket, so the new limits apply to them at
+    /// once).
     pub fn acts_like(&self, other: &Route) -> bool {
         self.name == other.name
             && self.mode == other.mode
@@ -141,6 +157,11 @@ mod tests {
             RouteSpec::passthrough("a", &["B.TEST.", "a.Test"], &["127.0.0.1:1", "127.0.0.1:2"]);
         cosmetic.close_grace = Some("5s".into());
         cosmetic.app = Some(Default::default());
+        cosmetic.limits = Some(crate::config::route_limits::RouteLimitsSpec {
+            max_connections: Some(1),
+            new_connections_per_second: Some(2),
+            new_connections_burst: Some(3),
+        });
         assert!(a.acts_like(&route(&cosmetic)));
         assert_ne!(a, route(&cosmetic), "still a different definition to show");
 

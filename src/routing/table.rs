@@ -1,14 +1,15 @@
 //! The routing snapshot: one immutable value, ranked at build time so that a
 //! lookup is at most two hash probes whatever the number of routes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::load::{Refused, RouteLoad};
 use super::route::{HostPattern, Route};
+use crate::config::route_limits::Effective;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::tls::terminate::{Sessions, Termination};
 
@@ -42,8 +43,9 @@ pub struct RouteEntry {
     /// kept across a change (`reload.on_change = "keep"`, or a move between
     /// sources): they close with this one.
     inherited: Vec<CancellationToken>,
-    /// Open connections, shared with the entries this one succeeds.
-    open: Arc<AtomicUsize>,
+    /// Open connections and the new-connection bucket, shared with the
+    /// entries this one succeeds.
+    load: Arc<RouteLoad>,
     /// Metric handles, resolved on the route's first connection (no
     /// series exist for a route that carried no traffic). Boxed: a
     /// route's handles are a few hundred bytes, and most of a million
@@ -60,7 +62,7 @@ impl RouteEntry {
             source,
             closer: parent.child_token(),
             inherited: Vec::new(),
-            open: Arc::new(AtomicUsize::new(0)),
+            load: Arc::default(),
             metrics: OnceLock::new(),
         })
     }
@@ -79,7 +81,7 @@ impl RouteEntry {
             source,
             closer: parent.child_token(),
             inherited: old.all_closers(),
-            open: Arc::clone(&old.open),
+            load: Arc::clone(&old.load),
             metrics: OnceLock::new(),
         })
     }
@@ -112,14 +114,25 @@ impl RouteEntry {
 
     /// Connections currently relayed on this route.
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.load.open()
     }
 
     /// Counts one open connection until the guard drops; held by ownership so
     /// the count cannot drift on any return path.
     pub fn track(self: &Arc<Self>) -> OpenGuard {
-        self.open.fetch_add(1, Ordering::Relaxed);
+        self.load.enter();
         OpenGuard(Arc::clone(self))
+    }
+
+    /// [`RouteEntry::track`] if the route's `limits` admit one more
+    /// connection at `now` (its cap, then its rate), else why not.
+    pub fn admit(
+        self: &Arc<Self>,
+        limits: &Effective,
+        now: tokio::time::Instant,
+    ) -> Result<OpenGuard, Refused> {
+        self.load.try_enter(limits, now)?;
+        Ok(OpenGuard(Arc::clone(self)))
     }
 }
 
@@ -127,9 +140,16 @@ impl RouteEntry {
 #[derive(Debug)]
 pub struct OpenGuard(Arc<RouteEntry>);
 
+impl OpenGuard {
+    /// The route this connection is counted on.
+    pub fn entry(&self) -> &Arc<RouteEntry> {
+        &self.0
+    }
+}
+
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.load.leave();
     }
 }
 

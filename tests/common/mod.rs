@@ -118,6 +118,28 @@ pub async fn tls_connect(
         .await
 }
 
+/// A TCP connection to `to` from the loopback address `from` (another
+/// client, as the per-client limits see it).
+pub async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((from, 0))).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// [`tls_connect`] from the loopback address `from`.
+pub async fn tls_connect_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+    sni: &str,
+    ca: &Ca,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = connect_from(from, addr).await;
+    let connector = TlsConnector::from(ca.client_config(&[b"http/1.1"]));
+    connector
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+}
+
 /// One GET through TLS; returns the body and the leaf certificate seen.
 pub async fn get(addr: SocketAddr, sni: &str, ca: &Ca) -> std::io::Result<(String, Vec<u8>)> {
     let mut tls = tls_connect(addr, sni, ca).await?;
