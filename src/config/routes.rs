@@ -1,7 +1,7 @@
 //! The routes schema, shared by the routes file (TOML or JSON), the admin API
 //! and any other source: raw [`RouteSpec`]s in, validated [`Route`]s out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -13,7 +13,8 @@ use super::route_spec::valid_route_name;
 pub use super::route_spec::RouteSpec;
 use super::terminate;
 use super::{ConfigError, ConfigErrors, ControlLimits};
-use crate::host::{check_hostname, normalize_host, parse_host_pattern, HostPattern};
+use crate::host::{check_hostname, normalize_host, parse_host_pattern};
+use crate::routing::claims::{host_taken, Claims, Clash};
 use crate::routing::route::{Backend, BackendHost, Mode, Route};
 
 /// Most networks one route may allow-list: a handful is plenty, and each
@@ -105,36 +106,28 @@ pub fn check_conflicts(
     label: &dyn Fn(usize, &Route) -> String,
     errs: &mut ConfigErrors,
 ) {
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut hosts: HashMap<&HostPattern, usize> = HashMap::new();
+    let mut claims = Claims::with_capacity(routes.len());
     for (i, r) in routes.iter().enumerate() {
-        if let Some(j) = names.insert(&r.name, i) {
-            errs.push(
-                file,
-                format!("{}.name", label(i, r)),
-                format!(
-                    "route name `{}` is already used by {}",
-                    r.name,
-                    label(j, &routes[j])
+        for clash in claims.clashes(r) {
+            match clash {
+                Clash::Name { by } => errs.push(
+                    file,
+                    format!("{}.name", label(i, r)),
+                    format!(
+                        "route name `{}` is already used by {}",
+                        r.name,
+                        label(*by, &routes[*by])
+                    ),
                 ),
-            );
-        }
-        for h in &r.hosts {
-            if let Some(&j) = hosts.get(h) {
-                if j != i {
-                    errs.push(
-                        file,
-                        format!("{}.hosts", label(i, r)),
-                        format!(
-                            "host `{h}` of route `{}` is already claimed by route `{}`",
-                            r.name, routes[j].name
-                        ),
-                    );
-                }
-            } else {
-                hosts.insert(h, i);
+                Clash::Host { host, by } if *by != i => errs.push(
+                    file,
+                    format!("{}.hosts", label(i, r)),
+                    host_taken(host, &r.name, &routes[*by].name),
+                ),
+                Clash::Host { .. } => {}
             }
         }
+        claims.claim(r, i);
     }
 }
 
@@ -359,6 +352,7 @@ pub fn parse_backend(s: &str) -> Result<Backend, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::HostPattern;
 
     fn spec(name: &str, hosts: &[&str], backends: &[&str]) -> RouteSpec {
         RouteSpec::passthrough(name, hosts, backends)

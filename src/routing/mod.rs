@@ -1,6 +1,7 @@
 //! Routing: validated routes ([`route`]), the live, atomically swapped table
 //! they form ([`table`]), and applying a new route set to it ([`reload`]).
 
+pub mod claims;
 pub mod delta;
 pub mod load;
 pub mod reconciler;

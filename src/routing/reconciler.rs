@@ -36,7 +36,7 @@ use crate::config::{ConfigError, ConfigErrors, ControlLimits};
 use crate::control::api::{Command, EtcdSet, Validated, API};
 use crate::control::{Admitted, Control, ControlError, Origin, ReconcilerStats};
 use crate::proxy::Shared;
-use crate::routing::route::HostPattern;
+use crate::routing::claims::{Claims, Clash};
 use crate::routing::sources::etcd::EtcdStatus;
 use crate::state::{Change, StateStore, Stored};
 use crate::timing::sleep_until_opt;
@@ -739,22 +739,17 @@ impl Reconciler {
             .iter()
             .filter(|r| !routes.contains_key(&r.name) && !r.expired_at(now))
             .collect();
-        let mut claimed: std::collections::HashMap<HostPattern, String> = local
-            .iter()
-            .flat_map(|r| r.hosts.iter().map(|h| (h.clone(), r.name.clone())))
-            .collect();
-        let mut names: std::collections::HashSet<String> =
-            local.iter().map(|r| r.name.clone()).collect();
-        let taken = |r: &Route,
-                     claimed: &std::collections::HashMap<HostPattern, String>,
-                     names: &std::collections::HashSet<String>| {
-            if names.contains(&r.name) {
-                return Some(format!("route name `{}` is already used here", r.name));
-            }
-            r.hosts.iter().find_map(|h| {
-                claimed
-                    .get(h)
-                    .map(|o| format!("host `{h}` is already claimed by route `{o}` here"))
+        // First come, first kept: the file routes, then apps, then routes.
+        let mut claims: Claims<'_, String> = Claims::with_capacity(local.len() + routes.len());
+        for r in &local {
+            claims.claim(r, r.name.clone());
+        }
+        let taken = |r: &Route, claims: &Claims<'_, String>| {
+            claims.clashes(r).next().map(|c| match c {
+                Clash::Name { .. } => format!("route name `{}` is already used here", r.name),
+                Clash::Host { host, by } => {
+                    format!("host `{host}` is already claimed by route `{by}` here")
+                }
             })
         };
         let mut left_out = Vec::new();
@@ -775,16 +770,13 @@ impl Reconciler {
             let Some(entry) = apps.get(&key).cloned() else {
                 continue;
             };
-            if let Some(why) = entry.routes.iter().find_map(|r| taken(r, &claimed, &names)) {
+            if let Some(why) = entry.routes.iter().find_map(|r| taken(r, &claims)) {
                 left_out.push(format!("app `{key}`: {why}"));
                 apps.remove(&key);
                 continue;
             }
             for r in &entry.routes {
-                names.insert(r.name.clone());
-                for h in &r.hosts {
-                    claimed.insert(h.clone(), r.name.clone());
-                }
+                claims.claim_owned(r, r.name.clone());
             }
         }
         let mut kept = BTreeMap::new();
@@ -792,7 +784,7 @@ impl Reconciler {
             if r.expired_at(now) {
                 continue;
             }
-            if let Some(why) = taken(&r, &claimed, &names) {
+            if let Some(why) = taken(&r, &claims) {
                 left_out.push(format!("route `{name}`: {why}"));
                 continue;
             }
@@ -802,9 +794,7 @@ impl Reconciler {
                 left_out.push(errs.to_string());
                 continue;
             }
-            for h in &r.hosts {
-                claimed.insert(h.clone(), name.clone());
-            }
+            claims.claim_owned(&r, name.clone());
             kept.insert(name, r);
         }
         (kept, apps, left_out)

@@ -98,7 +98,7 @@ impl Reconciler {
                     errs.push(
                         file,
                         format!("route `{of}`.hosts"),
-                        format!("host `{h}` of route `{of}` is already claimed by route `{by}`"),
+                        crate::routing::claims::host_taken(h, of, by),
                     );
                 }
                 claimed.insert(h, &r.name);
