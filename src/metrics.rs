@@ -131,6 +131,9 @@ pub struct Metrics {
     pub etcd_resyncs: IntCounterVec,
     pub etcd_invalid_keys: IntGauge,
     pub etcd_routes_left_out: IntGauge,
+    /// etcd changes applied, by how: `delta` (only what changed) or `full`
+    /// (the whole set refitted: a read, or a change that clashed).
+    pub etcd_applied: IntCounterVec,
     pub etcd_on_fallback: IntGauge,
     /// Admin API requests by the access they needed and their outcome
     /// (`crate::admin::audit`).
@@ -327,6 +330,14 @@ impl Metrics {
                 "Valid etcd routes this instance does not serve (a host its own routes claim, or no certificate)",
             ))
             .unwrap(),
+            etcd_applied: IntCounterVec::new(
+                opts(
+                    "etcd_applied_total",
+                    "etcd changes applied: as a delta (what changed) or in full (the whole set refitted)",
+                ),
+                &["how"],
+            )
+            .unwrap(),
             etcd_on_fallback: IntGauge::with_opts(opts(
                 "etcd_on_fallback",
                 "1 while the table comes from the local cache of etcd in state_dir (stale: etcd unreachable since start)",
@@ -380,6 +391,7 @@ impl Metrics {
             Box::new(m.etcd_resyncs.clone()),
             Box::new(m.etcd_invalid_keys.clone()),
             Box::new(m.etcd_routes_left_out.clone()),
+            Box::new(m.etcd_applied.clone()),
             Box::new(m.etcd_on_fallback.clone()),
             Box::new(m.admin_requests.clone()),
             Box::new(m.admin_token_reloads.clone()),
@@ -417,6 +429,9 @@ impl Metrics {
         }
         for r in ["start", "reconnect", "compacted"] {
             m.etcd_resyncs.with_label_values(&[r]);
+        }
+        for how in ["delta", "full"] {
+            m.etcd_applied.with_label_values(&[how]);
         }
         m
     }

@@ -980,3 +980,99 @@ async fn a_single_instance_state_imports_into_etcd_with_its_instants() {
     );
     assert_eq!(p.get("/apps/p2/broken").await.0, 404);
 }
+
+/// `etcd_applied_total{how}` of an instance.
+async fn applied(live: &Live, how: &str) -> f64 {
+    let text = live.get("/metrics").await.text().await.unwrap();
+    sample(
+        &text,
+        &format!("mse_proxy_etcd_applied_total{{how=\"{how}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_change_applies_as_a_delta_and_a_clash_falls_back_to_the_whole_set() {
+    let etcd = Etcd::start().await;
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["one.example.test", "clash.example.test"], "one").await;
+    let (local, _) = enclave(&ca, &["clash.example.test"], "local").await;
+    let a = instance(&etcd.endpoint(), "");
+    // B has a file route of its own on the host A will write.
+    let b = Live::start(
+        &[spec(
+            "local",
+            &["clash.example.test"],
+            &[local.addr.to_string()],
+        )],
+        &etcd_section(&etcd.endpoint(), ""),
+    );
+    for l in [&a, &b] {
+        assert!(eventually_async(Duration::from_secs(10), || connected(l)).await);
+    }
+    let full_at_start = applied(&b, "full").await;
+    assert!(full_at_start >= 1.0, "the first read is a whole set");
+
+    // One write elsewhere: B applies only it.
+    let one = spec("one", &["one.example.test"], &[e.addr.to_string()]);
+    assert_eq!(a.put_route("one", &one).await.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(5), || serves(
+            &b,
+            "one.example.test",
+            &ca
+        ))
+        .await
+    );
+    assert!(applied(&b, "delta").await >= 1.0);
+    assert_eq!(applied(&b, "full").await, full_at_start);
+
+    // A route on B's own host clashes: B refits the whole set, leaves it
+    // out and keeps serving its own route there.
+    let x = spec("x", &["clash.example.test"], &[e.addr.to_string()]);
+    assert_eq!(a.put_route("x", &x).await.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            metric(&b, "mse_proxy_etcd_routes_left_out").await == 1.0
+        })
+        .await
+    );
+    assert!(applied(&b, "full").await > full_at_start);
+    let (body, _) = get(b.addr(), "clash.example.test", &ca).await.unwrap();
+    assert_eq!(body, "hello from local");
+
+    // While something is left out, a change goes whole again (a deletion
+    // might let it in); once nothing is, deltas resume.
+    assert_eq!(delete(&a, "x").await.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            metric(&b, "mse_proxy_etcd_routes_left_out").await == 0.0
+        })
+        .await
+    );
+    let deltas = applied(&b, "delta").await;
+    let two = spec("two", &["two.example.test"], &[e.addr.to_string()]);
+    assert_eq!(a.put_route("two", &two).await.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            applied(&b, "delta").await > deltas
+        })
+        .await
+    );
+    let routes: Value = b.get("/routes").await.json().await.unwrap();
+    let names: Vec<&str> = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["local", "one", "two"]);
+    // And a deletion by delta: B stops serving `one`.
+    assert_eq!(delete(&a, "one").await.status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            !serves(&b, "one.example.test", &ca).await
+        })
+        .await
+    );
+}

@@ -81,6 +81,20 @@ pub struct EtcdSet {
     pub origin: Origin,
 }
 
+/// What changed under the etcd prefix since the set last handed over, from
+/// the watch: applied as a delta when it fits as is
+/// (`routing/reconciler/etcd_delta.rs`), so one write elsewhere costs this
+/// instance what it changed, not a refit of every etcd entry.
+#[derive(Debug, Default)]
+pub struct EtcdDelta {
+    /// Route names and their value now (`None`: deleted, or not valid).
+    pub routes: Vec<(String, Option<Route>)>,
+    /// App keys and their record now (`None`: deleted).
+    pub apps: Vec<(AppKey, Option<AppPut>)>,
+    /// The revision the changes bring the set to.
+    pub revision: i64,
+}
+
 /// An app as this instance would admit it: what an etcd write stores.
 #[derive(Debug)]
 pub struct Admitted {
@@ -111,6 +125,12 @@ pub enum Command {
     AppCname(Box<CnameReport>),
     /// The whole etcd route set, after a change or a full read.
     Etcd(Box<EtcdSet>, Reply),
+    /// Changes from the watch; answered `None` when they need the whole
+    /// set (something clashes or was left out), which the follower sends.
+    EtcdDelta(
+        Box<EtcdDelta>,
+        oneshot::Sender<Result<Option<Applied>, ControlError>>,
+    ),
     /// Would this route apply here? (An etcd write checks before it writes.)
     CheckPut(Validated, oneshot::Sender<Result<Route, ControlError>>),
     /// Would this app be admitted here?
@@ -226,6 +246,17 @@ impl Control {
             origin,
         });
         self.ask(|r| Command::Etcd(set, r)).await
+    }
+
+    /// Applies watch changes as a delta; `Ok(None)`: they need the whole
+    /// set ([`Control::etcd_set`]).
+    pub async fn etcd_delta(&self, delta: EtcdDelta) -> Result<Option<Applied>, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::EtcdDelta(Box::new(delta), reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)?
     }
 
     /// Checks that `spec` would apply here, as `put` would, without

@@ -2,4 +2,4 @@
 
 pub mod api;
 
-pub use api::{Admitted, Control, ControlError, Origin, ReconcilerStats};
+pub use api::{Admitted, Control, ControlError, EtcdDelta, Origin, ReconcilerStats};

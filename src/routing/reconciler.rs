@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 
 mod certificates;
 mod delta;
+mod etcd_delta;
 pub mod state;
 mod waiting;
 pub mod watchdog;
@@ -201,6 +202,13 @@ impl Reconciler {
             Command::AppCname(report) => self.app_cname(*report).await,
             Command::Etcd(set, reply) => {
                 let r = self.etcd_set(*set);
+                if r.is_err() {
+                    self.refused("etcd");
+                }
+                let _ = reply.send(r);
+            }
+            Command::EtcdDelta(delta, reply) => {
+                let r = self.etcd_delta(*delta);
                 if r.is_err() {
                     self.refused("etcd");
                 }
@@ -705,6 +713,11 @@ impl Reconciler {
             Origin::Fallback => "fallback",
         };
         let applied = self.apply(merged, why)?;
+        self.shared
+            .metrics
+            .etcd_applied
+            .with_label_values(&["full"])
+            .inc();
         self.api_routes = kept;
         self.apps = apps;
         self.publish_apps();

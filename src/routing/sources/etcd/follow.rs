@@ -1,7 +1,10 @@
 //! Keeps one instance's routes in step with etcd: a full read of the
-//! prefix, then a watch from the revision after it. Every change hands the
+//! prefix, then a watch from the revision after it. A full read hands the
 //! whole etcd route set to the reconciler, which applies it with the other
-//! sources in one swap.
+//! sources in one swap; a watch burst hands over only what it changed
+//! (`crate::control::EtcdDelta`), and the whole set only when the
+//! reconciler asks for it (a change that clashes, see
+//! `routing/reconciler/etcd_delta.rs`) or a hand-over failed.
 //!
 //! Any loss (etcd down, the link cut, a watch that stops answering progress
 //! requests, a watch cancelled because its revision was compacted) ends the
@@ -11,7 +14,7 @@
 //! recorded it has been compacted. Meanwhile the last table keeps serving,
 //! and writes are refused (`connected` is false).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,14 +26,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::EtcdCache;
-use super::stored_app::{apps_prefix, StoredApp};
+use super::stored_app::{app_key, apps_prefix, StoredApp};
 use super::{connect, routes_prefix, timed, EtcdStatus};
-use crate::apps::AppPut;
+use crate::apps::{AppKey, AppPut};
 use crate::config::etcd::EtcdConfig;
 use crate::config::routes::{self, RouteSpec};
 use crate::config::ConfigError;
 use crate::config::ControlLimits;
-use crate::control::{Control, Origin};
+use crate::control::{Control, EtcdDelta, Origin};
 use crate::proxy::Shared;
 use crate::routing::route::Route;
 
@@ -43,6 +46,13 @@ struct Mirror {
     apps: BTreeMap<String, StoredApp>,
     /// Keys whose value is not a valid route or app record, with why.
     invalid: BTreeMap<String, String>,
+    /// Routes and apps changed since the set was last handed over.
+    changed_routes: BTreeSet<String>,
+    changed_apps: BTreeSet<AppKey>,
+    /// A change a delta cannot carry (an app record under a key that is
+    /// not its own, or not valid), or a failed hand-over: the next one is
+    /// the whole set.
+    needs_full: bool,
 }
 
 /// What a key under the prefix holds.
@@ -73,9 +83,17 @@ impl Mirror {
             }),
             Kind::App => serde_json::from_slice::<StoredApp>(&kv.value)
                 .map(|a| {
+                    let app = a.key();
+                    if app_key(cfg, &app) != key {
+                        self.needs_full = true;
+                    }
+                    self.changed_apps.insert(app);
                     self.apps.insert(key.clone(), a);
                 })
-                .map_err(|e| format!("{key}: not an app record: {e}")),
+                .map_err(|e| {
+                    self.needs_full = true;
+                    format!("{key}: not an app record: {e}")
+                }),
             Kind::Other => Ok(()),
         };
         if let Err(why) = parsed {
@@ -88,13 +106,55 @@ impl Mirror {
         match kind(cfg, key) {
             Kind::Route(name) => {
                 self.routes.remove(&name);
+                self.changed_routes.insert(name);
             }
             Kind::App => {
-                self.apps.remove(key);
+                if let Some(old) = self.apps.remove(key) {
+                    self.changed_apps.insert(old.key());
+                }
             }
             Kind::Other => {}
         }
         self.invalid.remove(key);
+    }
+
+    /// What changed since the last hand-over, as a delta to `revision`;
+    /// `None` when only the whole set will do. Either way the changes are
+    /// taken: the caller hands over one or the other.
+    fn take_delta(&mut self, cfg: &EtcdConfig, revision: i64) -> Option<EtcdDelta> {
+        let routes = std::mem::take(&mut self.changed_routes);
+        let apps = std::mem::take(&mut self.changed_apps);
+        if std::mem::take(&mut self.needs_full) {
+            return None;
+        }
+        Some(EtcdDelta {
+            routes: routes
+                .into_iter()
+                .map(|name| {
+                    let now = self.routes.get(&name).cloned();
+                    (name, now)
+                })
+                .collect(),
+            apps: apps
+                .into_iter()
+                .map(|key| {
+                    let now = self
+                        .apps
+                        .get(&app_key(cfg, &key))
+                        .cloned()
+                        .map(StoredApp::into_put);
+                    (key, now)
+                })
+                .collect(),
+            revision,
+        })
+    }
+
+    /// Forgets the changes: the whole set is being handed over.
+    fn clear_changes(&mut self) {
+        self.changed_routes.clear();
+        self.changed_apps.clear();
+        self.needs_full = false;
     }
 
     fn app_puts(&self) -> Vec<AppPut> {
@@ -229,7 +289,7 @@ impl Follower {
         client: &mut Client,
         reason: &'static str,
     ) -> Result<(i64, Mirror), String> {
-        let (rev, mirror) = self.read_all(client).await?;
+        let (rev, mut mirror) = self.read_all(client).await?;
         self.shared
             .metrics
             .etcd_resyncs
@@ -243,7 +303,7 @@ impl Follower {
             reason,
             "etcd: read the route set"
         );
-        if self.hand_over(&mirror, rev, Origin::Read).await {
+        if self.hand_over(&mut mirror, rev, Origin::Read).await {
             self.write_cache(&mirror, rev);
         }
         Ok((rev, mirror))
@@ -287,11 +347,12 @@ impl Follower {
     /// Gives the set to the reconciler. A set it refuses (a conflict with
     /// this instance's file routes) keeps the previous table; the next
     /// change tries again.
-    async fn hand_over(&self, mirror: &Mirror, rev: i64, origin: Origin) -> bool {
+    async fn hand_over(&self, mirror: &mut Mirror, rev: i64, origin: Origin) -> bool {
         self.shared
             .metrics
             .etcd_invalid_keys
             .set(mirror.invalid.len() as i64);
+        mirror.clear_changes();
         match self
             .control
             .etcd_set(mirror.routes.clone(), mirror.app_puts(), rev, origin)
@@ -299,19 +360,48 @@ impl Follower {
         {
             Ok(_) => {
                 if origin != Origin::Fallback {
-                    // The flag and its metric clear together, with the
-                    // set that replaced the cached one.
-                    self.status.set_on_fallback(false);
-                    self.shared.metrics.etcd_revision.set(rev);
-                    self.shared.metrics.etcd_on_fallback.set(0);
+                    self.served(rev);
                 }
                 true
             }
             Err(e) => {
                 tracing::error!(revision = rev, error = %e, "etcd: route set not applied");
+                mirror.needs_full = true;
                 false
             }
         }
+    }
+
+    /// Gives the reconciler what a watch burst changed, or the whole set
+    /// when the changes cannot go as a delta.
+    async fn hand_over_changes(&self, mirror: &mut Mirror, rev: i64) -> bool {
+        let Some(delta) = mirror.take_delta(&self.cfg, rev) else {
+            return self.hand_over(mirror, rev, Origin::Watch).await;
+        };
+        self.shared
+            .metrics
+            .etcd_invalid_keys
+            .set(mirror.invalid.len() as i64);
+        match self.control.etcd_delta(delta).await {
+            Ok(Some(_)) => {
+                self.served(rev);
+                true
+            }
+            Ok(None) => self.hand_over(mirror, rev, Origin::Watch).await,
+            Err(e) => {
+                tracing::error!(revision = rev, error = %e, "etcd: changes not applied");
+                mirror.needs_full = true;
+                false
+            }
+        }
+    }
+
+    /// A set or delta from etcd itself is live: the stale flag and its
+    /// metric clear together, with the set that replaced the cached one.
+    fn served(&self, rev: i64) {
+        self.status.set_on_fallback(false);
+        self.shared.metrics.etcd_revision.set(rev);
+        self.shared.metrics.etcd_on_fallback.set(0);
     }
 
     /// Follows the watch from `rev + 1` until it is lost or stopped.
@@ -394,7 +484,7 @@ impl Follower {
             }
             match got {
                 Got::Changed(now) => {
-                    if self.hand_over(mirror, now, Origin::Watch).await {
+                    if self.hand_over_changes(mirror, now).await {
                         // The cached copy trails by at most FALLBACK_EVERY:
                         // rewriting a large set on every event would cost
                         // more than applying it.
