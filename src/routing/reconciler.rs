@@ -582,17 +582,28 @@ impl Reconciler {
         let Some(next) = self.apps.rechecked(report, &self.shared.config.apps) else {
             return;
         };
-        let checked = next.map_err(ControlError::Invalid).and_then(|apps| {
-            let merged = self.merged(&self.file_routes, &self.api_routes, &apps)?;
-            Ok((apps, merged))
-        });
-        let result = match checked {
-            Ok((apps, merged)) => {
+        let result = match next.map_err(ControlError::Invalid) {
+            // One app's routes withdrawn or restored: a delta, as its put.
+            Ok(apps) if self.can_patch(Utc::now()) => {
                 let (change, undo) = (stored(&apps, &key), stored(&self.apps, &key));
-                self.commit_then_apply(vec![change], vec![undo], merged, "cname")
-                    .await
-                    .map(|applied| (apps, applied))
+                let delta = self.app_delta(&key, &apps);
+                match self.check_app_delta(&key, &delta) {
+                    Ok(()) => self
+                        .commit_then_patch(vec![change], vec![undo], delta, "cname")
+                        .await
+                        .map(|applied| (apps, applied)),
+                    Err(e) => Err(e),
+                }
             }
+            Ok(apps) => match self.merged(&self.file_routes, &self.api_routes, &apps) {
+                Ok(merged) => {
+                    let (change, undo) = (stored(&apps, &key), stored(&self.apps, &key));
+                    self.commit_then_apply(vec![change], vec![undo], merged, "cname")
+                        .await
+                        .map(|applied| (apps, applied))
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match result {
