@@ -14,6 +14,15 @@ use super::ConfigErrors;
 /// the connection semaphore can count.
 pub const MAX_CONNECTIONS: usize = 10_000_000;
 
+/// Largest accepted caps on route sets: `limits.max_routes` (ten times
+/// the million routes the control plane is measured at),
+/// `limits.max_hosts_per_route` (the admin API's body cap holds fewer
+/// anyway) and `limits.max_backends_per_route` (tried one after another,
+/// so thousands would only add up connect timeouts).
+pub const MAX_ROUTES: usize = 10_000_000;
+pub const MAX_HOSTS_PER_ROUTE: usize = 100_000;
+pub const MAX_BACKENDS_PER_ROUTE: usize = 10_000;
+
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);
@@ -34,6 +43,12 @@ pub const DURATION_MAX: &[(&str, Duration)] = &[
     ("health.failure_cooldown", HOUR),
     ("apps.cname_recheck", Duration::from_secs(7 * 86400)),
     ("dns.timeout", MINUTE),
+    // A link that takes longer is down; the follower's back-off waits no
+    // longer than a few minutes, so a recovered etcd is followed soon.
+    ("etcd.dial_timeout", MINUTE),
+    ("etcd.request_timeout", MINUTE),
+    ("etcd.heartbeat", MINUTE),
+    ("etcd.backoff_max", Duration::from_secs(600)),
     // RFC 8767 suggests 1 to 3 days; past a day an address may well belong
     // to someone else by now.
     ("dns.serve_stale", DAY),

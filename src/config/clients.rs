@@ -45,6 +45,27 @@ impl ClientLimits {
         if !(16..=128).contains(&prefixes.ipv6) {
             errs.push(path, "limits.client_ipv6_prefix", "must be from 16 to 128");
         }
+        for (field, value) in [
+            (
+                "limits.max_unrouted_per_client",
+                raw.max_unrouted_per_client,
+            ),
+            (
+                "limits.max_connections_per_client",
+                raw.max_connections_per_client,
+            ),
+        ] {
+            if value > super::bounds::MAX_CONNECTIONS {
+                errs.push(
+                    path,
+                    field,
+                    format!(
+                        "{value} is more than the most allowed, {} (0: no limit)",
+                        super::bounds::MAX_CONNECTIONS
+                    ),
+                );
+            }
+        }
         let rate = super::rate::validate(
             path,
             (

@@ -180,6 +180,7 @@ pub fn validate(
         if d.is_zero() {
             errs.push(path, name, "must be greater than zero");
         }
+        super::bounds::check(path, name, d, errs);
     }
     let password = match (raw.password_file, raw.password_env) {
         (Some(_), Some(_)) => {

@@ -39,13 +39,22 @@ impl ControlLimits {
         raw: &super::raw::RawLimits,
         errs: &mut ConfigErrors,
     ) -> ControlLimits {
-        for (field, value) in [
-            ("limits.max_hosts_per_route", raw.max_hosts_per_route),
-            ("limits.max_backends_per_route", raw.max_backends_per_route),
-            ("limits.max_routes", raw.max_routes),
+        use super::bounds::{MAX_BACKENDS_PER_ROUTE, MAX_HOSTS_PER_ROUTE, MAX_ROUTES};
+        for (field, value, max) in [
+            (
+                "limits.max_hosts_per_route",
+                raw.max_hosts_per_route,
+                MAX_HOSTS_PER_ROUTE,
+            ),
+            (
+                "limits.max_backends_per_route",
+                raw.max_backends_per_route,
+                MAX_BACKENDS_PER_ROUTE,
+            ),
+            ("limits.max_routes", raw.max_routes, MAX_ROUTES),
         ] {
-            if value == 0 {
-                errs.push(path, field, "must be at least 1");
+            if !(1..=max).contains(&value) {
+                errs.push(path, field, format!("must be from 1 to {max}"));
             }
         }
         ControlLimits {

@@ -599,9 +599,9 @@ mod tests {
         .to_string();
         assert_eq!(
             errs,
-            "/etc/mse/proxy.toml: limits.max_hosts_per_route: must be at least 1\n\
-             /etc/mse/proxy.toml: limits.max_backends_per_route: must be at least 1\n\
-             /etc/mse/proxy.toml: limits.max_routes: must be at least 1"
+            "/etc/mse/proxy.toml: limits.max_hosts_per_route: must be from 1 to 100000\n\
+             /etc/mse/proxy.toml: limits.max_backends_per_route: must be from 1 to 10000\n\
+             /etc/mse/proxy.toml: limits.max_routes: must be from 1 to 10000000"
         );
     }
 
@@ -691,6 +691,32 @@ mod tests {
             "/etc/mse/proxy.toml: dns.serve_stale: 30days is more than the most allowed, 1day",
             "/etc/mse/proxy.toml: dns.cache_size: 2000000 is more than the most allowed, 1000000",
             "/etc/mse/proxy.toml: dns.allow_internal[0]: `loopback` is not a network",
+        ] {
+            assert!(e.contains(want), "{want} not in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn every_size_and_duration_knob_has_a_bound_named_in_the_error() {
+        let e = load(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\n\
+             max_unrouted_per_client = 20000000\nmax_connections_per_client = 20000000\n\
+             max_hosts_per_route = 200000\nmax_backends_per_route = 20000\nmax_routes = 20000000\n\
+             [etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\ndial_timeout = \"1h\"\n\
+             request_timeout = \"1h\"\nheartbeat = \"1h\"\nbackoff_max = \"1day\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "limits.max_unrouted_per_client: 20000000 is more than the most allowed, 10000000",
+            "limits.max_connections_per_client: 20000000 is more than the most allowed, 10000000",
+            "limits.max_hosts_per_route: must be from 1 to 100000",
+            "limits.max_backends_per_route: must be from 1 to 10000",
+            "limits.max_routes: must be from 1 to 10000000",
+            "etcd.dial_timeout: 1h is more than the most allowed, 1m",
+            "etcd.request_timeout: 1h is more than the most allowed, 1m",
+            "etcd.heartbeat: 1h is more than the most allowed, 1m",
+            "etcd.backoff_max: 1day is more than the most allowed, 10m",
         ] {
             assert!(e.contains(want), "{want} not in:\n{e}");
         }
