@@ -200,13 +200,15 @@ impl Dns {
 }
 
 impl Dns {
-    /// The target of `name`'s CNAME record, for the custom-domain check of
-    /// apps (`crate::apps::cname`), lowercase without the trailing dot.
-    /// `Ok(None)` when the DNS answers that there is none (or no such name);
-    /// an error when it gives no answer, which a caller must not take for a
-    /// "no". Not counted in `dns_lookups_total`, which is about backends.
-    pub async fn cname(&self, name: &str) -> Result<Option<String>, DnsError> {
-        use hickory_resolver::proto::rr::{RData, RecordType};
+    /// The answers of a lookup of `name` (lowercased, fully qualified) for
+    /// `kind`; `Ok(None)` when the DNS answers that there are none (or no
+    /// such name), an error when it gives no answer, which a caller must
+    /// not take for a "no".
+    async fn records(
+        &self,
+        name: &str,
+        kind: hickory_resolver::proto::rr::RecordType,
+    ) -> Result<Option<hickory_resolver::lookup::Lookup>, DnsError> {
         let unavailable = |reason: String| DnsError::Unavailable {
             name: name.to_string(),
             reason,
@@ -215,21 +217,32 @@ impl Dns {
             .resolver
             .as_ref()
             .map_err(|e| unavailable(format!("no resolver: {e}")))?;
-        let plain = |n: String| n.trim_end_matches('.').to_ascii_lowercase();
-        let wanted = plain(name.to_string());
-        match resolver
-            .lookup(format!("{wanted}.").as_str(), RecordType::CNAME)
-            .await
-        {
-            Ok(lookup) => Ok(lookup.answers().iter().find_map(|r| match &r.data {
-                RData::CNAME(target) if plain(r.name.to_ascii()) == wanted => {
-                    Some(plain(target.0.to_ascii()))
-                }
-                _ => None,
-            })),
+        let wanted = name.trim_end_matches('.').to_ascii_lowercase();
+        match resolver.lookup(format!("{wanted}.").as_str(), kind).await {
+            Ok(lookup) => Ok(Some(lookup)),
             Err(e) if e.is_no_records_found() => Ok(None),
             Err(e) => Err(unavailable(e.to_string())),
         }
+    }
+
+    /// The target of `name`'s CNAME record, for the custom-domain check of
+    /// apps (`crate::apps::cname`), lowercase without the trailing dot.
+    /// `Ok(None)` when the DNS answers that there is none (or no such name);
+    /// an error when it gives no answer. Not counted in `dns_lookups_total`,
+    /// which is about backends.
+    pub async fn cname(&self, name: &str) -> Result<Option<String>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType};
+        let plain = |n: String| n.trim_end_matches('.').to_ascii_lowercase();
+        let wanted = plain(name.to_string());
+        let Some(lookup) = self.records(name, RecordType::CNAME).await? else {
+            return Ok(None);
+        };
+        Ok(lookup.answers().iter().find_map(|r| match &r.data {
+            RData::CNAME(target) if plain(r.name.to_ascii()) == wanted => {
+                Some(plain(target.0.to_ascii()))
+            }
+            _ => None,
+        }))
     }
 
     /// The TXT records of `name`, each record's strings joined (as SPF and
@@ -240,34 +253,21 @@ impl Dns {
     /// `dns_lookups_total`, which is about backends.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
         use hickory_resolver::proto::rr::{RData, RecordType};
-        let unavailable = |reason: String| DnsError::Unavailable {
-            name: name.to_string(),
-            reason,
+        let Some(lookup) = self.records(name, RecordType::TXT).await? else {
+            return Ok(Vec::new());
         };
-        let resolver = self
-            .resolver
-            .as_ref()
-            .map_err(|e| unavailable(format!("no resolver: {e}")))?;
-        let wanted = name.trim_end_matches('.').to_ascii_lowercase();
-        match resolver
-            .lookup(format!("{wanted}.").as_str(), RecordType::TXT)
-            .await
-        {
-            Ok(lookup) => Ok(lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(txt) => Some(
-                        txt.txt_data
-                            .iter()
-                            .map(|s| String::from_utf8_lossy(s))
-                            .collect::<String>(),
-                    ),
-                    _ => None,
-                })
-                .collect()),
-            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
-            Err(e) => Err(unavailable(e.to_string())),
-        }
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s))
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect())
     }
 }
