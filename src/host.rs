@@ -46,7 +46,7 @@ pub fn parse_host_pattern(h: &str) -> Result<HostPattern, String> {
 
 /// DNS name syntax, lenient on `_` (seen in real names).
 pub fn check_hostname(n: &str) -> Result<(), String> {
-    if n.is_empty() || n.len() > 253 {
+    if n.is_empty() || n.len() > MAX_HOST_NAME_LEN {
         return Err("a host name must be 1-253 characters".into());
     }
     for label in n.split('.') {
@@ -64,4 +64,37 @@ pub fn check_hostname(n: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Longest DNS name in presentation form without the trailing dot.
+const MAX_HOST_NAME_LEN: usize = 253;
+
+/// Validates an SNI host_name and returns it lowercased without its trailing dot.
+///
+/// The name becomes a routing key and appears in logs, so only DNS-name characters are let
+/// through: letters, digits, `-`, `.` and `_` (not valid in host names, but real services use
+/// it). Empty labels (a leading dot or `..`) are refused so that `a..b` or `.b` can never look
+/// like a suffix match of a routed name.
+pub fn normalize_sni(name: &[u8]) -> Result<String, &'static str> {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.is_empty() {
+        return Err("empty SNI host_name");
+    }
+    if name.len() > MAX_HOST_NAME_LEN {
+        return Err("SNI host_name too long");
+    }
+    if !name
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+    {
+        return Err("invalid character in SNI host_name");
+    }
+    if name.first() == Some(&b'.')
+        || name.last() == Some(&b'.')
+        || name.windows(2).any(|w| w == b"..")
+    {
+        return Err("empty label in SNI host_name");
+    }
+    // All bytes are ASCII, so this cannot fail; map rather than unwrap to stay panic-free.
+    String::from_utf8(name.to_ascii_lowercase()).map_err(|_| "invalid character in SNI host_name")
 }

@@ -35,9 +35,6 @@ const EXT_SERVER_NAME: u16 = 0;
 const EXT_ALPN: u16 = 16;
 /// `NameType` `host_name` inside the server_name extension.
 const NAME_TYPE_HOST_NAME: u8 = 0;
-/// Longest DNS name in presentation form without the trailing dot.
-const MAX_HOST_NAME_LEN: usize = 253;
-
 /// Outcome of parsing the bytes read so far from a new connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parse {
@@ -342,40 +339,10 @@ fn parse_server_name(data: &[u8]) -> Result<Option<String>, &'static str> {
             if host.is_some() {
                 return Err("duplicate host_name in server_name");
             }
-            host = Some(normalise_host_name(name)?);
+            host = Some(crate::host::normalize_sni(name)?);
         }
     }
     Ok(host)
-}
-
-/// Validates an SNI host_name and returns it lowercased without its trailing dot.
-///
-/// The name becomes a routing key and appears in logs, so only DNS-name characters are let
-/// through: letters, digits, `-`, `.` and `_` (not valid in host names, but real services use
-/// it). Empty labels (a leading dot or `..`) are refused so that `a..b` or `.b` can never look
-/// like a suffix match of a routed name.
-fn normalise_host_name(name: &[u8]) -> Result<String, &'static str> {
-    let name = name.strip_suffix(b".").unwrap_or(name);
-    if name.is_empty() {
-        return Err("empty SNI host_name");
-    }
-    if name.len() > MAX_HOST_NAME_LEN {
-        return Err("SNI host_name too long");
-    }
-    if !name
-        .iter()
-        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-    {
-        return Err("invalid character in SNI host_name");
-    }
-    if name.first() == Some(&b'.')
-        || name.last() == Some(&b'.')
-        || name.windows(2).any(|w| w == b"..")
-    {
-        return Err("empty label in SNI host_name");
-    }
-    // All bytes are ASCII, so this cannot fail; map rather than unwrap to stay panic-free.
-    String::from_utf8(name.to_ascii_lowercase()).map_err(|_| "invalid character in SNI host_name")
 }
 
 /// ALPN extension (RFC 7301 §3.1): a nonempty list of nonempty protocol names, validated,
