@@ -126,6 +126,10 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Check = command {
+        for f in server::shared_certificates(&config, &routes) {
+            let level = if f.opted_in { "warning" } else { "note" };
+            println!("{level}: {f}");
+        }
         println!(
             "{}: ok ({} listener(s), {} route(s))",
             config_path.display(),

@@ -29,6 +29,7 @@ use crate::routing::sources::etcd::EtcdStatus;
 use crate::routing::sources::file::{self, FileWatch};
 use crate::routing::{Route, Router, Snapshot, Source};
 use crate::tls::certs::CertStore;
+use crate::tls::coalescing;
 
 /// Loads and validates the routes the config names (none if it names no
 /// file), including that `no_sni_route` exists among them.
@@ -56,6 +57,29 @@ pub fn load_certs(config: &Config, routes: &[Route]) -> Result<Arc<CertStore>, C
     let store = CertStore::load(&config.source, &config.certificates)?;
     check_coverage(config, &store, routes)?;
     Ok(Arc::new(store))
+}
+
+/// The terminate routes whose certificate other tenants share, as `check`
+/// explains them (`crate::tls::coalescing`): the certificates loaded again
+/// (`check` has just validated them) and matched against `routes`.
+pub fn shared_certificates(config: &Config, routes: &[Route]) -> Vec<coalescing::Finding> {
+    match CertStore::load(&config.source, &config.certificates) {
+        Ok(store) => coalescing::findings(&store, routes),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// At start, each such route once: why it gets no h2 (or a warning, when
+/// it forces h2). Routes that arrive later through the API follow the same
+/// rule without a line of their own; `check` lists the file's.
+fn log_shared_certificates(certs: &CertStore, routes: &[Route]) {
+    for f in coalescing::findings(certs, routes) {
+        if f.opted_in {
+            tracing::warn!(route = %f.route, certificate = %f.certificate, "{f}");
+        } else {
+            tracing::info!(route = %f.route, certificate = %f.certificate, "{f}");
+        }
+    }
 }
 
 fn check_coverage(
@@ -256,6 +280,7 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     };
     let certs = load_certs(&config, &routes)
         .map_err(|e| anyhow::anyhow!("invalid certificates for the routes:\n{e}"))?;
+    log_shared_certificates(&certs, &routes);
     let opened = open_state(&config)?;
     let (state, etcd_cache) = match &config.etcd {
         None => (opened, None),

@@ -16,7 +16,12 @@ use crate::tls::pem_file::read_certs;
 use crate::tls::upstream::{Upstream, UpstreamTls, Verify};
 use crate::tls::verify::parse_pin;
 
-/// What a terminate route offers clients when it names no `alpn`.
+/// What a terminate route with a TLS upstream and no `alpn` may give
+/// clients: the backend's handshake then decides which, if any
+/// (`crate::tls::alpn`), so the default is never a blind promise. A
+/// plain-TCP upstream negotiates nothing, so without `alpn` it offers no
+/// protocol (clients speak HTTP/1.1); `alpn = ["h2"]` states that it takes
+/// HTTP/2 with prior knowledge.
 pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
 /// Validates the terminate settings of a route whose mode is `terminate`.
@@ -28,10 +33,19 @@ pub fn validate(
     errs: &mut ConfigErrors,
 ) -> Option<Terminate> {
     let alpn = validate_alpn(file, at, spec.alpn.as_deref(), errs);
-    let upstream = validate_upstream(file, at, spec.upstream.as_ref(), errs);
+    let upstream = validate_upstream(file, at, spec.upstream.as_ref(), errs)?;
+    let alpn = match (alpn?, &upstream) {
+        (None, Upstream::Plain) => Vec::new(),
+        (None, Upstream::Tls(_)) => DEFAULT_ALPN.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        (Some(list), _) => list,
+    };
     Some(Terminate {
-        alpn: alpn?,
-        upstream: upstream?,
+        h2_opt_in: spec
+            .alpn
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|p| p == "h2")),
+        alpn,
+        upstream,
     })
 }
 
@@ -59,9 +73,9 @@ fn validate_alpn(
     at: &str,
     alpn: Option<&[String]>,
     errs: &mut ConfigErrors,
-) -> Option<Vec<Vec<u8>>> {
+) -> Option<Option<Vec<Vec<u8>>>> {
     let Some(list) = alpn else {
-        return Some(DEFAULT_ALPN.iter().map(|p| p.as_bytes().to_vec()).collect());
+        return Some(None);
     };
     let before = errs.0.len();
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(list.len());
@@ -83,7 +97,7 @@ fn validate_alpn(
             out.push(p.as_bytes().to_vec());
         }
     }
-    (errs.0.len() == before).then_some(out)
+    (errs.0.len() == before).then_some(Some(out))
 }
 
 fn validate_upstream(

@@ -174,7 +174,7 @@ fn serve<'a>(
                 None => snapshot.no_sni_route(),
             };
             match found {
-                Some(e) => (Arc::clone(e), snapshot.server_config(&e.route)),
+                Some(e) => (Arc::clone(e), snapshot.termination_for(&e.route)),
                 None => {
                     let outcome = if detected.hello.sni.is_some() {
                         Outcome::UnknownSni

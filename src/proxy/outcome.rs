@@ -38,6 +38,11 @@ pub enum Outcome {
     BackendAddressRefused,
     /// Every backend failed, for mixed or other reasons.
     UpstreamConnectError,
+    /// Terminate: the client offered application protocols (ALPN) and
+    /// neither the route nor the backend accepts any of them; the client
+    /// got a `no_application_protocol` alert (RFC 7301), not a relay to a
+    /// backend that would not understand it.
+    AlpnMismatch,
     /// Terminate: the TLS handshake with the backend failed (certificate
     /// not the pinned one, bad chain, no common protocol, timeout).
     UpstreamTlsError,
@@ -76,7 +81,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for pre-registering metric label values.
-    pub const ALL: [Outcome; 29] = [
+    pub const ALL: [Outcome; 30] = [
         Outcome::Ok,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -91,6 +96,7 @@ impl Outcome {
         Outcome::DnsUnavailable,
         Outcome::BackendAddressRefused,
         Outcome::UpstreamConnectError,
+        Outcome::AlpnMismatch,
         Outcome::UpstreamTlsError,
         Outcome::ClientError,
         Outcome::UpstreamError,
@@ -124,6 +130,7 @@ impl Outcome {
             Outcome::DnsUnavailable => "dns_unavailable",
             Outcome::BackendAddressRefused => "backend_address_refused",
             Outcome::UpstreamConnectError => "upstream_connect_error",
+            Outcome::AlpnMismatch => "alpn_mismatch",
             Outcome::UpstreamTlsError => "upstream_tls_error",
             Outcome::ClientError => "client_error",
             Outcome::UpstreamError => "upstream_error",

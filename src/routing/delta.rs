@@ -28,9 +28,11 @@ pub fn patch(router: &Router, delta: Delta, opts: ApplyOptions<'_>) -> Result<Ap
     let mut next = (*old).clone();
     let mut applied = Applied::default();
     let mut retired: Vec<Arc<RouteEntry>> = Vec::new();
+    let mut taken_out: Vec<Arc<RouteEntry>> = Vec::new();
     for name in &delta.remove {
         if let Some(e) = next.remove(name) {
             applied.removed += 1;
+            taken_out.push(Arc::clone(&e));
             retired.push(e);
         }
     }
@@ -38,6 +40,7 @@ pub fn patch(router: &Router, delta: Delta, opts: ApplyOptions<'_>) -> Result<Ap
     for (r, source) in delta.put {
         // Out first: a put's hosts may move between the routes it names.
         let live = next.remove(&r.name);
+        taken_out.extend(live.iter().cloned());
         if r.expired_at(opts.now) {
             applied.expired += 1;
             if let Some(e) = live {
@@ -57,21 +60,20 @@ pub fn patch(router: &Router, delta: Delta, opts: ApplyOptions<'_>) -> Result<Ap
         );
         entries.push(e);
     }
-    let mut tls = None;
+    // Every entry taken out of the table (retired, or replaced by an entry
+    // in `entries`, maybe itself) leaves the certificates' tenant counts,
+    // every entry put in joins them.
+    let tls = next.termination().patched(
+        router.sessions(),
+        taken_out.iter().map(|e| &e.route),
+        entries.iter().map(|e| &e.route),
+    );
     for e in entries {
         warn_if_fresh_insecure(&old, &e);
-        if let Some(t) = &e.route.terminate {
-            let base = tls.as_ref().unwrap_or(next.termination());
-            if let Some(more) = base.with_alpn(router.sessions(), &t.alpn) {
-                tls = Some(more);
-            }
-        }
         next.insert(e);
     }
     next.resolve_no_sni()?;
-    if let Some(tls) = tls {
-        next = next.with_termination(tls);
-    }
+    next = next.with_termination(tls);
     router.swap(next);
     // After the swap no new connection can pick these up.
     for e in retired {

@@ -84,13 +84,7 @@ pub fn apply(
         Some(c) => Arc::clone(c),
         None => Arc::clone(old.termination().certs()),
     };
-    let tls = Termination::build(
-        certs,
-        router.sessions(),
-        entries
-            .iter()
-            .filter_map(|e| e.route.terminate.as_ref().map(|t| t.alpn.as_slice())),
-    );
+    let tls = Termination::build(certs, router.sessions(), entries.iter().map(|e| &e.route));
     let next = Snapshot::build(entries, opts.no_sni_route)?.with_termination(tls);
     let removed: Vec<Arc<RouteEntry>> = old
         .routes()

@@ -56,9 +56,23 @@ impl fmt::Display for Backend {
 /// What a terminate route does once the client's handshake is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Terminate {
-    /// Offered to clients, in order of preference; may be empty (no ALPN).
+    /// The protocols a client may get, in order of preference; may be
+    /// empty (no ALPN). With a TLS upstream the backend picks among those
+    /// the client also offered, and the client gets its pick
+    /// (`crate::tls::alpn`); with plain TCP they are offered as is.
     pub alpn: Vec<Vec<u8>>,
+    /// The route's own `alpn` lists `h2`: offered even on a certificate
+    /// shared with other tenants (`crate::tls::coalescing`), loudly.
+    pub h2_opt_in: bool,
     pub upstream: Upstream,
+}
+
+impl Terminate {
+    /// Whether the client's protocol is learned from the backend's
+    /// handshake (a TLS upstream) rather than offered as configured.
+    pub fn learns_alpn(&self) -> bool {
+        matches!(self.upstream, Upstream::Tls(_))
+    }
 }
 
 /// A route's overrides, validated; `None` fields take `[limits]`'s.

@@ -183,7 +183,7 @@ pub struct Snapshot {
     no_sni: Option<Arc<RouteEntry>>,
     /// Certificates and TLS server configs for the terminate routes, swapped
     /// with the routes they serve.
-    tls: Termination,
+    tls: Arc<Termination>,
 }
 
 impl Snapshot {
@@ -343,7 +343,7 @@ impl Snapshot {
 
     /// Sets the termination state; done once, before the snapshot goes live.
     pub fn with_termination(mut self, tls: Termination) -> Self {
-        self.tls = tls;
+        self.tls = Arc::new(tls);
         self
     }
 
@@ -351,11 +351,12 @@ impl Snapshot {
         &self.tls
     }
 
-    /// The TLS server config for a terminate route of this snapshot; `None`
-    /// for passthrough routes.
-    pub fn server_config(&self, route: &Route) -> Option<Arc<rustls::ServerConfig>> {
-        let t = route.terminate.as_ref()?;
-        self.tls.server_config(&t.alpn)
+    /// The termination state for a connection on a terminate route of this
+    /// snapshot (one count: its configs and certificates stay with the
+    /// routes they were built for); `None` for passthrough routes.
+    pub fn termination_for(&self, route: &Route) -> Option<Arc<Termination>> {
+        route.terminate.as_ref()?;
+        Some(Arc::clone(&self.tls))
     }
 }
 

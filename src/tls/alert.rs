@@ -3,6 +3,8 @@
 
 /// Alert description `unrecognized_name` (RFC 6066, section 3).
 pub const UNRECOGNIZED_NAME: u8 = 112;
+/// Alert description `no_application_protocol` (RFC 7301, section 3.2).
+pub const NO_APPLICATION_PROTOCOL: u8 = 120;
 /// Alert description `handshake_failure`.
 pub const HANDSHAKE_FAILURE: u8 = 40;
 

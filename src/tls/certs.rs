@@ -135,6 +135,13 @@ impl CertStore {
     /// the name minus its first label. Without SNI (a client that dialled an
     /// IP address), the first certificate configured.
     pub fn select(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        self.select_index(sni)
+            .and_then(|i| self.certs.get(i))
+            .map(|c| &c.key)
+    }
+
+    /// The position of the certificate [`CertStore::select`] gives.
+    pub fn select_index(&self, sni: Option<&str>) -> Option<usize> {
         let i = match sni {
             None => 0,
             Some(name) => {
@@ -148,7 +155,36 @@ impl CertStore {
                 }
             }
         };
-        self.certs.get(i).map(|c| &c.key)
+        (i < self.certs.len()).then_some(i)
+    }
+
+    /// The positions of every certificate valid for some name `host`
+    /// matches: what a client holding a connection with that certificate
+    /// may reuse it for (RFC 9113 §9.1.1). An exact host: the certificate
+    /// naming it and the one whose wildcard covers it; a wildcard host:
+    /// the same wildcard and every exact name one label under it (the
+    /// certificates are few, so that is a short scan).
+    pub fn covering(&self, host: &HostPattern) -> Vec<usize> {
+        let mut out = Vec::new();
+        match host {
+            HostPattern::Exact(h) => {
+                out.extend(self.exact.get(h).copied());
+                if let Some((_, s)) = h.split_once('.') {
+                    out.extend(self.wildcard.get(s).copied());
+                }
+            }
+            HostPattern::Wildcard(s) => {
+                out.extend(self.wildcard.get(s).copied());
+                for (name, &i) in &self.exact {
+                    if name.split_once('.').is_some_and(|(_, p)| p == s) {
+                        out.push(i);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Whether every name `host` matches is served by some certificate: an
@@ -330,7 +366,7 @@ pub fn served_names(cert: &CertificateDer<'_>) -> Result<Vec<HostPattern>, Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::standin::Ca;
 
@@ -349,7 +385,7 @@ mod tests {
         }
     }
 
-    fn store_for(ca: &Ca, sets: &[&[&str]]) -> CertStore {
+    pub(crate) fn store_for(ca: &Ca, sets: &[&[&str]]) -> CertStore {
         let dir = tempfile::tempdir().unwrap();
         let files: Vec<CertificateFiles> = sets
             .iter()

@@ -77,9 +77,10 @@ pub fn parse(buf: &[u8], max_len: usize) -> Parse {
 /// The ALPN protocol names of the whole ClientHello at the start of `buf`, in client order
 /// (empty without an ALPN extension); `None` unless [`parse`] gives `Complete`.
 ///
-/// Separate from [`parse`] because nothing on a connection's path needs the list (a
-/// terminate route's TLS library reads ALPN itself), and collecting it there would cost every
-/// connection one allocation per protocol name. [`parse`] still validates the extension.
+/// Separate from [`parse`] because only a terminate route with a TLS upstream needs the list
+/// (to offer the backend what the client offered before finishing the client's handshake),
+/// and collecting it there would cost every connection one allocation per protocol name.
+/// [`parse`] still validates the extension.
 pub fn alpn(buf: &[u8], max_len: usize) -> Option<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     match parse_into(buf, max_len, Some(&mut out)) {

@@ -1,10 +1,13 @@
 //! TLS-level pieces of the ingress: reading what a client sends before any
 //! handshake (`client_hello`, `detect`, `alert`), and terminating TLS for
 //! terminate routes (`certs`, read through `pem_file`; `terminate`,
-//! `rewind`) with a new TLS connection to the enclave (`upstream`, `verify`).
+//! `rewind`; which protocol a client gets: `alpn`, and never h2 on a
+//! certificate other tenants share: `coalescing`) with a new TLS connection to the enclave (`upstream`, `verify`).
 pub mod alert;
+pub mod alpn;
 pub mod certs;
 pub mod client_hello;
+pub mod coalescing;
 pub mod detect;
 pub mod pem_file;
 pub mod rewind;

@@ -1,8 +1,8 @@
 //! Terminating TLS for `mode = "terminate"` routes.
 //!
 //! Each routing snapshot holds a [`Termination`]: its certificates and one
-//! rustls `ServerConfig` per distinct ALPN list among its terminate routes,
-//! built when the snapshot is built, never per connection. Every config
+//! rustls `ServerConfig` per ALPN list its terminate routes may finish a
+//! handshake with, built when the snapshot is built, never per connection. Every config
 //! shares one process-wide session cache and ticketer ([`Sessions`]), so a
 //! client resumes across routes and across reloads.
 //!
@@ -21,8 +21,11 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::alpn;
 use super::certs::CertStore;
+use super::coalescing::CertTenants;
 use super::rewind::Rewind;
+use crate::routing::route::Route;
 
 /// Sessions remembered for resumption by ID, for the TLS 1.2 clients that
 /// do not take tickets (ticket resumption needs no server state). The cache
@@ -68,60 +71,94 @@ impl Sessions {
     }
 }
 
-/// The termination half of a snapshot. Cloned by a delta: a handful of
-/// configs, one per distinct ALPN list.
+/// The termination half of a snapshot: its certificates, one server config
+/// per ALPN list its terminate routes may finish a handshake with
+/// ([`crate::tls::alpn::server_lists`]), and which certificates serve more
+/// than one tenant ([`CertTenants`]). Held in an `Arc` by the snapshot, so
+/// a connection takes all of it with one count; a delta clones it (a
+/// handful of configs, the tenant counts persistent).
 #[derive(Debug, Default, Clone)]
 pub struct Termination {
     certs: Arc<CertStore>,
     by_alpn: HashMap<Vec<Vec<u8>>, Arc<ServerConfig>>,
+    tenants: CertTenants,
 }
 
 impl Termination {
-    /// One server config per distinct ALPN list, all serving `certs`.
+    /// The configs and tenant counts for `routes`, all serving `certs`.
     pub fn build<'a>(
         certs: Arc<CertStore>,
         sessions: &Sessions,
-        alpn_lists: impl IntoIterator<Item = &'a [Vec<u8>]>,
+        routes: impl IntoIterator<Item = &'a Route> + Clone,
     ) -> Self {
-        let mut by_alpn = HashMap::new();
-        for alpn in alpn_lists {
-            if by_alpn.contains_key(alpn) {
+        let tenants = CertTenants::build(&certs, routes.clone());
+        let mut t = Self {
+            certs,
+            by_alpn: HashMap::new(),
+            tenants,
+        };
+        for r in routes {
+            t.add_configs(sessions, r);
+        }
+        t
+    }
+
+    /// After a delta: `removed` routes left the table, `added` ones came
+    /// in (a replaced route is in both). A list no route uses any more
+    /// keeps its config until the next full build.
+    pub fn patched<'a>(
+        &self,
+        sessions: &Sessions,
+        removed: impl IntoIterator<Item = &'a Route>,
+        added: impl IntoIterator<Item = &'a Route>,
+    ) -> Self {
+        let mut next = self.clone();
+        for r in removed {
+            next.tenants.remove(&next.certs, r);
+        }
+        for r in added {
+            next.tenants.add(&next.certs, r);
+            next.add_configs(sessions, r);
+        }
+        next
+    }
+
+    fn add_configs(&mut self, sessions: &Sessions, route: &Route) {
+        let Some(t) = &route.terminate else {
+            return;
+        };
+        for alpn in alpn::server_lists(&t.alpn, t.learns_alpn()) {
+            if self.by_alpn.contains_key(&alpn) {
                 continue;
             }
             let mut cfg = ServerConfig::builder()
                 .with_no_client_auth()
-                .with_cert_resolver(Arc::clone(&certs) as _);
-            cfg.alpn_protocols = alpn.to_vec();
+                .with_cert_resolver(Arc::clone(&self.certs) as _);
+            cfg.alpn_protocols = alpn.clone();
             cfg.session_storage = Arc::clone(&sessions.cache);
             if let Some(t) = &sessions.ticketer {
                 cfg.ticketer = Arc::clone(t);
             }
-            by_alpn.insert(alpn.to_vec(), Arc::new(cfg));
+            self.by_alpn.insert(alpn, Arc::new(cfg));
         }
-        Self { certs, by_alpn }
-    }
-
-    /// For a delta that adds a terminate route: `None` when a config for
-    /// `alpn` exists already (the common case), else this one plus it. A
-    /// list no route uses any more stays until the next full build.
-    pub fn with_alpn(&self, sessions: &Sessions, alpn: &[Vec<u8>]) -> Option<Self> {
-        if self.by_alpn.contains_key(alpn) {
-            return None;
-        }
-        let one = Self::build(Arc::clone(&self.certs), sessions, [alpn]);
-        let mut next = self.clone();
-        next.by_alpn.extend(one.by_alpn);
-        Some(next)
     }
 
     pub fn certs(&self) -> &Arc<CertStore> {
         &self.certs
     }
 
-    /// The config for a route offering `alpn`; `None` only if no terminate
-    /// route of this snapshot has that list.
+    /// The config finishing a client handshake that may select only from
+    /// `alpn`; `None` only if no terminate route of this snapshot needs it.
     pub fn server_config(&self, alpn: &[Vec<u8>]) -> Option<Arc<ServerConfig>> {
         self.by_alpn.get(alpn).cloned()
+    }
+
+    /// Whether the certificate a client asking for `sni` gets also serves
+    /// another tenant's hosts, so that h2 must not be offered on it.
+    pub fn shared_certificate(&self, sni: Option<&str>) -> bool {
+        self.certs
+            .select_index(sni)
+            .is_some_and(|i| self.tenants.shared(i))
     }
 
     /// Distinct server configs built (for tests and logs).
@@ -163,20 +200,51 @@ pub async fn accept(
 mod tests {
     use super::*;
 
+    use crate::config::routes::{validate_all, RouteSpec};
+    use crate::config::terminate::UpstreamSpec;
+
+    fn route(alpn: Option<&[&str]>, tls: bool) -> Route {
+        let mut spec = RouteSpec::terminate(
+            "t",
+            &["t.example.test"],
+            &["127.0.0.1:1"],
+            UpstreamSpec {
+                tls: (!tls).then_some(false),
+                insecure_skip_verify: tls.then_some(true),
+                ..Default::default()
+            },
+        );
+        spec.alpn = alpn.map(|l| l.iter().map(|p| p.to_string()).collect());
+        let limits = crate::config::ControlLimits::default();
+        validate_all(std::path::Path::new("t"), &[spec], "route", &limits)
+            .unwrap()
+            .remove(0)
+    }
+
+    fn l(names: &[&str]) -> Vec<Vec<u8>> {
+        names.iter().map(|n| n.as_bytes().to_vec()).collect()
+    }
+
     #[test]
-    fn one_server_config_per_distinct_alpn_list() {
-        let h2: Vec<Vec<u8>> = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let h1: Vec<Vec<u8>> = vec![b"http/1.1".to_vec()];
-        let none: Vec<Vec<u8>> = Vec::new();
-        let lists = [h2.as_slice(), h1.as_slice(), h2.as_slice(), none.as_slice()];
-        let t = Termination::build(Arc::default(), &Sessions::new(), lists);
+    fn one_server_config_per_list_a_handshake_may_finish_with() {
+        let learned = route(None, true);
+        let plain_h1 = route(Some(&["http/1.1"]), false);
+        let plain_default = route(None, false);
+        let routes = [&learned, &plain_h1, &learned, &plain_default];
+        let t = Termination::build(Arc::default(), &Sessions::new(), routes);
+        // Learned: none, [h2], [http/1.1]; plain: [http/1.1] (again) and [].
         assert_eq!(t.configs(), 3);
-        let a = t.server_config(&h2).unwrap();
-        assert_eq!(a.alpn_protocols, h2);
-        assert!(Arc::ptr_eq(&a, &t.server_config(&h2).unwrap()));
-        assert!(t.server_config(&[b"spdy/3".to_vec()]).is_none());
+        let a = t.server_config(&l(&["h2"])).unwrap();
+        assert_eq!(a.alpn_protocols, l(&["h2"]));
+        assert!(Arc::ptr_eq(&a, &t.server_config(&l(&["h2"])).unwrap()));
+        assert!(t.server_config(&l(&["h2", "http/1.1"])).is_none());
         // Every config shares the one session cache.
-        let b = t.server_config(&h1).unwrap();
+        let b = t.server_config(&[]).unwrap();
         assert!(Arc::ptr_eq(&a.session_storage, &b.session_storage));
+        // A delta adding a plain route with its own list adds its configs.
+        let plain_h2 = route(Some(&["h2", "http/1.1"]), false);
+        let next = t.patched(&Sessions::new(), [], [&plain_h2]);
+        assert_eq!(next.configs(), 4);
+        assert!(next.server_config(&l(&["h2", "http/1.1"])).is_some());
     }
 }

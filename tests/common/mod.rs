@@ -3,6 +3,7 @@
 //! and real TLS clients (rustls here; curl and openssl as processes).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod etcd;
 pub mod process;
 pub mod promql;
@@ -508,12 +509,22 @@ impl PlatformCert {
     }
 }
 
-/// An HTTP backend (hyper, HTTP/1.1 and HTTP/2 by ALPN or preface) that
-/// answers every request with `hello from NAME over VERSION`; over TLS when
+/// An HTTP backend (hyper, HTTP/1.1 and HTTP/2 by ALPN or preface, or
+/// only one of them: [`Speaks`]) that answers every request with `hello
+/// from NAME over VERSION` and records each request's host; over TLS when
 /// given a server config, plain TCP otherwise.
 pub struct HttpBackend {
     pub addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The HTTP versions an [`HttpBackend`] serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    Both,
+    Http1Only,
+    Http2Only,
 }
 
 impl Drop for HttpBackend {
@@ -524,29 +535,39 @@ impl Drop for HttpBackend {
 
 impl HttpBackend {
     pub async fn spawn(tls: Option<Arc<rustls::ServerConfig>>, name: &str) -> HttpBackend {
+        Self::spawn_speaking(tls, name, Speaks::Both).await
+    }
+
+    pub async fn spawn_speaking(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        name: &str,
+        speaks: Speaks,
+    ) -> HttpBackend {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let name: Arc<str> = name.into();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let log = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
                     continue;
                 };
-                let (name, acceptor) = (Arc::clone(&name), acceptor.clone());
+                let (name, acceptor, log) = (Arc::clone(&name), acceptor.clone(), Arc::clone(&log));
                 tokio::spawn(async move {
                     match acceptor {
                         Some(a) => {
                             if let Ok(tls) = a.accept(tcp).await {
-                                serve_http(tls, name).await;
+                                serve_http(tls, name, speaks, log).await;
                             }
                         }
-                        None => serve_http(tcp, name).await,
+                        None => serve_http(tcp, name, speaks, log).await,
                     }
                 });
             }
         });
-        HttpBackend { addr, task }
+        HttpBackend { addr, seen, task }
     }
 
     /// A TLS backend with a certificate from `ca` for `enclave.internal`,
@@ -556,13 +577,52 @@ impl HttpBackend {
         let cfg = leaf.server_config(&[b"h2", b"http/1.1"]).unwrap();
         (HttpBackend::spawn(Some(cfg), name).await, leaf)
     }
+
+    /// A TLS backend as [`HttpBackend::tls`] serving only `speaks`, with
+    /// the ALPN such a server has: none for an HTTP/1.1-only one (as many
+    /// enclave servers are), `h2` alone for an HTTP/2-only one.
+    pub async fn tls_speaking(ca: &Ca, name: &str, speaks: Speaks) -> (HttpBackend, Leaf) {
+        let leaf = ca.issue(&["enclave.internal"]).unwrap();
+        let alpn: &[&[u8]] = match speaks {
+            Speaks::Both => &[b"h2", b"http/1.1"],
+            Speaks::Http1Only => &[],
+            Speaks::Http2Only => &[b"h2"],
+        };
+        let cfg = leaf.server_config(alpn).unwrap();
+        (
+            HttpBackend::spawn_speaking(Some(cfg), name, speaks).await,
+            leaf,
+        )
+    }
+
+    /// The host (HTTP/1.1 `host`, HTTP/2 `:authority`) of every request
+    /// served so far.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
-async fn serve_http<S>(io: S, name: Arc<str>)
-where
+async fn serve_http<S>(
+    io: S,
+    name: Arc<str>,
+    speaks: Speaks,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        seen.lock().unwrap().push(host);
         let body = format!("hello from {name} over {:?}\n", req.version());
         async move {
             Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
@@ -570,7 +630,13 @@ where
             )))
         }
     });
-    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b = match speaks {
+        Speaks::Both => b,
+        Speaks::Http1Only => b.http1_only(),
+        Speaks::Http2Only => b.http2_only(),
+    };
+    let _ = b
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
         .await;
 }
