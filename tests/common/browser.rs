@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+use base64::Engine;
+
 use mse_proxy::standin::Leaf;
 
 /// `base64(sha256(SubjectPublicKeyInfo))` of `leaf`, the form Chromium's
@@ -11,28 +13,7 @@ use mse_proxy::standin::Leaf;
 pub fn spki_hash(leaf: &Leaf) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.cert_der.as_ref()).unwrap();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
-    base64(digest.as_ref())
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
 /// `chromium --headless --dump-dom https://HOST:PORT/` through the proxy at
@@ -64,14 +45,4 @@ pub async fn version() -> String {
     super::run_tool("chromium", &["--version".to_string()], true)
         .await
         .1
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_pads() {
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-    }
 }
