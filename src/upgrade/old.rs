@@ -43,8 +43,6 @@ use crate::state::StateStore;
 
 /// How long the new process has to connect, and then to be serving.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the new process has to answer for one connection.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the upgrade socket brought in.
 #[derive(Debug)]
@@ -332,7 +330,10 @@ pub fn send_connections(
     metrics: HandoffCounters,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let _ = chan.set_timeout(Some(ANSWER_TIMEOUT));
+        // No timeout: an answer that came late would leave a connection
+        // relayed by both processes. Only the new process's end (its
+        // copies closed with it) gives a connection back unanswered.
+        let _ = chan.set_timeout(None);
         let mut broken = false;
         let mut id = 0u64;
         while let Some(offer) = offers.blocking_recv() {
