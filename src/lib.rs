@@ -56,3 +56,4 @@ pub mod state;
 pub mod state_cmd;
 pub mod timing;
 pub mod tls;
+pub mod upgrade;

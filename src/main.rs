@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mse_proxy::config::{Config, LogFormat};
-use mse_proxy::server;
+use mse_proxy::{server, upgrade};
 
 /// Exit code for an invalid configuration (clap uses 2 for bad usage).
 const EXIT_CONFIG: u8 = 3;
@@ -47,6 +47,17 @@ enum Command {
     App {
         #[command(subcommand)]
         command: AppCommand,
+    },
+    /// Hand the running proxy (of --config) over to a new binary without
+    /// refusing or breaking a connection: the listeners and every
+    /// passthrough connection move to it; terminate connections drain.
+    Upgrade {
+        /// The new binary (default: the running one's executable path).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How long to wait for the new process to serve.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
     /// The durable state (state_dir) as JSON: backups, moves, upgrades.
     State {
@@ -101,6 +112,25 @@ fn main() -> ExitCode {
             StateCommand::Export(args) => mse_proxy::state_cmd::export(config, args, err),
             StateCommand::Import(args) => mse_proxy::state_cmd::import(config, args, err),
         });
+    }
+    if let Some(Command::Upgrade { binary, wait }) = &cli.command {
+        let Some(path) = cli.config.as_deref() else {
+            eprintln!("error: --config FILE is required");
+            return ExitCode::from(2);
+        };
+        let config = match Config::load(path) {
+            Ok(c) => c,
+            Err(errs) => {
+                eprintln!("{errs}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let Some(socket) = config.upgrade_socket else {
+            eprintln!("error: the config names no upgrade socket");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        let code = upgrade::trigger::run(&socket, binary.as_deref(), *wait, &mut std::io::stdout());
+        return ExitCode::from(code);
     }
     let command = cli.command.unwrap_or(Command::Run);
     let config_path = match (&cli.config, &command) {
@@ -157,8 +187,36 @@ fn main() -> ExitCode {
             Command::Demo { enclave } => mse_proxy::demo::run(config, routes, enclave).await,
             _ => {
                 let signals = server::Signals::register()?;
-                let handle = server::start(config, routes)?;
-                server::serve_with(handle, signals).await
+                // Started by an upgrade: the listeners come from the
+                // running process (which released the state store first).
+                let mut inherited = match upgrade::successor::socket() {
+                    Some(p) => Some(
+                        tokio::task::spawn_blocking(move || upgrade::successor::join(&p))
+                            .await??,
+                    ),
+                    None => None,
+                };
+                let socket = config.upgrade_socket.clone();
+                let handle = server::start_with(config, routes, inherited.as_mut())?;
+                if let Some(inherited) = inherited {
+                    // Ready as `/readyz` means it: the stored state restored.
+                    let ready = &handle.control.stats.ready;
+                    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+                    while !ready.load(std::sync::atomic::Ordering::Relaxed) {
+                        anyhow::ensure!(tokio::time::Instant::now() < until, "upgrade: not ready in 60s");
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    inherited.ready(std::sync::Arc::clone(&handle.shared), handle.tracker())?;
+                }
+                // Bound once serving: the path names this process from now on.
+                let upgrader = socket.and_then(|p| match upgrade::old::Upgrader::bind(&p) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        tracing::warn!(socket = %p.display(), error = %e, "no upgrade socket: upgrades are off");
+                        None
+                    }
+                });
+                server::serve_upgradable(handle, signals, upgrader).await
             }
         }
     });

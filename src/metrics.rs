@@ -141,6 +141,14 @@ pub struct Metrics {
     /// Re-reads of the admin token files: `ok` now in service, `error`
     /// refused (the tokens in service stay).
     pub admin_token_reloads: IntCounterVec,
+    /// Upgrades asked of this process (`crate::upgrade`), by result: `ok`
+    /// (the new process serves), `refused` (another hand-off format),
+    /// `failed` (it did not start, or not in time; this one serves on).
+    pub upgrades: IntCounterVec,
+    /// Passthrough connections of an upgrade's hand-off, by result: `sent`
+    /// (taken by the new process), `kept` (not taken: relayed on here),
+    /// `received` (taken from the old process).
+    pub upgrade_connections: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -359,6 +367,22 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            upgrades: IntCounterVec::new(
+                opts(
+                    "upgrades_total",
+                    "Upgrades asked of this process: the new one serves (ok), another hand-off format (refused), it did not start in time (failed)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            upgrade_connections: IntCounterVec::new(
+                opts(
+                    "upgrade_connections_total",
+                    "Passthrough connections of upgrades: taken by the new process (sent), relayed on here (kept), taken from the old one (received)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             registry,
             names: Vec::new(),
         };
@@ -395,6 +419,8 @@ impl Metrics {
             Box::new(m.etcd_on_fallback.clone()),
             Box::new(m.admin_requests.clone()),
             Box::new(m.admin_token_reloads.clone()),
+            Box::new(m.upgrades.clone()),
+            Box::new(m.upgrade_connections.clone()),
             Box::new(build),
             Box::new(prometheus::process_collector::ProcessCollector::new(
                 std::process::id() as i32,
@@ -426,6 +452,12 @@ impl Metrics {
         }
         for r in crate::dns::screen::Refusal::ALL {
             m.backend_addresses_refused.with_label_values(&[r.as_str()]);
+        }
+        for r in ["ok", "refused", "failed"] {
+            m.upgrades.with_label_values(&[r]);
+        }
+        for r in ["sent", "kept", "received"] {
+            m.upgrade_connections.with_label_values(&[r]);
         }
         for r in ["start", "reconnect", "compacted"] {
             m.etcd_resyncs.with_label_values(&[r]);

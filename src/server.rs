@@ -30,6 +30,9 @@ use crate::routing::sources::file::{self, FileWatch};
 use crate::routing::{Route, Router, Snapshot, Source};
 use crate::tls::certs::CertStore;
 use crate::tls::coalescing;
+use crate::upgrade::old::{self, Event, Upgrader};
+use crate::upgrade::protocol::Msg;
+use crate::upgrade::successor::Inherited;
 
 /// Loads and validates the routes the config names (none if it names no
 /// file), including that `no_sni_route` exists among them.
@@ -227,6 +230,10 @@ pub struct Server {
     etcd_follower: Option<(tokio::task::JoinHandle<()>, Option<Arc<EtcdCache>>)>,
     _watch: Option<FileWatch>,
     _cert_watch: Option<CertWatch>,
+    /// What an upgrade hands over besides the data plane's listeners: the
+    /// durable stores (released to the new process) and the admin listener.
+    stores: Vec<Arc<dyn crate::state::StateStore>>,
+    admin_fd: Option<(SocketAddr, std::os::fd::OwnedFd)>,
 }
 
 impl Deref for Server {
@@ -238,7 +245,17 @@ impl Deref for Server {
 
 /// Starts everything: listeners (all bound before anything is served), the
 /// first route table, the reconciler, the file watch and the admin API.
-pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
+pub fn start(config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
+    start_with(config, routes, None)
+}
+
+/// As [`start`], taking the listeners an upgrade handed over (by
+/// configured address; any other is bound as usual).
+pub fn start_with(
+    mut config: Config,
+    routes: Vec<Route>,
+    mut inherited: Option<&mut Inherited>,
+) -> anyhow::Result<Server> {
     let fds = match fds::raise() {
         Ok(n) => n,
         Err(e) => {
@@ -271,8 +288,11 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
     }
     let admin_listener = match &config.admin {
         Some(a) => {
-            let l = std::net::TcpListener::bind(a.address)
-                .with_context(|| format!("admin listener cannot bind {}", a.address))?;
+            let l = match inherited.as_mut().and_then(|i| i.take_admin(a.address)) {
+                Some(l) => l,
+                None => std::net::TcpListener::bind(a.address)
+                    .with_context(|| format!("admin listener cannot bind {}", a.address))?,
+            };
             l.set_nonblocking(true)?;
             Some(tokio::net::TcpListener::from_std(l)?)
         }
@@ -282,6 +302,11 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         .map_err(|e| anyhow::anyhow!("invalid certificates for the routes:\n{e}"))?;
     log_shared_certificates(&certs, &routes);
     let opened = open_state(&config)?;
+    let stores: Vec<_> = opened.iter().map(|(s, _)| Arc::clone(s)).collect();
+    let admin_fd = match (&admin_listener, &config.admin) {
+        (Some(l), Some(a)) => Some((a.address, std::os::fd::AsFd::as_fd(l).try_clone_to_owned()?)),
+        _ => None,
+    };
     let (state, etcd_cache) = match &config.etcd {
         None => (opened, None),
         Some(_) => (None, opened),
@@ -297,7 +322,10 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         ..ApplyOptions::new(config.no_sni_route.as_deref())
     };
     reload::apply(&router, first, opts).map_err(|e| anyhow::anyhow!(e))?;
-    let proxy = ProxyHandle::start(config, router).context("starting listeners")?;
+    let proxy = ProxyHandle::start_inheriting(config, router, |addr| {
+        inherited.as_mut().and_then(|i| i.take(addr))
+    })
+    .context("starting listeners")?;
     // A configured port is known to the resolver's screen from the start;
     // an ephemeral one (port 0, tests) only now that it is bound.
     if let Some(l) = &admin_listener {
@@ -457,6 +485,8 @@ pub fn start(mut config: Config, routes: Vec<Route>) -> anyhow::Result<Server> {
         etcd_follower,
         _watch: watch,
         _cert_watch: cert_watch,
+        stores,
+        admin_fd,
     })
 }
 
@@ -504,6 +534,7 @@ pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -516,6 +547,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
@@ -530,15 +562,29 @@ pub async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
 
 /// As [`serve_until_signal`], with handlers registered before the start.
 pub async fn serve_with(server: Server, signals: Signals) -> anyhow::Result<()> {
+    serve_upgradable(server, signals, None).await
+}
+
+/// As [`serve_with`], also following upgrades (`crate::upgrade`): asked on
+/// `upgrader`'s socket or by SIGUSR2, a new process that takes over ends
+/// this one's serving as a SIGTERM would, except that its passthrough
+/// connections move to the new process instead of draining.
+pub async fn serve_upgradable(
+    server: Server,
+    signals: Signals,
+    mut upgrader: Option<Upgrader>,
+) -> anyhow::Result<()> {
     let Signals {
         mut term,
         mut int,
         mut hup,
+        mut usr2,
     } = signals;
     let health = server.health.clone();
     let mut failed = None;
+    let mut upgraded = None;
     loop {
-        tokio::select! {
+        let (binary, reply) = tokio::select! {
             why = health.failed() => {
                 tracing::error!(reason = %why, "control plane failed: draining, then exiting");
                 failed = Some(why);
@@ -548,13 +594,60 @@ pub async fn serve_with(server: Server, signals: Signals) -> anyhow::Result<()> 
                 // The reconciler and the token store log the outcome either way.
                 let _ = server.control.reload_file().await;
                 server.reload_admin().await;
+                continue;
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining (again to exit at once)"); break; }
+            _ = usr2.recv() => (None, None),
+            ev = next_upgrade(&mut upgrader) => match ev {
+                Event::Trigger { binary, reply } => (binary, reply),
+                Event::Successor { chan, .. } => {
+                    let m = Msg::Refused { reason: "no upgrade was asked of this process".into() };
+                    let _ = chan.send(&m, &[], &[]);
+                    continue;
+                }
+            },
+        };
+        let Some(up) = upgrader.as_mut() else {
+            tracing::warn!("SIGUSR2: no upgrade socket, so no upgrade");
+            continue;
+        };
+        let began = std::time::Instant::now();
+        let handover = old::Handover {
+            listeners: server.proxy.listener_fds(),
+            admin: server.admin_fd.as_ref(),
+            stores: &server.stores,
+            metrics: &server.shared.metrics,
+        };
+        let outcome = old::attempt(up, binary, handover).await;
+        old::report(&server.shared.metrics, reply, &outcome, began);
+        if let Ok(s) = outcome {
+            upgraded = Some(s);
+            break;
         }
     }
     let grace = server.shared.config.timeouts.shutdown_grace;
     let shared = Arc::clone(&server.shared);
+    // Upgraded: the new process accepts and serves the admin API; this
+    // one stops both, offers it every passthrough connection, and drains
+    // the rest (terminate connections) as a SIGTERM would.
+    let sending = upgraded.map(|s| {
+        server.stop_accepting();
+        server.admin_stop.cancel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        shared.handoff.begin(tx);
+        let counters = old::HandoffCounters {
+            sent: shared
+                .metrics
+                .upgrade_connections
+                .with_label_values(&["sent"]),
+            kept: shared
+                .metrics
+                .upgrade_connections
+                .with_label_values(&["kept"]),
+        };
+        old::send_connections(s.chan, rx, counters)
+    });
     tokio::select! {
         cut = server.shutdown(grace) => {
             tracing::info!(closed_at_deadline = cut, "stopped");
@@ -564,8 +657,24 @@ pub async fn serve_with(server: Server, signals: Signals) -> anyhow::Result<()> 
             std::process::exit(130);
         }
     }
+    if let Some(thread) = sending {
+        shared.handoff.end();
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        tracing::info!("upgrade: this process owns no connection; exiting");
+    }
     match failed {
         Some(why) => Err(anyhow::anyhow!("control plane failed: {why}")),
         None => Ok(()),
+    }
+}
+
+/// The next upgrade event, or never without an upgrade socket.
+async fn next_upgrade(upgrader: &mut Option<Upgrader>) -> Event {
+    match upgrader {
+        Some(u) => match u.next().await {
+            Some(ev) => ev,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }

@@ -119,6 +119,10 @@ pub struct Config {
     /// (the demo, in-process tests), keeps state in memory. Unused with
     /// `[etcd]`, where etcd holds the state.
     pub state_dir: Option<PathBuf>,
+    /// The upgrade socket (`[upgrade] socket`, default `upgrade.sock` in
+    /// the state directory): `None` only where state is in memory and no
+    /// socket was named (the demo, in-process tests).
+    pub upgrade_socket: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub max_connections: usize,
     /// `limits.max_connections` was set in the file (not the default): a
@@ -424,6 +428,11 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         None => Some(base.join("state")),
     };
 
+    let upgrade_socket = match raw.upgrade.socket {
+        Some(p) => Some(base.join(p)),
+        None => state_dir.as_ref().map(|d| d.join("upgrade.sock")),
+    };
+
     if raw.reload.debounce.is_zero() {
         errs.push(path, "reload.debounce", "must be greater than zero");
     }
@@ -458,6 +467,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
         workers: raw.workers,
         routes_file,
         state_dir,
+        upgrade_socket,
         timeouts: Timeouts {
             client_hello: t.client_hello,
             upstream_connect: t.upstream_connect,

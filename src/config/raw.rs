@@ -46,6 +46,18 @@ pub struct RawConfig {
     pub relay: RawRelay,
     /// Absent: no shared route store (`crate::config::etcd`).
     pub etcd: Option<super::etcd::RawEtcd>,
+    #[serde(default)]
+    pub upgrade: RawUpgrade,
+}
+
+/// `[upgrade]`: the Unix socket through which a running proxy hands its
+/// listeners and passthrough connections to a new binary (`crate::upgrade`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpgrade {
+    /// Relative to the config file's directory; absent: `upgrade.sock` in
+    /// the state directory.
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

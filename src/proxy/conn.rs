@@ -267,7 +267,9 @@ mod tests {
     /// sockets' registrations and nothing else: what it costs is mostly
     /// this size: 1,368 bytes with rustc 1.95, the relay included (before:
     /// 680 for the task, plus about 900 for a separately boxed passthrough
-    /// phase). The bound catches a regression.
+    /// phase); 1,960 since a passthrough relay can hand itself off in an
+    /// upgrade (`handoff::relay`: the pause wait, the carry, the loop that
+    /// resumes a connection not taken). The bound catches a regression.
     #[tokio::test]
     async fn the_connection_task_stays_small() {
         let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n";
@@ -284,6 +286,6 @@ mod tests {
         let permit = Arc::clone(&proxy.shared.limit).try_acquire_owned().unwrap();
         let task = handle(Arc::clone(&proxy.shared), client, peer, info, permit);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1_600, "connection task is {size} bytes");
+        assert!(size <= 2_048, "connection task is {size} bytes");
     }
 }

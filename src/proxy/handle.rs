@@ -23,18 +23,37 @@ pub struct ProxyHandle {
     pub local_addrs: Vec<SocketAddr>,
     stop_accept: CancellationToken,
     tracker: TaskTracker,
+    /// Each listener's configured address and a duplicate of its socket,
+    /// for an upgrade to hand over (`crate::upgrade`).
+    listener_fds: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ProxyHandle {
     /// Binds every listener (all or none) and starts accepting.
     pub fn start(config: Config, router: Router) -> std::io::Result<ProxyHandle> {
+        Self::start_inheriting(config, router, |_| None)
+    }
+
+    /// As [`ProxyHandle::start`], taking each listener `inherit` has for
+    /// its configured address (an upgrade's) instead of binding it.
+    pub fn start_inheriting(
+        config: Config,
+        router: Router,
+        mut inherit: impl FnMut(SocketAddr) -> Option<std::net::TcpListener>,
+    ) -> std::io::Result<ProxyHandle> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut listener_fds = Vec::with_capacity(config.listeners.len());
         for lc in &config.listeners {
             let addr = lc.address;
-            let l = listener::bind(addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-            })?;
+            let l = match inherit(addr) {
+                Some(l) => l
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(l)),
+                None => listener::bind(addr),
+            }
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            listener_fds.push((addr, std::os::fd::AsFd::as_fd(&l).try_clone_to_owned()?));
             listeners.push(l);
         }
         let local_addrs = listeners
@@ -67,6 +86,7 @@ impl ProxyHandle {
             router,
             dns,
             kill,
+            handoff: Default::default(),
         });
         let stop_accept = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -96,8 +116,19 @@ impl ProxyHandle {
             local_addrs,
             stop_accept,
             tracker,
+            listener_fds,
             accept_tasks,
         })
+    }
+
+    /// The listeners to hand over in an upgrade: configured address, socket.
+    pub fn listener_fds(&self) -> &[(SocketAddr, std::os::fd::OwnedFd)] {
+        &self.listener_fds
+    }
+
+    /// Where connection tasks run: an upgrade's adopted connections too.
+    pub fn tracker(&self) -> TaskTracker {
+        self.tracker.clone()
     }
 
     /// Connections open right now (permits in use).

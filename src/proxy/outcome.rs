@@ -77,11 +77,15 @@ pub enum Outcome {
     RouteRemoved,
     /// The proxy shut down before the connection finished.
     Shutdown,
+    /// Passthrough: the connection moved, sockets and bytes in flight, to
+    /// the new process of an upgrade (`crate::upgrade`), which relays it on
+    /// and counts its end there.
+    HandedOff,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering metric label values.
-    pub const ALL: [Outcome; 30] = [
+    pub const ALL: [Outcome; 31] = [
         Outcome::Ok,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -112,6 +116,7 @@ impl Outcome {
         Outcome::Expired,
         Outcome::RouteRemoved,
         Outcome::Shutdown,
+        Outcome::HandedOff,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -146,6 +151,7 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::RouteRemoved => "route_removed",
             Outcome::Shutdown => "shutdown",
+            Outcome::HandedOff => "handed_off",
         }
     }
 }
@@ -159,6 +165,7 @@ pub fn after_relay(end: &super::relay::RelayEnd, killed: bool, expired: bool) ->
         RelayEnd::Stopped if killed => Outcome::Shutdown,
         RelayEnd::Stopped if expired => Outcome::Expired,
         RelayEnd::Stopped => Outcome::RouteRemoved,
+        RelayEnd::Paused(_) => Outcome::HandedOff,
         RelayEnd::ClientError(_) => Outcome::ClientError,
         RelayEnd::UpstreamError(_) => Outcome::UpstreamError,
     }

@@ -5,8 +5,9 @@
 use tokio::net::TcpStream;
 
 use super::conn_log::ConnLog;
+use super::handoff;
 use super::outcome::Outcome;
-use super::relay::{self, Counters};
+use super::relay::{self, Carry};
 use super::upstream;
 use super::Shared;
 use crate::routing::table::OpenGuard;
@@ -17,17 +18,17 @@ use crate::routing::table::OpenGuard;
 #[allow(clippy::manual_async_fn)]
 pub fn run<'a>(
     shared: &'a Shared,
-    mut client: TcpStream,
+    client: TcpStream,
     hello_bytes: Vec<u8>,
     counted: OpenGuard,
     log: &'a mut ConnLog,
 ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
     async move {
-        // The route, counted among its open connections until this ends.
+        // The route, counted among its open connections until this ends
+        // (or until the connection moves to the next process).
         let entry = counted.entry();
-        let route = &entry.route;
         // Boxed: a DNS lookup's state is large and over once connected.
-        let mut upstream = match Box::pin(upstream::connect_route(shared, entry, log)).await {
+        let upstream = match Box::pin(upstream::connect_route(shared, entry, log)).await {
             Ok(s) => s,
             Err(outcome) => return outcome,
         };
@@ -36,22 +37,11 @@ pub fn run<'a>(
             tracing::debug!(error = %e, "writing the ClientHello upstream failed");
             return Outcome::UpstreamError;
         }
-        let hello_len = hello_bytes.len() as u64;
+        let hello_bytes_len = hello_bytes.len() as u64;
         drop(hello_bytes);
 
-        let counters = Counters::default();
-        let stop = shared.stop_signal(entry);
-        let relay = relay::relay(
-            &mut client,
-            &mut upstream,
-            shared.config.timeouts.idle,
-            stop,
-            &counters,
-            shared.config.splice,
-        );
-        let end = relay.await;
-        log.bytes_up = hello_len + counters.up.load(std::sync::atomic::Ordering::Relaxed);
-        log.bytes_down = counters.down.load(std::sync::atomic::Ordering::Relaxed);
-        shared.after_relay(&end, route)
+        log.bytes_up = hello_bytes_len;
+        // Relayed here, or handed to the next process by an upgrade.
+        handoff::relay(shared, client, upstream, entry, log, Carry::default()).await
     }
 }

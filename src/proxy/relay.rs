@@ -6,6 +6,14 @@
 //! Each direction borrows a pooled buffer for one read attempt and gives it
 //! back when the read would block, so an idle connection costs its sockets
 //! and small futures, no relay buffers.
+//!
+//! A passthrough relay can also be *paused* ([`relay_pausable`]) for an
+//! upgrade's hand-off: each direction stops at the next point where it
+//! owns no byte in the kernel's pipes (a read not begun, or a write cut
+//! short, its unwritten rest returned), so the relay ends with its two
+//! sockets intact and a [`Carry`] of what was read but not yet written. A
+//! relay started with that carry (in this process or the next) writes it
+//! first: the peers see one unbroken stream.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -34,6 +42,8 @@ pub struct Counters {
     activity: Activity,
     /// One direction has passed its EOF on (see [`pass_eof`]).
     eof_passed: AtomicBool,
+    /// The relay is pausing: each direction stops at its next safe point.
+    pausing: AtomicBool,
 }
 
 impl Counters {
@@ -50,8 +60,22 @@ impl Default for Counters {
             down: AtomicU64::new(0),
             activity: Activity::new(),
             eof_passed: AtomicBool::new(false),
+            pausing: AtomicBool::new(false),
         }
     }
+}
+
+/// What a paused relay hands on: per direction, the bytes read but not
+/// yet written, and whether that direction had already ended (its EOF
+/// passed on, so it is not read again).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Carry {
+    /// Read from the client, not yet written upstream.
+    pub up: Vec<u8>,
+    /// Read from the upstream, not yet written to the client.
+    pub down: Vec<u8>,
+    pub up_done: bool,
+    pub down_done: bool,
 }
 
 /// Why the relay stopped.
@@ -63,6 +87,9 @@ pub enum RelayEnd {
     Idle,
     /// The stop future resolved.
     Stopped,
+    /// The pause future resolved ([`relay_pausable`]): the sockets are
+    /// intact; the carry is what the next relay on them must write first.
+    Paused(Box<Carry>),
     /// Reading from or writing to the client failed.
     ClientError(io::Error),
     /// Reading from or writing to the upstream failed.
@@ -116,11 +143,6 @@ impl Activity {
 /// Relays until both sides have closed their write halves, one side fails,
 /// nothing moves for `idle`, or `stop` resolves. An EOF from one side shuts
 /// down the other side's write half; the opposite direction keeps flowing.
-///
-/// Not an `async fn`: the two directions are moved straight into the
-/// returned future. Made inside an `async fn` and then moved into `drive`,
-/// they would keep their first slot too, and every idle connection would
-/// pay for them twice.
 pub fn relay<'a, F>(
     client: &'a mut TcpStream,
     upstream: &'a mut TcpStream,
@@ -132,65 +154,152 @@ pub fn relay<'a, F>(
 where
     F: Future<Output = ()> + 'a,
 {
+    let paused = std::future::pending();
+    relay_pausable(
+        client,
+        upstream,
+        idle,
+        stop,
+        paused,
+        counters,
+        splice,
+        Carry::default(),
+    )
+}
+
+/// As [`relay`], starting with `carry` (bytes to write first, directions
+/// already ended), and ending with [`RelayEnd::Paused`] when `pause`
+/// resolves: no byte is lost or duplicated, see the module doc.
+///
+/// Not an `async fn`: the two directions are moved straight into the
+/// returned future. Made inside an `async fn` and then moved into `drive`,
+/// they would keep their first slot too, and every idle connection would
+/// pay for them twice.
+#[allow(clippy::too_many_arguments)]
+pub fn relay_pausable<'a, F, P>(
+    client: &'a mut TcpStream,
+    upstream: &'a mut TcpStream,
+    idle: Duration,
+    stop: F,
+    pause: P,
+    counters: &'a Counters,
+    splice: bool,
+    carry: Carry,
+) -> impl Future<Output = RelayEnd> + 'a
+where
+    F: Future<Output = ()> + 'a,
+    P: Future<Output = ()> + 'a,
+{
+    counters.pausing.store(false, Ordering::Relaxed);
+    if carry.up_done || carry.down_done {
+        counters.eof_passed.store(true, Ordering::Relaxed);
+    }
     let (client_rd, client_wr) = client.split();
     let (upstream_rd, upstream_wr) = upstream.split();
-    let up = copy_half(client_rd, upstream_wr, &counters.up, counters, splice);
-    let down = copy_half(upstream_rd, client_wr, &counters.down, counters, splice);
+    let Carry {
+        up,
+        down,
+        up_done,
+        down_done,
+    } = carry;
+    let up = copy_half(client_rd, upstream_wr, &counters.up, counters, splice, up);
+    let down = copy_half(
+        upstream_rd,
+        client_wr,
+        &counters.down,
+        counters,
+        splice,
+        down,
+    );
     Drive {
         up,
         down,
         end: StopOrIdle::new(stop, idle),
-        up_done: false,
-        down_done: false,
+        pause,
+        up_state: if up_done { DONE } else { RUNNING },
+        down_state: if down_done { DONE } else { RUNNING },
+        carry: None,
         counters,
     }
 }
 
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const PAUSED: u8 = 2;
+
 pin_project_lite::pin_project! {
     /// Runs both directions until both are done, one fails, nothing moves
-    /// for `idle`, or `stop` resolves. A hand-written future rather than an
+    /// for `idle`, `stop` resolves, or `pause` does and both directions
+    /// reached a safe point. A hand-written future rather than an
     /// `async fn` with `select!`: that would move the futures it is given
     /// into pinned locals and keep their argument slots as well, doubling
     /// what every idle connection holds.
-    struct Drive<'a, A, B, F> {
+    struct Drive<'a, A, B, F, P> {
         #[pin]
         up: A,
         #[pin]
         down: B,
         #[pin]
         end: StopOrIdle<F>,
-        up_done: bool,
-        down_done: bool,
+        #[pin]
+        pause: P,
+        // RUNNING, DONE or PAUSED.
+        up_state: u8,
+        down_state: u8,
+        // Filled as directions pause (boxed: most relays never pause).
+        carry: Option<Box<Carry>>,
         counters: &'a Counters,
     }
 }
 
-impl<A, B, F> Future for Drive<'_, A, B, F>
+impl<A, B, F, P> Future for Drive<'_, A, B, F, P>
 where
-    A: Future<Output = Result<(), HalfError>>,
-    B: Future<Output = Result<(), HalfError>>,
+    A: Future<Output = Result<Option<Vec<u8>>, HalfError>>,
+    B: Future<Output = Result<Option<Vec<u8>>, HalfError>>,
     F: Future<Output = ()>,
+    P: Future<Output = ()>,
 {
     type Output = RelayEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<RelayEnd> {
         let this = self.project();
-        if !*this.up_done {
+        let pausing = &this.counters.pausing;
+        // Before the directions: polled after the flag is set, each one
+        // stops at once at its safe point (see `copy_half`).
+        if !pausing.load(Ordering::Relaxed) && this.pause.poll(cx).is_ready() {
+            pausing.store(true, Ordering::Relaxed);
+        }
+        if *this.up_state == RUNNING {
             match this.up.poll(cx) {
-                Poll::Ready(Ok(())) => *this.up_done = true,
+                Poll::Ready(Ok(None)) => *this.up_state = DONE,
+                Poll::Ready(Ok(Some(rest))) => {
+                    *this.up_state = PAUSED;
+                    this.carry.get_or_insert_default().up = rest;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(e.end(true)),
                 Poll::Pending => {}
             }
         }
-        if !*this.down_done {
+        if *this.down_state == RUNNING {
             match this.down.poll(cx) {
-                Poll::Ready(Ok(())) => *this.down_done = true,
+                Poll::Ready(Ok(None)) => *this.down_state = DONE,
+                Poll::Ready(Ok(Some(rest))) => {
+                    *this.down_state = PAUSED;
+                    this.carry.get_or_insert_default().down = rest;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(e.end(false)),
                 Poll::Pending => {}
             }
         }
-        if *this.up_done && *this.down_done {
-            return Poll::Ready(RelayEnd::Closed);
+        match (*this.up_state, *this.down_state) {
+            (DONE, DONE) => return Poll::Ready(RelayEnd::Closed),
+            (RUNNING, _) | (_, RUNNING) => {}
+            (up, down) => {
+                let mut carry = this.carry.take().unwrap_or_default();
+                carry.up_done = up == DONE;
+                carry.down_done = down == DONE;
+                return Poll::Ready(RelayEnd::Paused(carry));
+            }
         }
         this.end.poll_end(cx, this.counters)
     }
@@ -251,30 +360,52 @@ impl<F: Future<Output = ()>> StopOrIdle<F> {
 /// `try_read`: a short read there tells tokio the socket is drained, so the
 /// next wait parks at once instead of costing one more read that would
 /// only say "would block", a syscall saved per message each way.
+///
+/// `Ok(None)`: EOF passed on. `Ok(Some(rest))`: paused (the relay's
+/// `pausing` flag), `rest` read here and not yet written. It pauses only
+/// where it holds no byte that is not in `rest`: before a read, or in a
+/// write (what is left of it is `rest`), or in a splice (the pipe drained
+/// into `rest`). `carry` is written first.
 async fn copy_half(
     mut from: ReadHalf<'_>,
     to: WriteHalf<'_>,
     bytes: &AtomicU64,
     counters: &Counters,
     splice: bool,
-) -> Result<(), HalfError> {
+    carry: Vec<u8>,
+) -> Result<Option<Vec<u8>>, HalfError> {
     let to = to.as_ref();
     let activity = &counters.activity;
+    let pausing = &counters.pausing;
+    if !carry.is_empty() {
+        let rest = write_or_pause(to, &carry, pausing)
+            .await
+            .map_err(HalfError::Write)?;
+        bytes.fetch_add((carry.len() - rest.len()) as u64, Ordering::Relaxed);
+        if !rest.is_empty() {
+            return Ok(Some(rest.to_vec()));
+        }
+    }
+    drop(carry);
     let mut bulk = false;
     loop {
         #[cfg(target_os = "linux")]
         if splice && bulk {
             use super::splice::{chunk, Chunk, SpliceError};
-            match chunk(from.as_ref(), to).await {
+            match chunk(from.as_ref(), to, pausing).await {
                 Ok(Chunk::Moved(n)) => {
                     activity.touch();
                     bytes.fetch_add(n as u64, Ordering::Relaxed);
                     bulk = n >= BULK;
                     continue;
                 }
+                Ok(Chunk::Paused { moved, rest }) => {
+                    bytes.fetch_add(moved as u64, Ordering::Relaxed);
+                    return Ok(Some(rest));
+                }
                 Ok(Chunk::Eof) => {
                     pass_eof(to, counters);
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(SpliceError::Read(e)) => return Err(HalfError::Read(e)),
                 Err(SpliceError::Write(e)) => return Err(HalfError::Write(e)),
@@ -282,14 +413,24 @@ async fn copy_half(
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (splice, bulk);
-        let (buf, n) = read_pooled(&mut from).await.map_err(HalfError::Read)?;
+        let Some((buf, n)) = read_pooled(&mut from, pausing)
+            .await
+            .map_err(HalfError::Read)?
+        else {
+            return Ok(Some(Vec::new()));
+        };
         if n == 0 {
             pass_eof(to, counters);
-            return Ok(());
+            return Ok(None);
         }
         activity.touch();
-        write_all(to, &buf[..n]).await.map_err(HalfError::Write)?;
-        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let rest = write_or_pause(to, &buf[..n], pausing)
+            .await
+            .map_err(HalfError::Write)?;
+        bytes.fetch_add((n - rest.len()) as u64, Ordering::Relaxed);
+        if !rest.is_empty() {
+            return Ok(Some(rest.to_vec()));
+        }
         bulk = n == buf.len();
     }
 }
@@ -308,8 +449,15 @@ fn pass_eof(to: &TcpStream, counters: &Counters) {
 
 /// One read into a buffer lent from the pool for the attempt only: back to
 /// the pool if the read would block (a pending read has taken no bytes).
-async fn read_pooled<R: AsyncRead + Unpin>(from: &mut R) -> io::Result<(PooledBuf, usize)> {
+/// `None` once `pausing` is set: no read is begun.
+async fn read_pooled<R: AsyncRead + Unpin>(
+    from: &mut R,
+    pausing: &AtomicBool,
+) -> io::Result<Option<(PooledBuf, usize)>> {
     poll_fn(|cx| {
+        if pausing.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(None));
+        }
         let mut buf = PooledBuf::take();
         let mut rb = ReadBuf::new(&mut buf);
         match Pin::new(&mut *from).poll_read(cx, &mut rb) {
@@ -317,7 +465,7 @@ async fn read_pooled<R: AsyncRead + Unpin>(from: &mut R) -> io::Result<(PooledBu
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
-                Poll::Ready(Ok((buf, n)))
+                Poll::Ready(Ok(Some((buf, n))))
             }
         }
     })
@@ -354,6 +502,31 @@ pub fn write_all<'a>(
     })
 }
 
+/// As [`write_all`], but it stops when `pausing` is set and returns what
+/// is left unwritten (empty: all written).
+fn write_or_pause<'a>(
+    to: &'a TcpStream,
+    mut data: &'a [u8],
+    pausing: &'a AtomicBool,
+) -> impl Future<Output = io::Result<&'a [u8]>> + 'a {
+    poll_fn(move |cx| {
+        while !data.is_empty() {
+            if pausing.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(data));
+            }
+            match to.try_write(data) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(to.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(data))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,8 +535,10 @@ mod tests {
     /// 2,536 bytes as an `async fn` over `select!` (which kept every
     /// sub-future twice), 1,160 as a hand-written future, 560 (with a
     /// zero-sized stop; rustc 1.95) since writes and splices wait in the
-    /// sockets' own waker slots instead of readiness futures. The bound
-    /// leaves room for compiler changes but catches a regression.
+    /// sockets' own waker slots instead of readiness futures; 744 since
+    /// it can pause for an upgrade's hand-off (the pause wait, each
+    /// direction's carry and pause state). The bound leaves room for
+    /// compiler changes but catches a regression.
     #[tokio::test]
     async fn the_socket_relay_future_stays_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -379,6 +554,6 @@ mod tests {
             true,
         );
         let size = std::mem::size_of_val(&f);
-        assert!(size <= 700, "relay future is {size} bytes");
+        assert!(size <= 800, "relay future is {size} bytes");
     }
 }

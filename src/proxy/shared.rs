@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{client_rate, health, limits, outcome, relay, Outcome};
+use super::{client_rate, health, limits, moved, outcome, relay, Outcome};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::metrics::Metrics;
@@ -32,6 +32,9 @@ pub struct Shared {
     /// Cancelled when the shutdown grace runs out: live connections close.
     /// The router's [`Router::closers`], so each route's closer is its child.
     pub kill: CancellationToken,
+    /// An upgrade's connection hand-off (`crate::upgrade`): idle until one
+    /// begins.
+    pub handoff: moved::Handoff,
 }
 
 impl Shared {

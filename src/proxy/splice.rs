@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use tokio::io::Interest;
@@ -71,6 +73,9 @@ pub enum Chunk {
     Moved(usize),
     /// `from` reached EOF.
     Eof,
+    /// The relay is pausing (see `relay::copy_half`): `moved` bytes went to
+    /// `to`, `rest` was drained back out of the pipe, not yet written.
+    Paused { moved: usize, rest: Vec<u8> },
 }
 
 /// Error side, so the caller can attribute it to client or upstream.
@@ -84,15 +89,29 @@ fn nix_io(e: nix::Error) -> io::Error {
 }
 
 /// Waits for `from` to be readable, then moves one chunk to `to` through a
-/// pooled pipe, waiting for `to` as needed.
-pub async fn chunk(from: &TcpStream, to: &TcpStream) -> Result<Chunk, SpliceError> {
+/// pooled pipe, waiting for `to` as needed; stops waiting once `pausing`.
+pub async fn chunk(
+    from: &TcpStream,
+    to: &TcpStream,
+    pausing: &AtomicBool,
+) -> Result<Chunk, SpliceError> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let paused = || pausing.load(Ordering::Relaxed);
     loop {
         // The sockets' own waker slots, not `readable()`/`writable()`
         // futures: see `relay::write_all`.
-        poll_fn(|cx| from.poll_read_ready(cx))
-            .await
-            .map_err(SpliceError::Read)?;
+        let go = poll_fn(|cx| match paused() {
+            true => Poll::Ready(Ok(false)),
+            false => from.poll_read_ready(cx).map_ok(|()| true),
+        })
+        .await
+        .map_err(SpliceError::Read)?;
+        if !go {
+            return Ok(Chunk::Paused {
+                moved: 0,
+                rest: Vec::new(),
+            });
+        }
         let mut loan = Loan::take().map_err(SpliceError::Read)?;
         let Some(Pipe(r, w)) = loan.pipe.as_ref() else {
             return Err(SpliceError::Read(io::ErrorKind::Other.into()));
@@ -116,9 +135,20 @@ pub async fn chunk(from: &TcpStream, to: &TcpStream) -> Result<Chunk, SpliceErro
                 Ok(0) => return Err(SpliceError::Write(io::ErrorKind::WriteZero.into())),
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    poll_fn(|cx| to.poll_write_ready(cx))
-                        .await
-                        .map_err(SpliceError::Write)?;
+                    let go = poll_fn(|cx| match paused() {
+                        true => Poll::Ready(Ok(false)),
+                        false => to.poll_write_ready(cx).map_ok(|_| true),
+                    })
+                    .await
+                    .map_err(SpliceError::Write)?;
+                    if !go {
+                        let rest = drain(r, left).map_err(SpliceError::Read)?;
+                        loan.empty = true;
+                        return Ok(Chunk::Paused {
+                            moved: n - left,
+                            rest,
+                        });
+                    }
                 }
                 Err(e) => return Err(SpliceError::Write(e)),
             }
@@ -126,4 +156,21 @@ pub async fn chunk(from: &TcpStream, to: &TcpStream) -> Result<Chunk, SpliceErro
         loan.empty = true;
         return Ok(Chunk::Moved(n));
     }
+}
+
+/// Reads the `left` bytes still in a pipe back into user space (a pause
+/// in the middle of a chunk), leaving the pipe empty for the pool.
+fn drain(r: &OwnedFd, left: usize) -> io::Result<Vec<u8>> {
+    let mut rest = vec![0u8; left];
+    let mut got = 0;
+    while got < left {
+        match nix::unistd::read(r.as_fd(), &mut rest[got..]) {
+            Ok(0) => break,
+            Ok(m) => got += m,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(nix_io(e)),
+        }
+    }
+    rest.truncate(got);
+    Ok(rest)
 }

@@ -4,6 +4,7 @@
 //! state, never a torn one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use ::redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
@@ -26,6 +27,9 @@ pub struct RedbStore {
     /// a restart once the disk has room again. Held only on blocking
     /// threads, never across an `.await`.
     db: Mutex<Option<Database>>,
+    /// Handed to the new process of an upgrade (`StateStore::release`):
+    /// the file stays closed until `resume`, however often it is written.
+    released: AtomicBool,
 }
 
 impl RedbStore {
@@ -36,7 +40,22 @@ impl RedbStore {
         Ok(Self {
             path: path.to_path_buf(),
             db: Mutex::new(Some(db)),
+            released: AtomicBool::new(false),
         })
+    }
+
+    /// The open database, opened again if a failure closed it; an error
+    /// while the file is handed over.
+    fn db<'a>(&self, guard: &'a mut Option<Database>) -> Result<&'a Database, StateError> {
+        if self.released.load(Ordering::SeqCst) {
+            return Err(self.err(
+                "is handed over to the new process of an upgrade: this process no longer writes it",
+            ));
+        }
+        if guard.is_none() {
+            *guard = Some(open_db(&self.path)?);
+        }
+        Ok(guard.as_ref().expect("opened above"))
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
@@ -92,10 +111,7 @@ fn open_db(path: &Path) -> Result<Database, StateError> {
 impl StateStore for RedbStore {
     fn load(&self) -> Result<Stored, StateError> {
         let mut guard = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            *guard = Some(open_db(&self.path)?);
-        }
-        let db = guard.as_ref().expect("opened above");
+        let db = self.db(&mut guard)?;
         let tx = db.begin_read().map_err(|e| self.err(e))?;
         let mut out = Stored::default();
         match tx.open_table(ROUTES) {
@@ -132,16 +148,25 @@ impl StateStore for RedbStore {
 
     fn commit(&self, changes: &[Change]) -> Result<(), StateError> {
         let mut guard = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            *guard = Some(open_db(&self.path)?);
-        }
-        let db = guard.as_ref().expect("opened above");
+        let db = self.db(&mut guard)?;
         let result = write(db, changes, false).map_err(|e| self.err(e));
         if result.is_err() {
             // Closed now; opened again by the next write (see `db`).
             *guard = None;
         }
         result
+    }
+
+    fn release(&self) {
+        // Under the lock: a commit in flight finishes first, then the file
+        // closes (and its lock with it) before the new process opens it.
+        let mut guard = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        self.released.store(true, Ordering::SeqCst);
+        *guard = None;
+    }
+
+    fn resume(&self) {
+        self.released.store(false, Ordering::SeqCst);
     }
 
     fn replace(&self, routes: &[RouteSpec], apps: &[StoredApp]) -> Result<(), StateError> {
@@ -152,10 +177,7 @@ impl StateStore for RedbStore {
             .chain(apps.iter().cloned().map(Change::PutApp))
             .collect();
         let mut guard = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            *guard = Some(open_db(&self.path)?);
-        }
-        let db = guard.as_ref().expect("opened above");
+        let db = self.db(&mut guard)?;
         let result = write(db, &changes, true).map_err(|e| self.err(e));
         if result.is_err() {
             *guard = None;

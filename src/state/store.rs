@@ -69,4 +69,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// transaction: `state import --replace`, and the etcd cache, whose
     /// every full read is the whole truth (deletions included).
     fn replace(&self, routes: &[RouteSpec], apps: &[StoredApp]) -> Result<(), StateError>;
+    /// An upgrade (`crate::upgrade`): closes the file so that the new
+    /// process can open it (redb locks a file to one process); every
+    /// read or write fails until [`StateStore::resume`].
+    fn release(&self) {}
+    /// The upgrade failed: this process writes again (reopening the file).
+    fn resume(&self) {}
 }

@@ -35,6 +35,12 @@ pub struct ProxyProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Upgrades, as the log tells them: a new process's pid once it
+    /// serves ("upgrade: serving"), or 0 when the running one reports a
+    /// failed upgrade.
+    upgrades: std::sync::Mutex<std::sync::mpsc::Receiver<u32>>,
+    /// Processes started by upgrades (not our children): killed on drop.
+    successors: Vec<u32>,
 }
 
 impl ProxyProcess {
@@ -72,12 +78,18 @@ impl ProxyProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (up_tx, up_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut announced = 0;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 let msg = v["fields"]["message"].as_str().unwrap_or_default();
+                if msg == "upgrade: serving" {
+                    let _ = up_tx.send(v["fields"]["pid"].as_u64().unwrap_or(0) as u32);
+                } else if msg == "upgrade failed: this process serves on" {
+                    let _ = up_tx.send(0);
+                }
                 if let Some(a) = v["fields"]["address"].as_str() {
                     if msg == "listening" || msg == "admin API listening" {
                         let _ = tx.send((msg == "listening", a.parse::<SocketAddr>().unwrap()));
@@ -107,7 +119,55 @@ impl ProxyProcess {
             child: Some(child),
             addr,
             admin,
+            upgrades: std::sync::Mutex::new(up_rx),
+            successors: Vec::new(),
         }
+    }
+
+    /// The process serving now: the last upgrade's, or the one started.
+    pub fn serving_pid(&self) -> u32 {
+        self.successors
+            .last()
+            .copied()
+            .unwrap_or_else(|| self.pid())
+    }
+
+    /// Sends SIGUSR2 to the serving process and waits (bounded) for the
+    /// next upgrade's end in the log: `Some((new pid, signal → serving))`,
+    /// or `None` when the old process reports that it failed.
+    pub async fn upgrade(&mut self) -> Option<(u32, Duration)> {
+        let old = self.serving_pid();
+        let began = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-USR2", &old.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let pid = self.next_upgrade().await?;
+        Some((pid, began.elapsed()))
+    }
+
+    /// The next upgrade the log reports (see [`ProxyProcess::upgrade`]).
+    pub async fn next_upgrade(&mut self) -> Option<u32> {
+        let pid = tokio::task::block_in_place(|| {
+            self.upgrades
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the log reports the upgrade's end")
+        });
+        if pid == 0 {
+            return None;
+        }
+        self.successors.push(pid);
+        Some(pid)
+    }
+
+    /// Whether process `pid` is still there (a zombie counts as gone).
+    pub fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -229,7 +289,26 @@ impl Drop for ProxyProcess {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for pid in &self.successors {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
+}
+
+/// `mse-proxy upgrade --config cfg [--binary bin]`: exit code and stdout.
+pub fn upgrade_cmd(cfg: &Path, binary: Option<&Path>) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mse-proxy"));
+    cmd.arg("upgrade").arg("--config").arg(cfg);
+    if let Some(b) = binary {
+        cmd.arg("--binary").arg(b);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// Makes a file immutable (`chattr +i`) until dropped: even root cannot
