@@ -266,3 +266,70 @@ async fn a_binary_of_another_format_is_refused_and_the_old_serves_on() {
     proxy.next_upgrade().await.expect("the upgrade succeeds");
     assert!(open.ping("moved").await, "the connection moved with it");
 }
+
+/// Whether process `pid` still runs (a zombie, exited but not yet reaped
+/// by the test, counts as ended).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// A terminate connection holds its TLS state in the old process: it is
+/// not moved, it goes on working there through the upgrade, and the old
+/// process exits once it has ended (it owns nothing then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminate_connection_finishes_in_the_old_process() {
+    const HOST: &str = "echo.apps.example.test";
+    let platform_ca = Ca::new("platform CA").unwrap();
+    let cert = common::PlatformCert::new(&platform_ca.issue(&[HOST]).unwrap());
+    let enclave_ca = Ca::new("enclave CA").unwrap();
+    let (e, leaf) = common::enclave(&enclave_ca, &["enclave.internal"], "echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    common::write_routes(
+        &dir.path().join("routes.toml"),
+        &[common::terminate_spec(
+            "echo",
+            &[HOST],
+            &[e.addr],
+            common::pinned(&leaf),
+        )],
+    );
+    let cfg = common::process::write_config(
+        dir.path(),
+        &format!(
+            "routes_file = \"routes.toml\"\n[timeouts]\nshutdown_grace = \"60s\"\n{}",
+            cert.toml()
+        ),
+    );
+    let mut proxy = ProxyProcess::start(&cfg).await;
+    let old = proxy.pid();
+    let mut open = common::EchoConn::open(proxy.addr, HOST, &platform_ca).await;
+
+    let (new, t) = proxy.upgrade().await.expect("the upgrade succeeds");
+    println!("terminate upgrade: pid {new} serving after {t:?}");
+    assert_ne!(new, old);
+    // New connections reach the new process; the open one still works,
+    // relayed by the old one, which stays for it.
+    let mut fresh = common::EchoConn::open(proxy.addr, HOST, &platform_ca).await;
+    assert!(fresh.ping("to the new process").await);
+    for i in 0..5 {
+        assert!(open.ping(&format!("after the upgrade {i}")).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        running(old),
+        "the old process left with a connection to drain"
+    );
+
+    // Once it ends, the old process owns nothing and exits.
+    drop(open);
+    assert!(
+        common::eventually(Duration::from_secs(30), || !running(old)).await,
+        "the old process did not exit after its last connection ended"
+    );
+    assert!(fresh.ping("still served").await);
+}
