@@ -1,10 +1,8 @@
 //! One accepted connection, from the first byte to the access-log line.
 
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -229,34 +227,13 @@ fn serve<'a>(
     }
 }
 
-/// How long a refused client is given to read our alert and close first.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-
 /// Refuses a client that sent a whole ClientHello we will not serve: a fatal
-/// `unrecognized_name` alert or a plain close, as configured. After the alert
-/// the write side is shut and what the client still sends is drained briefly,
-/// so that the close does not turn into a reset that could destroy the alert
-/// before the client reads it.
-async fn refuse(shared: &Shared, mut client: TcpStream) {
+/// `unrecognized_name` alert or a plain close, as configured.
+async fn refuse(shared: &Shared, client: TcpStream) {
     if shared.config.unknown_sni == UnknownSniAction::Close {
         return;
     }
-    let record = alert::fatal(alert::UNRECOGNIZED_NAME);
-    if super::relay::write_all(&client, &record).await.is_err() {
-        return;
-    }
-    let _ = socket2::SockRef::from(&client).shutdown(Shutdown::Write);
-    let mut sink = [0u8; 512];
-    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-        let mut drained = 0usize;
-        while drained < 64 * 1024 {
-            match client.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
+    super::refusal::with_alert(client, alert::UNRECOGNIZED_NAME).await;
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod moved;
 pub mod outcome;
 pub mod passthrough;
 pub mod proxy_protocol;
+mod refusal;
 pub mod relay;
 #[cfg(target_os = "linux")]
 mod splice;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -133,7 +133,7 @@ async fn open(
                 shared_certificate = no_h2,
                 "ALPN mismatch: the client offered no protocol this route gives; refused with no_application_protocol"
             );
-            refuse(client, alert::NO_APPLICATION_PROTOCOL).await;
+            super::refusal::with_alert(client, alert::NO_APPLICATION_PROTOCOL).await;
             return Err(Outcome::AlpnMismatch);
         }
     };
@@ -183,7 +183,7 @@ async fn open(
                 client_offered = %names(&client_alpn),
                 "ALPN mismatch: the backend accepts none of the protocols the client offered; refused with no_application_protocol"
             );
-            refuse(client, alert::NO_APPLICATION_PROTOCOL).await;
+            super::refusal::with_alert(client, alert::NO_APPLICATION_PROTOCOL).await;
             return Err(Outcome::AlpnMismatch);
         }
         Ok(Err(e)) => {
@@ -253,30 +253,6 @@ fn names(list: &[Vec<u8>]) -> String {
         .map(|p| p.escape_ascii().to_string())
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Refuses a client mid-handshake with a fatal alert, then drains what it
-/// still sends for a moment, so our close is not a reset that destroys
-/// the alert before the client reads it.
-async fn refuse(mut client: TcpStream, description: u8) {
-    if super::relay::write_all(&client, &alert::fatal(description))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let _ = client.shutdown().await;
-    let mut sink = [0u8; 512];
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        let mut drained = 0usize;
-        while drained < 64 * 1024 {
-            match client.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
 }
 
 /// The name the backend is asked for: the route's `upstream.sni`, else the
