@@ -170,11 +170,13 @@ fn main() -> ExitCode {
     }
 
     init_tracing(&config);
+    // The control plane's runtime: the reconciler, the admin API, the
+    // sources. Connections run on the data plane's own workers
+    // (`proxy::workers`), `workers` of them, so two threads are plenty here.
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
-    if let Some(n) = config.workers {
-        rt.worker_threads(n);
-    }
+    rt.worker_threads(2);
+    rt.thread_name("mse-control");
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -206,7 +208,11 @@ fn main() -> ExitCode {
                         anyhow::ensure!(tokio::time::Instant::now() < until, "upgrade: not ready in 60s");
                         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     }
-                    inherited.ready(std::sync::Arc::clone(&handle.shared), handle.tracker())?;
+                    inherited.ready(
+                        std::sync::Arc::clone(&handle.shared),
+                        handle.tracker(),
+                        handle.workers(),
+                    )?;
                 }
                 // Bound once serving: the path names this process from now on.
                 let upgrader = socket.and_then(|p| match upgrade::old::Upgrader::bind(&p) {

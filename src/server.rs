@@ -323,7 +323,7 @@ pub fn start_with(
     };
     reload::apply(&router, first, opts).map_err(|e| anyhow::anyhow!(e))?;
     let proxy = ProxyHandle::start_inheriting(config, router, |addr| {
-        inherited.as_mut().and_then(|i| i.take(addr))
+        inherited.as_mut().map(|i| i.take(addr)).unwrap_or_default()
     })
     .context("starting listeners")?;
     // A configured port is known to the resolver's screen from the start;

@@ -23,6 +23,16 @@ pub const MAX_ROUTES: usize = 10_000_000;
 pub const MAX_HOSTS_PER_ROUTE: usize = 100_000;
 pub const MAX_BACKENDS_PER_ROUTE: usize = 10_000;
 
+/// Most data-plane workers (`workers`): each is a thread with its own
+/// listening socket per listener.
+pub const MAX_WORKERS: usize = 128;
+
+/// Most listening sockets one process may have, data plane and admin
+/// together: an upgrade hands all of them over in one message, and Linux
+/// takes at most 253 descriptors in one (`SCM_MAX_FD`). With one socket
+/// per worker per listener, `workers` times the listeners must fit.
+pub const MAX_LISTENING_SOCKETS: usize = 253;
+
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);

@@ -297,6 +297,19 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
             "must be at least 1 (omit it for one per core)",
         );
     }
+    if let Some(n) = raw.workers.filter(|&n| n > 0) {
+        let listeners = raw.listener.len().max(1);
+        if n > bounds::MAX_WORKERS {
+            let why = format!("must be at most {}", bounds::MAX_WORKERS);
+            errs.push(path, "workers", &why);
+        } else if n * listeners + 1 > bounds::MAX_LISTENING_SOCKETS {
+            let why = format!(
+                "{n} workers x {listeners} listeners is more listening sockets than an upgrade can hand over ({})",
+                bounds::MAX_LISTENING_SOCKETS - 1
+            );
+            errs.push(path, "workers", &why);
+        }
+    }
 
     let t = &raw.timeouts;
     for (name, d) in [

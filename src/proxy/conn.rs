@@ -112,7 +112,8 @@ fn serve<'a>(
     log: &'a mut ConnLog,
 ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
     async move {
-        let _ = client.set_nodelay(true);
+        // TCP_NODELAY came with the socket: set on the listener
+        // (`listener::bind`), which Linux copies to accepted sockets.
         let deadline = start + shared.config.timeouts.client_hello;
         let initial = match &listener.trusted_proxies {
             Some(trusted) => {

@@ -9,11 +9,20 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::workers::Workers;
 use super::{client_rate, conn_log, health, limits, listener, Shared};
-use crate::config::Config;
+use crate::config::{bounds, Config};
 use crate::dns::Dns;
 use crate::metrics::Metrics;
 use crate::routing::Router;
+
+/// One worker per core, within what an upgrade can hand over (see
+/// [`bounds::MAX_LISTENING_SOCKETS`]).
+fn default_workers(listeners: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let fit = (bounds::MAX_LISTENING_SOCKETS - 1) / listeners.max(1);
+    cores.min(bounds::MAX_WORKERS).min(fit).max(1)
+}
 
 /// A running proxy: its bound addresses and the means to stop it.
 #[derive(Debug)]
@@ -27,38 +36,44 @@ pub struct ProxyHandle {
     /// for an upgrade to hand over (`crate::upgrade`).
     listener_fds: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The data plane's threads ([`Workers`]); dropped last, which ends them.
+    workers: Arc<Workers>,
 }
 
 impl ProxyHandle {
     /// Binds every listener (all or none) and starts accepting.
     pub fn start(config: Config, router: Router) -> std::io::Result<ProxyHandle> {
-        Self::start_inheriting(config, router, |_| None)
+        Self::start_inheriting(config, router, |_| Vec::new())
     }
 
-    /// As [`ProxyHandle::start`], taking each listener `inherit` has for
-    /// its configured address (an upgrade's) instead of binding it.
+    /// As [`ProxyHandle::start`], taking the listeners `inherit` has for
+    /// each configured address (an upgrade's: all the sockets the old
+    /// process accepted on there) and binding the rest.
     pub fn start_inheriting(
         config: Config,
         router: Router,
-        mut inherit: impl FnMut(SocketAddr) -> Option<std::net::TcpListener>,
+        mut inherit: impl FnMut(SocketAddr) -> Vec<std::net::TcpListener>,
     ) -> std::io::Result<ProxyHandle> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        let mut listener_fds = Vec::with_capacity(config.listeners.len());
+        let n = config
+            .workers
+            .unwrap_or_else(|| default_workers(config.listeners.len()));
+        let workers = Arc::new(Workers::start(n)?);
+        // Per configured listener, its sockets (one per worker at least).
+        let mut groups = Vec::with_capacity(config.listeners.len());
+        let mut listener_fds = Vec::new();
         for lc in &config.listeners {
             let addr = lc.address;
-            let l = match inherit(addr) {
-                Some(l) => l
-                    .set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpListener::from_std(l)),
-                None => listener::bind(addr),
+            let group = listener::bind_group(addr, workers.len(), inherit(addr)).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            for l in &group {
+                listener_fds.push((addr, std::os::fd::AsFd::as_fd(l).try_clone_to_owned()?));
             }
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            listener_fds.push((addr, std::os::fd::AsFd::as_fd(&l).try_clone_to_owned()?));
-            listeners.push(l);
+            groups.push(group);
         }
-        let local_addrs = listeners
+        let local_addrs = groups
             .iter()
-            .map(|l| l.local_addr())
+            .map(|g| g[0].local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
         let metrics = Metrics::new(config.metrics_per_route);
         metrics.certificates_configured(config.certificates.iter().map(|c| c.name.as_str()));
@@ -90,24 +105,32 @@ impl ProxyHandle {
         });
         let stop_accept = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let accept_tasks = listeners
+        let mut accept_tasks = Vec::new();
+        for ((group, local), lc) in groups
             .into_iter()
             .zip(&local_addrs)
             .zip(&shared.config.listeners)
-            .map(|((l, local), lc)| {
-                let info = Arc::new(conn_log::ListenerInfo {
-                    local: *local,
-                    trusted_proxies: lc.trusted_proxies.clone(),
-                });
-                tokio::spawn(listener::accept_loop(
+        {
+            let info = Arc::new(conn_log::ListenerInfo {
+                local: *local,
+                trusted_proxies: lc.trusted_proxies.clone(),
+            });
+            for (i, l) in group.into_iter().enumerate() {
+                let rt = workers.handle(i);
+                // Registered with the worker's own I/O driver.
+                let l = {
+                    let _in_worker = rt.enter();
+                    tokio::net::TcpListener::from_std(l)?
+                };
+                accept_tasks.push(rt.spawn(listener::accept_loop(
                     l,
-                    info,
+                    Arc::clone(&info),
                     Arc::clone(&shared),
                     stop_accept.clone(),
                     tracker.clone(),
-                ))
-            })
-            .collect();
+                )));
+            }
+        }
         for a in &local_addrs {
             tracing::info!(address = %a, "listening");
         }
@@ -118,6 +141,7 @@ impl ProxyHandle {
             tracker,
             listener_fds,
             accept_tasks,
+            workers,
         })
     }
 
@@ -129,6 +153,12 @@ impl ProxyHandle {
     /// Where connection tasks run: an upgrade's adopted connections too.
     pub fn tracker(&self) -> TaskTracker {
         self.tracker.clone()
+    }
+
+    /// The data plane's workers, to place connections that arrive other
+    /// than by accept (an upgrade's) on one of them.
+    pub fn workers(&self) -> Arc<Workers> {
+        Arc::clone(&self.workers)
     }
 
     /// Connections open right now (permits in use).

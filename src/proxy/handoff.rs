@@ -21,6 +21,7 @@ use super::conn_log::{access_log, ConnLog};
 pub use super::moved::{Handoff, Moved, Offer};
 use super::outcome::Outcome;
 use super::relay::{self, Carry, Counters, RelayEnd};
+use super::workers::Workers;
 use super::Shared;
 use crate::routing::RouteEntry;
 
@@ -123,7 +124,12 @@ fn from_moved(m: Moved) -> std::io::Result<(TcpStream, TcpStream, Carry)> {
 /// under a connection permit, counted and logged where it ends. Refused
 /// (with the reason), its descriptors close here and the old process,
 /// which keeps its own, relays it on.
-pub fn adopt(shared: &Arc<Shared>, tracker: &TaskTracker, moved: Moved) -> Result<(), String> {
+pub fn adopt(
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    workers: &Workers,
+    moved: Moved,
+) -> Result<(), String> {
     let entry = shared.router.load().get(&moved.route).cloned();
     let Some(entry) = entry else {
         let why = format!("no route `{}` here", moved.route);
@@ -141,8 +147,13 @@ pub fn adopt(shared: &Arc<Shared>, tracker: &TaskTracker, moved: Moved) -> Resul
     log.entry = Some(Arc::clone(&entry));
     log.bytes_up = moved.bytes_up;
     log.bytes_down = moved.bytes_down;
-    let registered = TcpStream::from_std(moved.client)
-        .and_then(|c| Ok((c, TcpStream::from_std(moved.upstream)?)));
+    // Registered with the worker it will run on.
+    let rt = workers.next();
+    let registered = {
+        let _in_worker = rt.enter();
+        TcpStream::from_std(moved.client)
+            .and_then(|c| Ok((c, TcpStream::from_std(moved.upstream)?)))
+    };
     let (client, upstream) = match registered {
         Ok(s) => s,
         Err(e) => return Err(format!("cannot register its sockets: {e}")),
@@ -150,7 +161,7 @@ pub fn adopt(shared: &Arc<Shared>, tracker: &TaskTracker, moved: Moved) -> Resul
     let (before_up, before_down) = (moved.bytes_up, moved.bytes_down);
     let carry = moved.carry;
     let shared = Arc::clone(shared);
-    tracker.spawn(async move {
+    let task = async move {
         let _permit = permit;
         let _open = entry.track();
         let start = tokio::time::Instant::now();
@@ -165,6 +176,7 @@ pub fn adopt(shared: &Arc<Shared>, tracker: &TaskTracker, moved: Moved) -> Resul
             took,
         );
         access_log(&shared, outcome, &log, took);
-    });
+    };
+    tracker.spawn_on(task, rt);
     Ok(())
 }

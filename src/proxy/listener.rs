@@ -16,17 +16,60 @@ use super::Shared;
 use super::{conn, conn_log};
 
 /// Binds one listening socket. IPv6 sockets are v6-only so that `0.0.0.0:443`
-/// and `[::]:443` can both be listed without colliding.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// and `[::]:443` can both be listed without colliding. `SO_REUSEPORT`, so
+/// that each worker binds its own socket on the address (and an upgrade's
+/// successor can add its own beside the ones it inherits). `TCP_NODELAY`
+/// is set here once: Linux copies it to every accepted socket, which
+/// saves one `setsockopt` per connection.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// The listening sockets of one address for `workers` workers: the
+/// inherited ones (an upgrade's: every one the old process accepted on, so
+/// that no connection waits in a queue nobody reads), then new ones until
+/// each worker has one. Socket `i` is worker `i % workers`'s. Port 0 is
+/// resolved by the first socket and the rest bind that port. Where no new
+/// socket can join (an inherited socket without `SO_REUSEPORT`), workers
+/// share one socket instead, each accepting on a duplicate of it.
+pub fn bind_group(
+    addr: SocketAddr,
+    workers: usize,
+    inherited: Vec<std::net::TcpListener>,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut group = inherited;
+    for l in &group {
+        l.set_nonblocking(true)?;
+        // The old process may not have set it (an older binary).
+        socket2::SockRef::from(l).set_nodelay(true)?;
+    }
+    while group.len() < workers.max(1) {
+        let at = match group.first() {
+            Some(first) => first.local_addr()?,
+            None => addr,
+        };
+        match bind(at) {
+            Ok(l) => group.push(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && !group.is_empty() => {
+                tracing::info!(address = %addr, "inherited listener without SO_REUSEPORT: the workers share it");
+                let shared = group[0].try_clone()?;
+                group.push(shared);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(group)
 }
 
 /// Accept errors that mean "this process or the system is out of a

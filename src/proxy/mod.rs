@@ -20,6 +20,7 @@ mod splice;
 pub mod stream_relay;
 pub mod terminate;
 pub mod upstream;
+pub mod workers;
 
 mod handle;
 mod shared;

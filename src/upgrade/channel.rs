@@ -18,9 +18,10 @@ use rustix::net::{
 
 use super::protocol::{self, Msg, MAX_RECORD};
 
-/// Most descriptors one record carries (listeners: the config's, plus the
-/// admin listener).
-const MAX_FDS: usize = 64;
+/// Most descriptors one record carries: every listening socket, one per
+/// worker per listener plus the admin listener (the config keeps them
+/// under this, Linux's own limit for one message).
+const MAX_FDS: usize = crate::config::bounds::MAX_LISTENING_SOCKETS;
 
 fn io_err(e: rustix::io::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e.raw_os_error())

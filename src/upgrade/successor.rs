@@ -17,6 +17,7 @@ use super::channel::Channel;
 use super::protocol::{ConnHeader, Msg, FORMAT};
 use crate::proxy::handoff::{self, Moved};
 use crate::proxy::relay::Carry;
+use crate::proxy::workers::Workers;
 use crate::proxy::Shared;
 
 /// Set (to the upgrade socket's path) in the environment of the process an
@@ -87,10 +88,14 @@ pub fn join(path: &std::path::Path) -> anyhow::Result<Inherited> {
 }
 
 impl Inherited {
-    /// The listener configured at `addr`, if the old process had one.
-    pub fn take(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
-        let i = self.listeners.iter().position(|(a, _)| *a == addr)?;
-        Some(self.listeners.remove(i).1)
+    /// The listeners configured at `addr`: every socket the old process
+    /// accepted on there (one per worker of its), none if it had none.
+    pub fn take(&mut self, addr: SocketAddr) -> Vec<std::net::TcpListener> {
+        let (mine, rest) = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .partition(|(a, _)| *a == addr);
+        self.listeners = rest;
+        mine.into_iter().map(|(_, l)| l).collect::<Vec<_>>()
     }
 
     pub fn take_admin(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
@@ -105,7 +110,12 @@ impl Inherited {
 
     /// Tells the old process this one serves, then takes the connections
     /// it offers on a thread of its own (until it says `Done` or goes).
-    pub fn ready(self, shared: Arc<Shared>, tracker: TaskTracker) -> anyhow::Result<()> {
+    pub fn ready(
+        self,
+        shared: Arc<Shared>,
+        tracker: TaskTracker,
+        workers: Arc<Workers>,
+    ) -> anyhow::Result<()> {
         if !self.listeners.is_empty() || self.admin.is_some() {
             tracing::warn!(
                 left = self.listeners.len() + usize::from(self.admin.is_some()),
@@ -122,18 +132,14 @@ impl Inherited {
         )?;
         chan.set_timeout(None)?;
         tracing::info!(pid = std::process::id(), "upgrade: serving");
-        let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("upgrade-receive".into())
-            .spawn(move || {
-                let _rt = rt.enter();
-                receive(&chan, &shared, &tracker)
-            })?;
+            .spawn(move || receive(&chan, &shared, &tracker, &workers))?;
         Ok(())
     }
 }
 
-fn receive(chan: &Channel, shared: &Arc<Shared>, tracker: &TaskTracker) {
+fn receive(chan: &Channel, shared: &Arc<Shared>, tracker: &TaskTracker, workers: &Workers) {
     let mut taken = 0u64;
     loop {
         let (header, tail, fds) = match chan.recv() {
@@ -151,7 +157,7 @@ fn receive(chan: &Channel, shared: &Arc<Shared>, tracker: &TaskTracker) {
         };
         let id = header.id;
         let answer = match moved(header, tail, fds) {
-            Ok(m) => match handoff::adopt(shared, tracker, m) {
+            Ok(m) => match handoff::adopt(shared, tracker, workers, m) {
                 Ok(()) => {
                     shared
                         .metrics
