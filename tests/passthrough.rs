@@ -291,7 +291,10 @@ async fn five_hundred_concurrent_connections_all_succeed() {
     let ca = Arc::new(Ca::new("test CA").unwrap());
     let (e, _) = enclave(&ca, &["many.example.test"], "many").await;
     let p = proxy(
-        config(""),
+        // One client (loopback) opens all 500 at once: the per-client cap on
+        // connections whose hello is not in yet (256) would refuse some,
+        // as it should a real client doing so; here it is not the subject.
+        config("[limits]\nmax_unrouted_per_client = 1000"),
         &[spec("many", &["many.example.test"], &[e.addr.to_string()])],
     );
     let pa = addr(&p);
@@ -303,7 +306,10 @@ async fn five_hundred_concurrent_connections_all_succeed() {
         let barrier = Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
             let mut tls = tls_connect(pa, "many.example.test", &ca).await?;
-            barrier.wait().await;
+            // Bounded: one connection that fails must not hold the rest.
+            tokio::time::timeout(Duration::from_secs(60), barrier.wait())
+                .await
+                .map_err(|_| std::io::Error::other("not every connection got through"))?;
             let msg = format!("message {i}");
             tls.write_all(msg.as_bytes()).await?;
             let mut back = vec![0u8; msg.len()];
@@ -313,12 +319,14 @@ async fn five_hundred_concurrent_connections_all_succeed() {
         }));
     }
     let mut ok = 0;
+    let mut bad = std::collections::BTreeMap::new();
     for t in tasks {
         match tokio::time::timeout(Duration::from_secs(120), t).await {
             Ok(Ok(Ok(()))) => ok += 1,
-            other => panic!("a connection failed: {other:?}"),
+            other => *bad.entry(format!("{other:?}")).or_insert(0) += 1,
         }
     }
+    assert!(bad.is_empty(), "ok {ok}, failed: {bad:?}");
     assert_eq!(ok, 500);
     assert_eq!(e.handshakes(), 500);
 }

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use super::conn_log::ConnLog;
 use super::handoff;
 use super::outcome::Outcome;
-use super::relay::{self, Carry};
+use super::relay::Carry;
 use super::upstream;
 use super::Shared;
 use crate::routing::table::OpenGuard;
@@ -28,15 +28,12 @@ pub fn run<'a>(
         // (or until the connection moves to the next process).
         let entry = counted.entry();
         // Boxed: a DNS lookup's state is large and over once connected.
-        let upstream = match Box::pin(upstream::connect_route(shared, entry, log)).await {
+        // The ClientHello goes with the connect (`connect_route_sending`).
+        let connecting = upstream::connect_route_sending(shared, entry, log, &hello_bytes);
+        let upstream = match Box::pin(connecting).await {
             Ok(s) => s,
             Err(outcome) => return outcome,
         };
-
-        if let Err(e) = relay::write_all(&upstream, &hello_bytes).await {
-            tracing::debug!(error = %e, "writing the ClientHello upstream failed");
-            return Outcome::UpstreamError;
-        }
         let hello_bytes_len = hello_bytes.len() as u64;
         drop(hello_bytes);
 

@@ -94,15 +94,19 @@ impl std::error::Error for ConnectError {}
 /// Connects to the first backend of `route` that accepts. Addresses in
 /// cool-down are kept for a second pass, so they are used only when nothing
 /// else answers.
+///
+/// `first` is sent as soon as a connect succeeds (see [`attempt`]); the
+/// answer says how much of it went.
 pub async fn connect(
     route: &Route,
     dns: &Dns,
     health: &Health,
     timeout: Duration,
     failures: &prometheus::IntCounter,
-) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    first: &[u8],
+) -> Result<(TcpStream, SocketAddr, usize), ConnectError> {
     let mut err = ConnectError::default();
-    let r = connect_inner(route, dns, health, timeout, &mut err).await;
+    let r = connect_inner(route, dns, health, timeout, &mut err, first).await;
     // Neither the proxy's own shortage nor a refused address is the backend's.
     let backend_failures = err
         .attempts
@@ -118,7 +122,8 @@ async fn connect_inner(
     health: &Health,
     timeout: Duration,
     err: &mut ConnectError,
-) -> Option<(TcpStream, SocketAddr)> {
+    first: &[u8],
+) -> Option<(TcpStream, SocketAddr, usize)> {
     let mut cooling: Vec<(SocketAddr, String)> = Vec::new();
     for b in &route.backends {
         match &b.host {
@@ -126,8 +131,10 @@ async fn connect_inner(
                 let addr = SocketAddr::new(*ip, b.port);
                 if health.is_cooling(addr) {
                     cooling.push((addr, b.to_string()));
-                } else if let Some(s) = attempt(addr, b.to_string(), health, timeout, err).await {
-                    return Some((s, addr));
+                } else if let Some((s, n)) =
+                    attempt(addr, b.to_string(), health, timeout, err, first).await
+                {
+                    return Some((s, addr, n));
                 } else if err.out_of_local_resources() {
                     return None;
                 }
@@ -159,10 +166,11 @@ async fn connect_inner(
                         let addr = SocketAddr::new(ip, b.port);
                         if health.is_cooling(addr) {
                             cooling.push((addr, format!("{b} ({addr})")));
-                        } else if let Some(s) =
-                            attempt(addr, format!("{b} ({addr})"), health, timeout, err).await
+                        } else if let Some((s, n)) =
+                            attempt(addr, format!("{b} ({addr})"), health, timeout, err, first)
+                                .await
                         {
-                            return Some((s, addr));
+                            return Some((s, addr, n));
                         } else if err.out_of_local_resources() {
                             return None;
                         }
@@ -179,8 +187,8 @@ async fn connect_inner(
         }
     }
     for (addr, label) in cooling {
-        if let Some(s) = attempt(addr, label, health, timeout, err).await {
-            return Some((s, addr));
+        if let Some((s, n)) = attempt(addr, label, health, timeout, err, first).await {
+            return Some((s, addr, n));
         } else if err.out_of_local_resources() {
             return None;
         }
@@ -188,20 +196,22 @@ async fn connect_inner(
     None
 }
 
+/// One connect attempt; on success, the stream and how much of `first`
+/// is sent.
 async fn attempt(
     addr: SocketAddr,
     label: String,
     health: &Health,
     timeout: Duration,
     err: &mut ConnectError,
-) -> Option<TcpStream> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
+    first: &[u8],
+) -> Option<(TcpStream, usize)> {
+    match connect_sending(addr, timeout, first).await {
+        Ok(ok) => {
             health.succeeded(addr);
-            Some(s)
+            Some(ok)
         }
-        Ok(Err(e)) => {
+        Err(Some(e)) => {
             let kind = failure(&e);
             // The proxy's own shortage is no reason to avoid the backend.
             if kind != Failure::Local {
@@ -210,7 +220,7 @@ async fn attempt(
             err.attempts.push((label, kind, e.to_string()));
             None
         }
-        Err(_) => {
+        Err(None) => {
             health.failed(addr);
             err.attempts.push((
                 label,
@@ -221,6 +231,56 @@ async fn attempt(
         }
     }
 }
+
+/// Connects to `addr` and sends `first` at once, before anything waits:
+/// on loopback and near backends the handshake is over by the time
+/// `connect(2)` returns, and the one `send` that then succeeds is the
+/// proof. That saves, per connection, the wait for writability (a trip
+/// through the event loop), the `SO_ERROR` read, and the connect timer,
+/// whose registration costs an `eventfd` write whenever it is the
+/// worker's earliest timer. A send that would block means "still
+/// connecting": then it waits as any connect does, under `timeout`, and
+/// sends nothing (the caller writes `first`). A refused connect fails the
+/// send just as it would fail the wait. `Err(None)`: timed out.
+async fn connect_sending(
+    addr: SocketAddr,
+    timeout: Duration,
+    first: &[u8],
+) -> Result<(TcpStream, usize), Option<io::Error>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    // Before the connect, so it costs no extra round with the kernel later.
+    socket.set_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {}
+        Err(e) => return Err(Some(e)),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    if !first.is_empty() {
+        match socket2::SockRef::from(&stream).send(first) {
+            Ok(n) => return Ok((stream, n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Some(e)),
+        }
+    }
+    let connected = std::future::poll_fn(|cx| stream.poll_write_ready(cx));
+    match tokio::time::timeout(timeout, connected).await {
+        Err(_) => return Err(None),
+        Ok(r) => r?,
+    }
+    match stream.take_error()? {
+        Some(e) => Err(Some(e)),
+        None => Ok((stream, 0)),
+    }
+}
+
+/// `connect(2)` on a non-blocking socket: the handshake goes on.
+const EINPROGRESS: i32 = 115;
 
 /// What a failed connect says about the backend.
 fn failure(e: &io::Error) -> Failure {
@@ -243,15 +303,37 @@ pub async fn connect_route(
     entry: &RouteEntry,
     log: &mut ConnLog,
 ) -> Result<TcpStream, Outcome> {
+    connect_route_sending(shared, entry, log, &[]).await
+}
+
+/// As [`connect_route`], then sends `payload` (passthrough: the
+/// ClientHello), after the PROXY header if any. The bytes go out with the
+/// connect when it is quick ([`connect_sending`]); a connect that is not
+/// quick is waited for first. Either way all of it is sent on `Ok`.
+pub async fn connect_route_sending(
+    shared: &Shared,
+    entry: &RouteEntry,
+    log: &mut ConnLog,
+    payload: &[u8],
+) -> Result<TcpStream, Outcome> {
     let route = &entry.route;
     let start = Instant::now();
     let metrics = entry.metrics(&shared.metrics);
-    let (stream, addr) = connect(
+    let with_header;
+    let first = if route.proxy_protocol {
+        let (header, len) = proxy_protocol::v2_header(log.client, log.local);
+        with_header = [&header[..len], payload].concat();
+        &with_header[..]
+    } else {
+        payload
+    };
+    let (stream, addr, sent) = connect(
         route,
         &shared.dns,
         &shared.health,
         shared.config.timeouts.upstream_connect,
         &metrics.connect_failures,
+        first,
     )
     .await
     .map_err(|e| {
@@ -260,13 +342,10 @@ pub async fn connect_route(
     })?;
     log.upstream = Some(addr);
     metrics.connect.observe(start.elapsed().as_secs_f64());
-    if route.proxy_protocol {
-        let (header, len) = proxy_protocol::v2_header(log.client, log.local);
-        write_all(&stream, &header[..len]).await.map_err(|e| {
-            tracing::debug!(error = %e, "writing the PROXY header failed");
-            Outcome::UpstreamError
-        })?;
-    }
+    write_all(&stream, &first[sent..]).await.map_err(|e| {
+        tracing::debug!(error = %e, "writing the first bytes upstream failed");
+        Outcome::UpstreamError
+    })?;
     Ok(stream)
 }
 

@@ -96,9 +96,27 @@ pub fn addr(p: &ProxyHandle) -> SocketAddr {
 /// A stand-in enclave on 127.0.0.1:0 serving a CA-issued cert for `hosts`.
 pub async fn enclave(ca: &Ca, hosts: &[&str], name: &str) -> (Enclave, mse_proxy::standin::Leaf) {
     let leaf = ca.issue(hosts).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let e = Enclave::spawn(l, name, leaf.server_config(&[b"http/1.1"]).unwrap()).unwrap();
+    let e = Enclave::spawn(
+        listen_deep(),
+        name,
+        leaf.server_config(&[b"http/1.1"]).unwrap(),
+    )
+    .unwrap();
     (e, leaf)
+}
+
+/// A listener on 127.0.0.1:0 with a deep accept queue, as a real server
+/// has: the proxy's workers connect on threads of their own, faster than a
+/// stand-in on the test's runtime may accept, and a short queue would drop
+/// SYNs (a second's retransmit, then the connect timeout) when the machine
+/// is busy.
+pub fn listen_deep() -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(4096).unwrap();
+    s.set_nonblocking(true).unwrap();
+    TcpListener::from_std(s.into()).unwrap()
 }
 
 /// A loopback port with nothing listening on it.
