@@ -13,7 +13,6 @@ use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 use super::conn_log::ConnLog;
@@ -27,6 +26,7 @@ use crate::routing::RouteEntry;
 use crate::tls::alpn::{self, Offer};
 use crate::tls::terminate::{self, ClientTls, HandshakeError, Termination};
 use crate::tls::upstream::{Upstream, UpstreamTls};
+use crate::tls::stream::ClientStream;
 use crate::tls::{alert, client_hello};
 
 /// How long a client whose upstream failed is given to take our close_notify.
@@ -36,7 +36,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// that the relay is one type too and the streams move into it straight
 /// from `open`'s answer (matching an enum of two relays would keep the
 /// matched value's slot, both streams again, beside the relay).
-type UpstreamStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+type UpstreamStream = Either<TcpStream, ClientStream<TcpStream>>;
 
 /// Serves one connection on a terminate route. `tls` is the termination
 /// state from the same snapshot as `entry`; `deadline` is the one that
@@ -157,16 +157,12 @@ async fn open(
     };
     let addr = log.upstream.unwrap_or(log.local);
     let name = upstream_name(t, log.sni.as_deref(), addr);
-    let handshake = TlsConnector::from(Arc::clone(t.client_config()))
-        .with_alpn(offer)
-        .connect(name, tcp);
+    let handshake = ClientStream::connect(Arc::clone(t.client_config()), name, offer, tcp);
     let failed = match tokio::time::timeout(shared.config.timeouts.upstream_connect, handshake)
         .await
     {
         Ok(Ok(up)) => {
             let selected: Vec<Vec<u8>> = up
-                .get_ref()
-                .1
                 .alpn_protocol()
                 .map(<[u8]>::to_vec)
                 .into_iter()
