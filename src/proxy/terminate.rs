@@ -24,9 +24,9 @@ use super::Shared;
 use crate::routing::table::OpenGuard;
 use crate::routing::RouteEntry;
 use crate::tls::alpn::{self, Offer};
+use crate::tls::stream::ClientStream;
 use crate::tls::terminate::{self, ClientTls, HandshakeError, Termination};
 use crate::tls::upstream::{Upstream, UpstreamTls};
-use crate::tls::stream::ClientStream;
 use crate::tls::{alert, client_hello};
 
 /// How long a client whose upstream failed is given to take our close_notify.
@@ -162,11 +162,8 @@ async fn open(
         .await
     {
         Ok(Ok(up)) => {
-            let selected: Vec<Vec<u8>> = up
-                .alpn_protocol()
-                .map(<[u8]>::to_vec)
-                .into_iter()
-                .collect();
+            let selected: Vec<Vec<u8>> =
+                up.alpn_protocol().map(<[u8]>::to_vec).into_iter().collect();
             let d = client_deadline(upstream_start);
             let client_tls =
                 client_handshake(shared, entry, &tls, &selected, client, hello_bytes, d).await?;

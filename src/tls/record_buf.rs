@@ -226,8 +226,9 @@ mod tests {
     fn room_is_made_by_compacting_then_growing_to_a_bound() {
         let mut b = RecordBuf::from_bytes(&[7u8; 1000]);
         b.consume(900);
-        assert!(b.read_room());
+        b.ensure_spare(RECORD_BUF_SIZE - 100);
         assert_eq!(b.filled(), &[7u8; 100][..], "held bytes moved to the front");
+        assert_eq!(b.spare().len(), RECORD_BUF_SIZE - 100, "not grown");
         let n = b.spare().len();
         b.commit(n);
         assert_eq!(b.len(), RECORD_BUF_SIZE);

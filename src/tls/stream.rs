@@ -53,8 +53,10 @@ const RECORD_ROOM: usize = MAX_FRAGMENT + 512;
 /// The client or the server side of an unbuffered rustls connection.
 pub trait Side {
     type Data;
-    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8])
-        -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
     fn common(&self) -> &CommonState;
 }
 
@@ -242,7 +244,9 @@ impl<C: Side, S: AsyncRead + AsyncWrite + Unpin> TlsStream<C, S> {
             // rustls may send application data before the handshake is
             // over (a TLS 1.3 server, before the client's Finished): the
             // handshake still waits for the peer.
-            Step::Done if matches!(want, Want::Handshake) && self.conn.common().is_handshaking() => {
+            Step::Done
+                if matches!(want, Want::Handshake) && self.conn.common().is_handshaking() =>
+            {
                 Ok(Step::NeedRead)
             }
             step => Ok(step),
@@ -254,7 +258,8 @@ impl<C: Side, S: AsyncRead + AsyncWrite + Unpin> TlsStream<C, S> {
     fn fail(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Error {
         let _ = self.step(&mut Want::Close);
         if !self.outgoing.is_empty() {
-            if let Poll::Ready(Ok(n)) = Pin::new(&mut self.io).poll_write(cx, self.outgoing.filled())
+            if let Poll::Ready(Ok(n)) =
+                Pin::new(&mut self.io).poll_write(cx, self.outgoing.filled())
             {
                 self.outgoing.consume(n.min(self.outgoing.len()));
             }
@@ -570,3 +575,6 @@ fn on_state<D>(
         _ => return Err(io::Error::other("unexpected TLS state")),
     })
 }
+
+#[cfg(test)]
+mod tests;
