@@ -267,3 +267,36 @@ fn upstream_name(
 async fn close(mut client: ClientTls) {
     let _ = tokio::time::timeout(CLOSE_LINGER, client.shutdown()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, for a function generic over lifetimes.
+    fn returned_size<'a, F>(
+        _: impl FnOnce(
+            &'a Shared,
+            TcpStream,
+            Vec<u8>,
+            Instant,
+            OpenGuard,
+            Option<Arc<Termination>>,
+            &'a mut ConnLog,
+        ) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle terminated connection holds beside its task is this
+    /// future (boxed by `conn.rs`): the relay with both TLS streams inline,
+    /// the handshakes' state boxed apart and freed before the relay runs.
+    #[test]
+    fn the_terminate_future_stays_small() {
+        let size = returned_size(run);
+        let streams = std::mem::size_of::<ClientTls>() + std::mem::size_of::<UpstreamStream>();
+        assert!(
+            size <= streams + 600,
+            "terminate future is {size} bytes for {streams} of streams"
+        );
+    }
+}
