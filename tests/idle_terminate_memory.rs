@@ -65,6 +65,16 @@ async fn idle_terminated_connections_memory() {
         assert!(c.ping("warm").await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // IDLE_PAUSE=N: N seconds to attach a heap profiler here, and as long
+    // again once the connections are open.
+    let pause: u64 = std::env::var("IDLE_PAUSE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if pause > 0 {
+        println!("proxy pid {pid}");
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+    }
     let before = rss_kib(pid);
     let mut held = Vec::with_capacity(n);
     for i in 0..n {
@@ -80,7 +90,7 @@ async fn idle_terminated_connections_memory() {
             println!("{} open", i + 1);
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2 + pause)).await;
     let after = rss_kib(pid);
     // Still served: the last one echoes.
     let mut last = EchoConn(held.pop().unwrap());
