@@ -430,3 +430,71 @@ fn the_streams_stay_small() {
     assert!(server <= 1_300, "server stream is {server} bytes");
     assert!(client <= 1_200, "client stream is {client} bytes");
 }
+
+/// TLS 1.2 on both sides (a client or a backend that speaks no 1.3): a
+/// mebibyte both ways, and resumption by session ID.
+#[tokio::test]
+async fn tls12_both_sides() {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let pki = pki();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.leaf.key_der.clone()));
+    let server = Arc::new(
+        ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_no_client_auth()
+            .with_single_cert(vec![pki.leaf.cert_der.clone()], key)
+            .unwrap(),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.cert_der().clone()).unwrap();
+    let client = || {
+        Arc::new(
+            ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        )
+    };
+    let peer_client = client();
+    for round in 0..2 {
+        let (ours, theirs) = duplex(64 * 1024);
+        let peer = TlsConnector::from(Arc::clone(&peer_client)).connect(name(), theirs);
+        let ours = ServerStream::accept(Arc::clone(&server), ours, Vec::new());
+        let (ours, peer) = tokio::join!(ours, peer);
+        let (ours, peer) = (ours.unwrap(), peer.unwrap());
+        assert_eq!(
+            ours.connection().protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        let kind = ours.connection().handshake_kind();
+        exchange(ours, peer, &pattern(1 << 20, 1), &pattern(1 << 20, 2)).await;
+        let want = if round == 0 {
+            HandshakeKind::Full
+        } else {
+            HandshakeKind::Resumed
+        };
+        assert_eq!(kind, Some(want), "server side, round {round}");
+    }
+    let our_config = client();
+    for round in 0..2 {
+        let (ours, peer) = our_client(
+            Arc::clone(&our_config),
+            Arc::clone(&server),
+            |s| s,
+            64 * 1024,
+            &[],
+        )
+        .await;
+        let (ours, peer) = (ours.unwrap(), peer.unwrap());
+        assert_eq!(
+            ours.connection().protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        let kind = ours.connection().handshake_kind();
+        exchange(ours, peer, &pattern(1 << 20, 3), &pattern(1 << 20, 4)).await;
+        let want = if round == 0 {
+            HandshakeKind::Full
+        } else {
+            HandshakeKind::Resumed
+        };
+        assert_eq!(kind, Some(want), "client side, round {round}");
+    }
+}
