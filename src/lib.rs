@@ -10,10 +10,12 @@
 //!           ├ proxy::passthrough   connect a backend (proxy::upstream, dns),
 //!           │       replay the hello bytes, relay both ways (proxy::relay)
 //!           └ proxy::terminate     handshake with the platform's certificate
-//!                   (tls::terminate, the hello replayed through tls::rewind,
-//!                   the certificate picked by SNI from tls::certs), connect a
-//!                   backend, plain or TLS (tls::upstream, tls::verify for
-//!                   pins), relay the plaintext (proxy::stream_relay)
+//!                   (tls::terminate, starting from the hello bytes already
+//!                   read, the certificate picked by SNI from tls::certs),
+//!                   connect a backend, plain or TLS (tls::upstream,
+//!                   tls::verify for pins); both TLS ends are tls::stream
+//!                   (rustls unbuffered, pooled record buffers held only
+//!                   while in use); relay the plaintext (proxy::stream_relay)
 //!   └ access log    one line per connection with its Outcome
 //! ```
 //!

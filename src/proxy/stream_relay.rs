@@ -299,8 +299,8 @@ mod tests {
     /// two streams, held once, and little else.
     #[test]
     fn holds_the_streams_once() {
-        type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-        type Up = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+        type Tls = crate::tls::stream::ServerStream<tokio::net::TcpStream>;
+        type Up = crate::tls::stream::ClientStream<tokio::net::TcpStream>;
         type R = StreamRelay<'static, Tls, Up, std::future::Pending<()>>;
         let streams = std::mem::size_of::<Tls>() + std::mem::size_of::<Up>();
         let size = std::mem::size_of::<R>();

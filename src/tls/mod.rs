@@ -1,8 +1,10 @@
 //! TLS-level pieces of the ingress: reading what a client sends before any
 //! handshake (`client_hello`, `detect`, `alert`), and terminating TLS for
-//! terminate routes (`certs`, read through `pem_file`; `terminate`,
-//! `rewind`; which protocol a client gets: `alpn`, and never h2 on a
-//! certificate other tenants share: `coalescing`) with a new TLS connection to the enclave (`upstream`, `verify`).
+//! terminate routes (`certs`, read through `pem_file`; `terminate`; which
+//! protocol a client gets: `alpn`, and never h2 on a certificate other
+//! tenants share: `coalescing`) with a new TLS connection to the enclave
+//! (`upstream`, `verify`); both TLS ends are `stream`s, whose ciphertext
+//! buffers (`record_buf`) exist only while they hold bytes.
 pub mod alert;
 pub mod alpn;
 pub mod certs;
@@ -10,7 +12,8 @@ pub mod client_hello;
 pub mod coalescing;
 pub mod detect;
 pub mod pem_file;
-pub mod rewind;
+pub mod record_buf;
+pub mod stream;
 pub mod terminate;
 pub mod upstream;
 pub mod validity;

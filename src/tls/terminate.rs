@@ -6,8 +6,9 @@
 //! shares one process-wide session cache and ticketer ([`Sessions`]), so a
 //! client resumes across routes and across reloads.
 //!
-//! The handshake ([`accept`]) replays the ClientHello bytes the detector
-//! already read, through [`Rewind`], under the deadline that began at accept.
+//! The handshake ([`accept`]) starts from the ClientHello bytes the detector
+//! already read (rustls processes them first, then reads on), under the
+//! deadline that began at accept.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,13 +19,11 @@ use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSess
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::alpn;
 use super::certs::CertStore;
 use super::coalescing::CertTenants;
-use super::rewind::Rewind;
+use super::stream::ServerStream;
 use crate::routing::route::Route;
 
 /// Sessions remembered for resumption by ID, for the TLS 1.2 clients that
@@ -177,7 +176,7 @@ pub enum HandshakeError {
 }
 
 /// A terminated client connection.
-pub type ClientTls = TlsStream<Rewind<TcpStream>>;
+pub type ClientTls = ServerStream<TcpStream>;
 
 /// Completes the handshake with `client`, whose first `hello` bytes were
 /// already read, by `deadline` (the one that began at accept: a client that
@@ -188,8 +187,8 @@ pub async fn accept(
     hello: Vec<u8>,
     deadline: Instant,
 ) -> Result<ClientTls, HandshakeError> {
-    let acceptor = TlsAcceptor::from(config);
-    match tokio::time::timeout_at(deadline, acceptor.accept(Rewind::new(hello, client))).await {
+    let handshake = ServerStream::accept(config, client, hello);
+    match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(HandshakeError::Tls(e)),
         Err(_) => Err(HandshakeError::Timeout),
