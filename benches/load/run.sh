@@ -34,6 +34,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}    # load generators
 ACCESS_LOG=${ACCESS_LOG:-false}
 SPLICE=${SPLICE:-true}         # passthrough: splice bulk runs (true) or always copy (false)
 NICE=${NICE:--10}              # priority over other work on a shared machine (0: off); see README
+PROFILE=${PROFILE:-1}          # 1: per path, syscalls per new connection (strace) and where the CPU goes (perf)
 OUT=${OUT:-$ROOT/target/load-bench.md}
 # MSE_PROXY_BIN=path: use this binary instead of building target/release/mse-proxy.
 
@@ -53,6 +54,10 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v getent >/dev/null || need+=(libc-bin)
+if [ "$PROFILE" = 1 ]; then
+    command -v strace >/dev/null || need+=(strace)
+    command -v perf >/dev/null || need+=(linux-perf)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing ${need[*]}; run as root or install them"
     log "installing ${need[*]}"
@@ -601,6 +606,50 @@ run_idle() { # path
     log "idle $1: $line"
 }
 
+# Profile of one path under new connections (not part of the measured runs:
+# strace slows the process it traces). Syscalls per connection: `strace -c`
+# on every thread of the measured process during a CONC/2 newconn run,
+# calls / connections. Where the CPU goes: `perf record -e cpu-clock` on it
+# during a CONC newconn run, shares by binary (kernel, the proxy, libc) and
+# the top symbols. On a VM without a PMU, cpu-clock samples taken with
+# interrupts off land where they are turned back on (finish_task_switch,
+# _raw_spin_unlock_irqrestore): read the kernel share as a whole.
+run_profile() { # path
+    local a s n pid tids st conns out
+    read -r a s <<<"$(addr_of "$1")"
+    n=$(proxy_of "$1")
+    pid=${MPID[$n]}
+    tids=$(for t in /proc/"$pid"/task/*; do printf -- '-p %s ' "${t##*/}"; done)
+    # shellcheck disable=SC2086 # one -p per thread
+    strace -c -f -o "$TMP/strace-$1.txt" $tids </dev/null >/dev/null 2>&1 &
+    st=$!
+    sleep 0.5
+    out=$(run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc $((CONC / 2)))
+    kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
+    conns=$(grep -o 'conns=[0-9]*' <<<"$out" | cut -d= -f2)
+    if [ -n "${conns:-}" ] && [ "$conns" -gt 0 ]; then
+        local calls
+        calls=$(awk '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" && $4 ~ /^[0-9]+$/ { print $NF, $4 }' \
+            "$TMP/strace-$1.txt" | sort -k2 -nr)
+        echo "syscalls $1 $(awk -v n="$conns" '{ t += $2 } END { printf "%.1f", t / n }' <<<"$calls") |" \
+            "$(head -8 <<<"$calls" | awk -v n="$conns" '{ printf "%s %.1f, ", $1, $2 / n }' | sed 's/, $//')" >>"$TMP/profile.txt"
+    fi
+    if command -v perf >/dev/null && perf stat -e cpu-clock true >/dev/null 2>&1; then
+        perf record -q -e cpu-clock -F 2000 -o "$TMP/perf-$1.data" -p "$pid" </dev/null >/dev/null 2>&1 &
+        st=$!
+        sleep 0.3
+        run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc "$CONC" >/dev/null
+        kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
+        perf report -i "$TMP/perf-$1.data" --no-children --sort dso -g none 2>/dev/null |
+            awk -v p="$1" '$1 ~ /%$/ { sub(/%/, "", $1); d = $2; if (d ~ /kernel/) d = "kernel"; else if (d ~ /^libc/) d = "libc"; else if (d ~ /^\[vdso/) d = "vdso"; else if (d ~ /^libssl|^libcrypto/) d = "openssl"; else d = "binary"; s[d] += $1 }
+                END { printf "dso %s", p; for (d in s) printf " %s=%.1f", d, s[d]; print "" }' >>"$TMP/profile.txt"
+        echo "usersyms $1 $(perf report -i "$TMP/perf-$1.data" --no-children --sort sym -g none 2>/dev/null |
+            awk '$1 ~ /%$/ && $2 == "[.]" { pct = $1; $1 = ""; $2 = ""; sub(/^ +/, ""); gsub(/[|]/, "/"); print pct, substr($0, 1, 70) }' |
+            head -6 | tr '\n' ';' | sed 's/;$//; s/;/; /g')" >>"$TMP/profile.txt"
+    fi
+    log "profile $1: $(grep " $1 " "$TMP/profile.txt" | tr '\n' ' ')"
+}
+
 # ---- run -------------------------------------------------------------------
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
@@ -621,6 +670,7 @@ for r in $(seq "$ROUNDS"); do for p in "${PATHS[@]}"; do run_newconn "$p" "$r"; 
 for r in $(seq "$ROUNDS"); do for p in "${PATHS[@]}"; do run_wrk "$p" "$r"; done; done
 for r in $(seq "$BIG_ROUNDS"); do for p in "${PATHS[@]}"; do run_big "$p" "$r"; done; done
 for p in "${PROXY_PATHS[@]}"; do run_idle "$p"; done
+if [ "$PROFILE" = 1 ]; then for p in "${PROXY_PATHS[@]}"; do run_profile "$p"; done; fi
 for n in "${PROXIES[@]}"; do stop_proxy "$n"; done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -728,6 +778,22 @@ has sniproxy && competitors+="; sniproxy $SNI_FULL"
             "$(f %.0f "$(get idle $p 1 tcp_mem_pages_delta) * $(getconf PAGESIZE) / 1024") |"
     done
     echo
+    if [ "$PROFILE" = 1 ] && [ -s "$TMP/profile.txt" ]; then
+        echo "### Profile per path, new connections"
+        echo
+        echo "Syscalls per connection: \`strace -c\` on every thread of the measured process during a $((CONC / 2))-thread newconn run (calls / connections; strace slows the process, so this run is not in the tables above). CPU shares: \`perf record -e cpu-clock\` on it during a $CONC-thread newconn run, % of its samples by binary; on a VM without a PMU, samples taken with interrupts off land where they are turned back on, so read the kernel share as a whole."
+        echo
+        echo "| path | syscalls / conn | the most frequent, per conn | kernel % | own binary % | libc % | libssl + libcrypto % | top user-space symbols |"
+        echo "|---|--:|---|--:|--:|--:|--:|---|"
+        for p in "${PROXY_PATHS[@]}"; do
+            sc=$(awk -v p="$p" '$1 == "syscalls" && $2 == p { $1 = $2 = ""; print }' "$TMP/profile.txt")
+            ds=$(awk -v p="$p" '$1 == "dso" && $2 == p' "$TMP/profile.txt")
+            us=$(awk -v p="$p" '$1 == "usersyms" && $2 == p { $1 = $2 = ""; print }' "$TMP/profile.txt")
+            dv() { grep -o "$1=[0-9.]*" <<<"$ds" | cut -d= -f2; }
+            echo "| $(label $p) | ${sc%%|*} | ${sc#*|} | $(dv kernel) | $(dv binary) | $(dv libc) | $(dv openssl) | $us |"
+        done
+        echo
+    fi
     echo "Every run (proxy_ticks, nginx_ticks: 1/$CLK_TCK s; cpu*_: jiffies; client_ms: the load generator's CPU):"
     echo
     echo '```'
