@@ -641,7 +641,7 @@ run_profile() { # path
         run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc "$CONC" >/dev/null
         kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
         perf report -i "$TMP/perf-$1.data" --no-children --sort dso -g none 2>/dev/null |
-            awk -v p="$1" '$1 ~ /%$/ { sub(/%/, "", $1); d = $2; if (d ~ /kernel/) d = "kernel"; else if (d ~ /^libc/) d = "libc"; else if (d ~ /^\[vdso/) d = "vdso"; else if (d ~ /^libssl|^libcrypto/) d = "openssl"; else d = "binary"; s[d] += $1 }
+            awk -v p="$1" '$1 ~ /%$/ { sub(/%/, "", $1); d = $2; if (d ~ /kernel/) d = "kernel"; else if (d ~ /^libssl|^libcrypto/) d = "openssl"; else if (d ~ /^libc/) d = "libc"; else if (d ~ /^\[vdso/) d = "vdso"; else d = "binary"; s[d] += $1 }
                 END { printf "dso %s", p; for (d in s) printf " %s=%.1f", d, s[d]; print "" }' >>"$TMP/profile.txt"
         echo "usersyms $1 $(perf report -i "$TMP/perf-$1.data" --no-children --sort sym -g none 2>/dev/null |
             awk '$1 ~ /%$/ && $2 == "[.]" { pct = $1; $1 = ""; $2 = ""; sub(/^ +/, ""); gsub(/[|]/, "/"); print pct, substr($0, 1, 70) }' |
