@@ -570,7 +570,7 @@ pub async fn serve_with(server: Server, signals: Signals) -> anyhow::Result<()> 
 /// this one's serving as a SIGTERM would, except that its passthrough
 /// connections move to the new process instead of draining.
 pub async fn serve_upgradable(
-    server: Server,
+    mut server: Server,
     signals: Signals,
     mut upgrader: Option<Upgrader>,
 ) -> anyhow::Result<()> {
@@ -620,6 +620,11 @@ pub async fn serve_upgradable(
             metrics: &server.shared.metrics,
         };
         let outcome = old::attempt(up, binary, handover).await;
+        if outcome.is_ok() {
+            // Before the report: once told, the asker may count on every
+            // new connection reaching the new process.
+            server.proxy.stop_accepting_and_wait().await;
+        }
         old::report(&server.shared.metrics, reply, &outcome, began);
         if let Ok(s) = outcome {
             upgraded = Some(s);
@@ -632,7 +637,6 @@ pub async fn serve_upgradable(
     // one stops both, offers it every passthrough connection, and drains
     // the rest (terminate connections) as a SIGTERM would.
     let sending = upgraded.map(|s| {
-        server.stop_accepting();
         server.admin_stop.cancel();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         shared.handoff.begin(tx);

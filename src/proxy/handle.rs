@@ -171,6 +171,17 @@ impl ProxyHandle {
         self.stop_accept.cancel();
     }
 
+    /// Stops accepting and returns once every accept loop has ended, so
+    /// that no connection is accepted here after it returns. An upgrade
+    /// reports its success only then: whoever asked for it may rely on
+    /// every later connection reaching the new process.
+    pub async fn stop_accepting_and_wait(&mut self) {
+        self.stop_accept.cancel();
+        for t in self.accept_tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+
     /// Closes every live connection now.
     pub fn kill_connections(&self) {
         self.shared.kill.cancel();

@@ -35,9 +35,10 @@ pub struct ProxyProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    /// Upgrades, as the log tells them: a new process's pid once it
-    /// serves ("upgrade: serving"), or 0 when the running one reports a
-    /// failed upgrade.
+    /// Upgrades, as the log tells them: a new process's pid once the old
+    /// one has stopped accepting and reports it ("upgrade: the new process
+    /// serves; handing over": every later connection reaches the new
+    /// one), or 0 when the running one reports a failed upgrade.
     upgrades: std::sync::Mutex<std::sync::mpsc::Receiver<u32>>,
     /// Processes started by upgrades (not our children): killed on drop.
     successors: Vec<u32>,
@@ -85,7 +86,7 @@ impl ProxyProcess {
                 let Ok(line) = line else { break };
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 let msg = v["fields"]["message"].as_str().unwrap_or_default();
-                if msg == "upgrade: serving" {
+                if msg == "upgrade: the new process serves; handing over" {
                     let _ = up_tx.send(v["fields"]["pid"].as_u64().unwrap_or(0) as u32);
                 } else if msg == "upgrade failed: this process serves on" {
                     let _ = up_tx.send(0);
