@@ -63,7 +63,24 @@ impl Listener {
     }
 
     /// Waits for the next peer.
+    ///
+    /// The wait is in poll(2), not in accept(2): Linux takes the new
+    /// descriptor's number before a blocking accept sleeps, so a thread
+    /// waiting there holds a number nobody sees in `/proc/self/fd`, for as
+    /// long as no upgrade comes. At the descriptor limit, that is the one a
+    /// connection's upstream socket needed.
     pub fn accept(&self) -> std::io::Result<Channel> {
+        let mut ready = [rustix::event::PollFd::new(
+            &self.0,
+            rustix::event::PollFlags::IN,
+        )];
+        loop {
+            match rustix::event::poll(&mut ready, None) {
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io_err(e)),
+            }
+        }
         let fd = net::accept_with(&self.0, SocketFlags::CLOEXEC).map_err(io_err)?;
         Ok(Channel(fd))
     }
