@@ -18,11 +18,13 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use super::conn_log::{access_log, ConnLog};
+use super::limits::ClientSlot;
 pub use super::moved::{Handoff, Moved, Offer};
 use super::outcome::Outcome;
 use super::relay::{self, Carry, Counters, RelayEnd};
 use super::workers::Workers;
 use super::Shared;
+use crate::routing::table::OpenGuard;
 use crate::routing::RouteEntry;
 
 /// Resolves when the hand-off begins, or never (`armed` false: this
@@ -35,59 +37,89 @@ async fn pause_signal(handoff: &Handoff, armed: bool) {
     }
 }
 
-/// Relays `client` and `upstream` (starting with `carry`) until the
-/// connection ends, or hands it off when an upgrade asks. `log`'s bytes
-/// start from what was relayed before (`log.bytes_up`, `log.bytes_down`).
-pub async fn relay(
-    shared: &Shared,
-    mut client: TcpStream,
-    mut upstream: TcpStream,
-    entry: &RouteEntry,
-    log: &mut ConnLog,
+/// A connected passthrough connection and what it holds while it lives.
+pub struct Relayed<'a> {
+    pub client: TcpStream,
+    pub upstream: TcpStream,
+    /// Counted among its route's open connections; the route's entry.
+    pub open: OpenGuard,
+    /// Its slot under the per-client limit (none for one adopted from the
+    /// previous process).
+    pub per_client: Option<ClientSlot<'a>>,
+}
+
+/// Relays a connection (starting with `carry`) until it ends, or hands it
+/// off when an upgrade asks. `log`'s bytes start from what was relayed
+/// before (`log.bytes_up`, `log.bytes_down`).
+///
+/// A function returning an `async` block, so that the connection is held
+/// once (an `async fn` keeps each argument twice): this state is most of
+/// what an idle passthrough connection costs.
+#[allow(clippy::manual_async_fn)]
+pub fn relay<'a>(
+    shared: &'a Shared,
+    mut conn: Relayed<'a>,
+    log: &'a mut ConnLog,
     mut carry: Carry,
-) -> Outcome {
-    let (base_up, base_down) = (log.bytes_up, log.bytes_down);
-    let counters = Counters::default();
-    let mut armed = true;
-    let end = loop {
-        let end = relay::relay_pausable(
-            &mut client,
-            &mut upstream,
-            shared.config.timeouts.idle,
-            shared.stop_signal(entry),
-            pause_signal(&shared.handoff, armed),
-            &counters,
-            shared.config.splice,
-            carry,
-        )
-        .await;
-        log.bytes_up = base_up + counters.up.load(std::sync::atomic::Ordering::Relaxed);
-        log.bytes_down = base_down + counters.down.load(std::sync::atomic::Ordering::Relaxed);
-        let RelayEnd::Paused(c) = end else { break end };
-        let moved = match into_moved(client, upstream, entry, log, *c).map(Box::new) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot hand off a connection: closing it");
-                return Outcome::Shutdown;
+) -> impl std::future::Future<Output = Outcome> + Send + 'a {
+    async move {
+        let (base_up, base_down) = (log.bytes_up, log.bytes_down);
+        let counters = Counters::default();
+        let mut armed = true;
+        let end = loop {
+            let entry = conn.open.entry();
+            let end = relay::relay_pausable(
+                &mut conn.client,
+                &mut conn.upstream,
+                shared.config.timeouts.idle,
+                shared.stop_signal(entry),
+                pause_signal(&shared.handoff, armed),
+                &counters,
+                shared.config.splice,
+                carry,
+            )
+            .await;
+            log.bytes_up = base_up + counters.up.load(std::sync::atomic::Ordering::Relaxed);
+            log.bytes_down = base_down + counters.down.load(std::sync::atomic::Ordering::Relaxed);
+            let RelayEnd::Paused(c) = end else { break end };
+            let Relayed {
+                client,
+                upstream,
+                open,
+                per_client,
+            } = conn;
+            let moved = match into_moved(client, upstream, open.entry(), log, *c).map(Box::new) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand off a connection: closing it");
+                    return Outcome::Shutdown;
+                }
+            };
+            // Boxed: an offer's state is held only while it waits.
+            match Box::pin(shared.handoff.offer(moved)).await {
+                Ok(()) => return Outcome::HandedOff,
+                Err(back) => {
+                    tracing::debug!("connection not taken by the new process: relaying it on");
+                    let (client, upstream);
+                    (client, upstream, carry) = match from_moved(back) {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot resume a connection");
+                            return Outcome::Shutdown;
+                        }
+                    };
+                    conn = Relayed {
+                        client,
+                        upstream,
+                        open,
+                        per_client,
+                    };
+                    armed = false;
+                }
             }
         };
-        // Boxed: an offer's state is held only while it waits.
-        match Box::pin(shared.handoff.offer(moved)).await {
-            Ok(()) => return Outcome::HandedOff,
-            Err(back) => {
-                tracing::debug!("connection not taken by the new process: relaying it on");
-                (client, upstream, carry) = match from_moved(back) {
-                    Ok(ok) => ok,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot resume a connection");
-                        return Outcome::Shutdown;
-                    }
-                };
-                armed = false;
-            }
-        }
-    };
-    shared.after_relay(&end, &entry.route)
+        shared.after_relay(&end, &conn.open.entry().route)
+    }
 }
 
 fn into_moved(
@@ -163,9 +195,14 @@ pub fn adopt(
     let shared = Arc::clone(shared);
     let task = async move {
         let _permit = permit;
-        let _open = entry.track();
         let start = tokio::time::Instant::now();
-        let outcome = relay(&shared, client, upstream, &entry, &mut log, carry).await;
+        let conn = Relayed {
+            client,
+            upstream,
+            open: entry.track(),
+            per_client: None,
+        };
+        let outcome = relay(&shared, conn, &mut log, carry).await;
         let took: Duration = start.elapsed();
         // Bytes relayed here: before the move they were counted there.
         entry.metrics(&shared.metrics).finished(

@@ -644,13 +644,33 @@ impl Reconciler {
             .routes()
             .filter(|e| after.get(&e.route.name).is_none())
         {
-            m.forget_route(&gone.route.name);
+            self.forget_later(gone.route.name.clone());
             if gone.route.expired_at(now) {
                 m.expirations.inc();
             }
         }
     }
+
+    /// Drops the series of a route that left the table, after
+    /// [`SERIES_GRACE`]: its connections are closing now, and each counts
+    /// its outcome (`route_removed`, `expired`) as it ends. Dropped at
+    /// once, those last counts would be lost, or would bring the series
+    /// back for good; kept a while, the next scrapes see them. Not dropped
+    /// if a route of that name is back by then.
+    pub(super) fn forget_later(&self, name: String) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(SERIES_GRACE).await;
+            if shared.router.load().get(&name).is_none() {
+                shared.metrics.forget_route(&name);
+            }
+        });
+    }
 }
+
+/// How long the series of a route that left the table stay: two scrapes
+/// at the usual 60 s interval.
+const SERIES_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// An API route validated off the task, refused if its expiry has passed.
 fn accepted(route: Validated) -> Result<Route, ControlError> {
