@@ -29,8 +29,9 @@ NGX_PT_PORT=${NGX_PT_PORT:-18447}  # nginx stream passthrough server
 NGX_TT_PORT=${NGX_TT_PORT:-18448}  # nginx stream terminate server
 SNI_PT_PORT=${SNI_PT_PORT:-18449}  # sniproxy listener
 NGX_STREAM_MODULE=${NGX_STREAM_MODULE:-/usr/lib/nginx/modules/ngx_stream_module.so}
-SERVER_CPU=${SERVER_CPU:-0}    # proxies and nginx
-CLIENT_CPU=${CLIENT_CPU:-1}    # load generators
+SERVER_CPU=${SERVER_CPU:-0}    # proxies and nginx (a list such as 0,1 for a scaling run)
+CLIENT_CPU=${CLIENT_CPU:-1}    # load generators (a list too)
+WORKERS=${WORKERS:-1}          # mse-proxy's workers (scaling: WORKERS=2 SERVER_CPU=0,1 CLIENT_CPU=0,1)
 ACCESS_LOG=${ACCESS_LOG:-false}
 SPLICE=${SPLICE:-true}         # passthrough: splice bulk runs (true) or always copy (false)
 NICE=${NICE:--10}              # priority over other work on a shared machine (0: off); see README
@@ -227,7 +228,7 @@ EOF
 
 # ---- proxy config ----------------------------------------------------------
 cat >"$TMP/proxy.toml" <<EOF
-workers = 1
+workers = $WORKERS
 routes_file = "routes.toml"
 [[listener]]
 address = "127.0.0.1:$PROXY_PORT"
@@ -388,8 +389,18 @@ if has sniproxy; then port_free "$SNI_PT_PORT" || die "port $SNI_PT_PORT busy (s
 ticks() { # utime+stime of a process (all its threads, live and dead), in clock ticks
     sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
-cpu_line() { # "busy total irq" jiffies of one CPU from /proc/stat (irq = hard + soft irq)
-    awk -v c="cpu$1" '$1 == c {b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6, $7 + $8}' /proc/stat
+cpu_line() { # "busy total irq" jiffies of CPUs $1 (one, or a list such as 0,1) from /proc/stat (irq = hard + soft irq)
+    awk -v l="$1" 'BEGIN {n = split(l, c, ","); for (i = 1; i <= n; i++) want["cpu" c[i]] = 1}
+        $1 in want {b = $2 + $3 + $4 + $7 + $8 + $9; B += b; T += b + $5 + $6; I += $7 + $8}
+        END {print B + 0, T + 0, I + 0}' /proc/stat
+}
+worker_ticks() { # "name=ticks" of each mse-worker thread of process $1 (utime+stime)
+    local t
+    for t in /proc/"$1"/task/*; do
+        case $(cat "$t/comm" 2>/dev/null) in
+        mse-worker-*) echo "$(cat "$t/comm")=$(sed 's/^.*) //' "$t/stat" | awk '{print $12 + $13}')" ;;
+        esac
+    done
 }
 child_ms() { # CHILD_MS = CPU time of this shell's reaped children, ms (no subshell: times must run here)
     times >"$TMP/times.txt"
@@ -671,6 +682,8 @@ for r in $(seq "$ROUNDS"); do for p in "${PATHS[@]}"; do run_wrk "$p" "$r"; done
 for r in $(seq "$BIG_ROUNDS"); do for p in "${PATHS[@]}"; do run_big "$p" "$r"; done; done
 for p in "${PROXY_PATHS[@]}"; do run_idle "$p"; done
 if [ "$PROFILE" = 1 ]; then for p in "${PROXY_PATHS[@]}"; do run_profile "$p"; done; fi
+# How the kernel spread the work over mse-proxy's workers (SO_REUSEPORT).
+WORKER_SPLIT=$(worker_ticks "${MPID[mse]}" | tr '\n' ' ')
 for n in "${PROXIES[@]}"; do stop_proxy "$n"; done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -731,7 +744,7 @@ has sniproxy && competitors+="; sniproxy $SNI_FULL"
 {
     echo "## mse-proxy load benchmark ($(date -u +%FT%TZ))"
     echo
-    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN, workers = 1, access log $ACCESS_LOG, splice $SPLICE${competitors}; $KEY certificates; proxies and nginx on CPU $SERVER_CPU (nice $NICE), load generators on CPU $CLIENT_CPU."
+    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN, workers = $WORKERS, access log $ACCESS_LOG, splice $SPLICE${competitors}; $KEY certificates; proxies and nginx on CPU $SERVER_CPU (nice $NICE), load generators on CPU $CLIENT_CPU."
     echo "Medians of $ROUNDS interleaved rounds (1 GiB: $BIG_ROUNDS), ${SECS} s each; a ratio is proxied / direct within a round. New connections: $CONC client threads, full TLS 1.3 handshake (X25519, no resumption), one GET each. Keep-alive: wrk, 1 thread, $WRK_CONNS connections. Load average before: $LOAD_BEFORE; after: $LOAD_AFTER; $((T_END - T_START)) s."
     echo
     echo "| per proxy, one worker | new TLS conn/s (full handshake, 1 request) × direct | keep-alive req/s × direct | 1 GiB transfer × direct | proxy CPU µs / new conn | proxy CPU µs / keep-alive req | proxy CPU ms / GB | RSS KiB per idle TLS conn |"
@@ -754,6 +767,8 @@ has sniproxy && competitors+="; sniproxy $SNI_FULL"
             "$(f %.0f "$(med big $p "{nginx_ticks} * $MSGB / {bytes}")") |" \
             "$(f %.0f "$(med newconn $p "{client_ms} * 1000 / {conns}")") | $(f %.1f "$(med keepalive $p "{client_ms} * 1000 / {requests}")") | $(errors_of $p) |"
     done
+    echo
+    echo "mse-proxy's worker threads, CPU over the whole run (clock ticks): $WORKER_SPLIT"
     echo
     echo "CPU use during each workload (medians, % of one CPU; CPU $SERVER_CPU: proxy + nginx + irq/softirq + other processes = busy; proxy: the process of that path's proxy, none for direct; the idle proxies count in other):"
     echo
