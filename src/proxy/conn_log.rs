@@ -36,6 +36,17 @@ pub struct ConnLog {
 }
 
 impl ConnLog {
+    /// For a connection `info`'s listener accepted from `peer`. A wildcard
+    /// listener's real local address is the socket's own.
+    pub fn accepted(peer: SocketAddr, stream: &tokio::net::TcpStream, info: &ListenerInfo) -> Self {
+        let local = if info.local.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(info.local)
+        } else {
+            info.local
+        };
+        Self::new(peer, local)
+    }
+
     pub fn new(client: SocketAddr, local: SocketAddr) -> Self {
         Self {
             client,

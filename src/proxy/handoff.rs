@@ -63,8 +63,8 @@ pub fn relay<'a>(
     mut carry: Carry,
 ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
     async move {
-        let (base_up, base_down) = (log.bytes_up, log.bytes_down);
-        let counters = Counters::default();
+        // Counting on from what was relayed before.
+        let counters = Counters::starting_at(log.bytes_up, log.bytes_down);
         let mut armed = true;
         let end = loop {
             let entry = conn.open.entry();
@@ -79,8 +79,8 @@ pub fn relay<'a>(
                 carry,
             )
             .await;
-            log.bytes_up = base_up + counters.up.load(std::sync::atomic::Ordering::Relaxed);
-            log.bytes_down = base_down + counters.down.load(std::sync::atomic::Ordering::Relaxed);
+            log.bytes_up = counters.up.load(std::sync::atomic::Ordering::Relaxed);
+            log.bytes_down = counters.down.load(std::sync::atomic::Ordering::Relaxed);
             let RelayEnd::Paused(c) = end else { break end };
             let Relayed {
                 client,

@@ -150,7 +150,8 @@ pub async fn accept_loop(
             sni = tracing::field::Empty,
             route = tracing::field::Empty
         );
-        let task = conn::handle(Arc::clone(&shared), stream, peer, Arc::clone(&info), permit);
+        let log = conn_log::ConnLog::accepted(peer, &stream, &info);
+        let task = conn::handle(Arc::clone(&shared), stream, log, Arc::clone(&info), permit);
         if span.is_disabled() {
             tracker.spawn(task);
         } else {

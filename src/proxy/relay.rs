@@ -47,6 +47,14 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Counting on from `up` and `down` bytes already relayed.
+    pub fn starting_at(up: u64, down: u64) -> Self {
+        let c = Self::default();
+        c.up.store(up, Ordering::Relaxed);
+        c.down.store(down, Ordering::Relaxed);
+        c
+    }
+
     /// Bytes moved just now: the idle timeout starts over.
     pub(super) fn touch(&self) {
         self.activity.touch();

@@ -644,33 +644,47 @@ impl Reconciler {
             .routes()
             .filter(|e| after.get(&e.route.name).is_none())
         {
-            self.forget_later(gone.route.name.clone());
+            self.forget_when_closed(gone);
             if gone.route.expired_at(now) {
                 m.expirations.inc();
             }
         }
     }
 
-    /// Drops the series of a route that left the table, after
-    /// [`SERIES_GRACE`]: its connections are closing now, and each counts
-    /// its outcome (`route_removed`, `expired`) as it ends. Dropped at
-    /// once, those last counts would be lost, or would bring the series
-    /// back for good; kept a while, the next scrapes see them. Not dropped
-    /// if a route of that name is back by then.
-    pub(super) fn forget_later(&self, name: String) {
-        let shared = Arc::clone(&self.shared);
+    /// Drops the series of `gone`, a route that left the table: at once if
+    /// it has no open connection, else once the last one has ended and
+    /// [`SERIES_GRACE`] more has passed. Its connections are closing now
+    /// (or after `reload.close_grace`), and each counts its outcome
+    /// (`route_removed`, `expired`) just after it leaves the route's count:
+    /// dropped before that, the count would be lost, or would bring the
+    /// series back for good. Not dropped if a route of that name is back.
+    pub(super) fn forget_when_closed(&self, gone: &Arc<crate::routing::RouteEntry>) {
+        if gone.open_connections() == 0 {
+            self.shared.metrics.forget_route(&gone.route.name);
+            return;
+        }
+        let (shared, gone) = (Arc::clone(&self.shared), Arc::clone(gone));
         tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + SERIES_WAIT_MAX;
+            while gone.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             tokio::time::sleep(SERIES_GRACE).await;
-            if shared.router.load().get(&name).is_none() {
-                shared.metrics.forget_route(&name);
+            if shared.router.load().get(&gone.route.name).is_none() {
+                shared.metrics.forget_route(&gone.route.name);
             }
         });
     }
 }
 
-/// How long the series of a route that left the table stay: two scrapes
-/// at the usual 60 s interval.
-const SERIES_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+/// After a gone route's last connection has left its count, how long its
+/// series wait for that connection's outcome to be counted (a few
+/// instructions later, on its worker).
+const SERIES_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest a gone route's series wait for its connections: past the
+/// longest `reload.close_grace` (1 h), they are closed.
+const SERIES_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
 /// An API route validated off the task, refused if its expiry has passed.
 fn accepted(route: Validated) -> Result<Route, ControlError> {

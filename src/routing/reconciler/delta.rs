@@ -182,7 +182,7 @@ impl Reconciler {
         let after = self.shared.router.load();
         for name in &names {
             if let (Some(gone), None) = (before.get(name), after.get(name)) {
-                self.forget_later(name.clone());
+                self.forget_when_closed(gone);
                 if gone.route.expired_at(now) {
                     m.expirations.inc();
                 }
