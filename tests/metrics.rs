@@ -122,7 +122,16 @@ async fn removed_routes_leave_no_series_and_reloads_are_counted() {
     live.server.control.reload_file().await.unwrap();
     std::fs::write(&live.routes_path, "not toml [").unwrap();
     assert!(live.server.control.reload_file().await.is_err());
-    let text = live.scrape().await;
+    // Dropped once its connections have counted their outcomes: a second
+    // after the last one ended.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = live.scrape().await;
+        if !text.contains("route=\"gone\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(!text.contains("route=\"gone\""), "{text}");
     assert_eq!(
         sample(

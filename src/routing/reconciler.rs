@@ -651,18 +651,15 @@ impl Reconciler {
         }
     }
 
-    /// Drops the series of `gone`, a route that left the table: at once if
-    /// it has no open connection, else once the last one has ended and
-    /// [`SERIES_GRACE`] more has passed. Its connections are closing now
-    /// (or after `reload.close_grace`), and each counts its outcome
-    /// (`route_removed`, `expired`) just after it leaves the route's count:
-    /// dropped before that, the count would be lost, or would bring the
-    /// series back for good. Not dropped if a route of that name is back.
+    /// Drops the series of `gone`, a route that left the table, once its
+    /// last connection has ended and [`SERIES_GRACE`] more has passed. Its
+    /// connections are closing now (or after `reload.close_grace`; some
+    /// may have ended already, as the table swap closes them before this
+    /// runs), and each counts its outcome (`route_removed`, `expired`)
+    /// just after it leaves the route's count: dropped before that, the
+    /// count would be lost, or would bring the series back for good. Not
+    /// dropped if a route of that name is back by then.
     pub(super) fn forget_when_closed(&self, gone: &Arc<crate::routing::RouteEntry>) {
-        if gone.open_connections() == 0 {
-            self.shared.metrics.forget_route(&gone.route.name);
-            return;
-        }
         let (shared, gone) = (Arc::clone(&self.shared), Arc::clone(gone));
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + SERIES_WAIT_MAX;
