@@ -457,19 +457,9 @@ impl Dir {
                             *self = Dir::Paused;
                             return Poll::Ready(Ok(Some(rest)));
                         }
-                        match to.try_write(&buf[*at..*len]) {
-                            Ok(0) => {
-                                let e = io::ErrorKind::WriteZero.into();
-                                return Poll::Ready(Err(HalfError::Write(e)));
-                            }
-                            Ok(n) => {
-                                *at += n;
-                                bytes.fetch_add(n as u64, Ordering::Relaxed);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                ready!(to.poll_write_ready(cx)).map_err(HalfError::Write)?;
-                            }
-                            Err(e) => return Poll::Ready(Err(HalfError::Write(e))),
+                        match written(to.try_write(&buf[*at..*len]), bytes)? {
+                            Some(n) => *at += n,
+                            None => ready!(to.poll_write_ready(cx)).map_err(HalfError::Write)?,
                         }
                     }
                     let bulk = matches!(buf, Unwritten::Pooled(b) if *len == b.len());
@@ -507,24 +497,14 @@ impl Dir {
                 #[cfg(target_os = "linux")]
                 Dir::SpliceWrite { pipe, n, left } => {
                     while *left > 0 {
-                        match pipe.flush(to, *left) {
-                            Ok(0) => {
-                                let e = io::ErrorKind::WriteZero.into();
-                                return Poll::Ready(Err(HalfError::Write(e)));
+                        match written(pipe.flush(to, *left), bytes)? {
+                            Some(m) => *left -= m,
+                            None if pausing() => {
+                                let rest = pipe.drain(*left).map_err(HalfError::Read)?;
+                                *self = Dir::Paused;
+                                return Poll::Ready(Ok(Some(rest)));
                             }
-                            Ok(m) => {
-                                *left -= m;
-                                bytes.fetch_add(m as u64, Ordering::Relaxed);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                if pausing() {
-                                    let rest = pipe.drain(*left).map_err(HalfError::Read)?;
-                                    *self = Dir::Paused;
-                                    return Poll::Ready(Ok(Some(rest)));
-                                }
-                                ready!(to.poll_write_ready(cx)).map_err(HalfError::Write)?;
-                            }
-                            Err(e) => return Poll::Ready(Err(HalfError::Write(e))),
+                            None => ready!(to.poll_write_ready(cx)).map_err(HalfError::Write)?,
                         }
                     }
                     pipe.emptied();
@@ -536,6 +516,21 @@ impl Dir {
                 }
             }
         }
+    }
+}
+
+/// What one write attempt did: `Some(n)`, `n` bytes went (counted in
+/// `bytes`); `None`, the socket is full (its readiness cleared, so the
+/// next wait parks).
+fn written(attempt: io::Result<usize>, bytes: &AtomicU64) -> Result<Option<usize>, HalfError> {
+    match attempt {
+        Ok(0) => Err(HalfError::Write(io::ErrorKind::WriteZero.into())),
+        Ok(n) => {
+            bytes.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(HalfError::Write(e)),
     }
 }
 
