@@ -180,7 +180,7 @@ fn main() -> ExitCode {
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            say_error(format_args!("cannot start the runtime: {e}"));
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -229,7 +229,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say_error(format_args!("{e:#}"));
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -258,4 +258,14 @@ fn init_tracing(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Prints `error: {msg}` on stderr in one write. `eprintln!` writes each
+/// piece of its format on its own (stderr is unbuffered), and the process
+/// shares stderr with the one it upgrades from or to: pieces would
+/// interleave with that process's log lines and break them.
+fn say_error(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let line = format!("error: {msg}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }

@@ -84,7 +84,10 @@ impl ProxyProcess {
             let mut announced = 0;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                // From the first `{`: another process writing to the same
+                // stderr (an upgrade's) may have put text before it.
+                let json = line.find('{').map_or("", |i| &line[i..]);
+                let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
                 let msg = v["fields"]["message"].as_str().unwrap_or_default();
                 if msg == "upgrade: the new process serves; handing over" {
                     let _ = up_tx.send(v["fields"]["pid"].as_u64().unwrap_or(0) as u32);
