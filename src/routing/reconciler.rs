@@ -640,35 +640,41 @@ impl Reconciler {
     fn forget_gone(&self, before: &Snapshot, now: chrono::DateTime<Utc>) {
         let m = &self.shared.metrics;
         let after = self.shared.router.load();
-        for gone in before
+        let gone: Vec<_> = before
             .routes()
             .filter(|e| after.get(&e.route.name).is_none())
-        {
-            self.forget_when_closed(gone);
-            if gone.route.expired_at(now) {
-                m.expirations.inc();
-            }
-        }
+            .cloned()
+            .collect();
+        m.expirations
+            .inc_by(gone.iter().filter(|e| e.route.expired_at(now)).count() as u64);
+        self.forget_when_closed(gone);
     }
 
-    /// Drops the series of `gone`, a route that left the table, once its
-    /// last connection has ended and [`SERIES_GRACE`] more has passed. Its
-    /// connections are closing now (or after `reload.close_grace`; some
-    /// may have ended already, as the table swap closes them before this
-    /// runs), and each counts its outcome (`route_removed`, `expired`)
-    /// just after it leaves the route's count: dropped before that, the
-    /// count would be lost, or would bring the series back for good. Not
-    /// dropped if a route of that name is back by then.
-    pub(super) fn forget_when_closed(&self, gone: &Arc<crate::routing::RouteEntry>) {
-        let (shared, gone) = (Arc::clone(&self.shared), Arc::clone(gone));
+    /// Drops the series of the `gone` routes (routes that left the table)
+    /// once their last connection has ended and [`SERIES_GRACE`] more has
+    /// passed: one task for the whole change. Their connections are
+    /// closing now (or after `reload.close_grace`; some may have ended
+    /// already, as the table swap closes them before this runs), and each
+    /// counts its outcome (`route_removed`, `expired`) just after it leaves
+    /// the route's count: dropped before that, the count would be lost, or
+    /// would bring the series back for good. Not dropped if a route of
+    /// that name is back by then.
+    pub(super) fn forget_when_closed(&self, gone: Vec<Arc<crate::routing::RouteEntry>>) {
+        if gone.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + SERIES_WAIT_MAX;
-            while gone.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            while gone.iter().any(|e| e.open_connections() > 0)
+                && tokio::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             tokio::time::sleep(SERIES_GRACE).await;
-            if shared.router.load().get(&gone.route.name).is_none() {
-                shared.metrics.forget_route(&gone.route.name);
+            let table = shared.router.load();
+            for e in gone.iter().filter(|e| table.get(&e.route.name).is_none()) {
+                shared.metrics.forget_route(&e.route.name);
             }
         });
     }

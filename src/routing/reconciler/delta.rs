@@ -180,14 +180,14 @@ impl Reconciler {
         let m = &self.shared.metrics;
         m.reloads.with_label_values(&[why, "ok"]).inc();
         let after = self.shared.router.load();
-        for name in &names {
-            if let (Some(gone), None) = (before.get(name), after.get(name)) {
-                self.forget_when_closed(gone);
-                if gone.route.expired_at(now) {
-                    m.expirations.inc();
-                }
-            }
-        }
+        let gone: Vec<_> = names
+            .iter()
+            .filter(|name| after.get(name).is_none())
+            .filter_map(|name| before.get(name).cloned())
+            .collect();
+        m.expirations
+            .inc_by(gone.iter().filter(|e| e.route.expired_at(now)).count() as u64);
+        self.forget_when_closed(gone);
         tracing::info!(
             source = why,
             added = applied.added,
