@@ -38,6 +38,10 @@ NICE=${NICE:--10}              # priority over other work on a shared machine (0
 PROFILE=${PROFILE:-1}          # 1: per path, syscalls per new connection (strace) and where the CPU goes (perf)
 OUT=${OUT:-$ROOT/target/load-bench.md}
 # MSE_PROXY_BIN=path: use this binary instead of building target/release/mse-proxy.
+# MSE_B_BIN=path: an A/B run. A second mse-proxy binary (a variant built from
+# another commit) runs beside the first with the same config on its own port,
+# as paths b-pt and b-tt, interleaved with every other path in every round.
+PROXY_B_PORT=${PROXY_B_PORT:-18450}
 
 PT_HOST=pt.load.localhost   # passthrough route
 TT_HOST=tt.load.localhost   # terminate route
@@ -267,6 +271,13 @@ backends = ["127.0.0.1:$NGINX_PORT"]
 pin_sha256 = "$PIN"
 EOF
 "$PROXY_BIN" check --config "$TMP/proxy.toml" >&2 || die "mse-proxy check refused the generated config"
+if [ -n "${MSE_B_BIN:-}" ]; then
+    [ -x "$MSE_B_BIN" ] || die "MSE_B_BIN=$MSE_B_BIN is not an executable"
+    # The same config on its own port, with its own state directory (and so
+    # its own upgrade socket).
+    { echo 'state_dir = "state-b"'; sed "s/127.0.0.1:$PROXY_PORT/127.0.0.1:$PROXY_B_PORT/" "$TMP/proxy.toml"; } >"$TMP/proxy-b.toml"
+    "$MSE_B_BIN" check --config "$TMP/proxy-b.toml" >&2 || die "MSE_B_BIN check refused the generated config"
+fi
 "$NGINX" -q -t -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" || die "nginx -t refused the backend config"
 
 # ---- competitors' configs --------------------------------------------------
@@ -440,6 +451,10 @@ start_proxy() {
             nice -n "$NICE" taskset -c "$SERVER_CPU" "$PROXY_BIN" --config "$TMP/proxy.toml" 2>>"$log" &
             PID[$n]=$!
             ;;
+        mseb)
+            nice -n "$NICE" taskset -c "$SERVER_CPU" "$MSE_B_BIN" --config "$TMP/proxy-b.toml" 2>>"$log" &
+            PID[$n]=$!
+            ;;
         haproxy)
             nice -n "$NICE" taskset -c "$SERVER_CPU" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >>"$log" 2>&1 </dev/null &
             PID[$n]=$!
@@ -470,7 +485,11 @@ start_proxy() {
         sniproxy) EXTRA[$n]=$(pgrep -P "${PID[$n]}" | tr '\n' ' ') ;; # the binder (binds for it as root)
     esac
     local comm; comm=$(cat "/proc/${MPID[$n]}/comm")
-    case $n in mse) [ "$comm" = mse-proxy ] ;; *) [ "$comm" = "$n" ] ;; esac || die "pid ${MPID[$n]} is $comm, not $n"
+    case $n in
+        mse) [ "$comm" = "$(basename "$PROXY_BIN" | cut -c1-15)" ] ;;
+        mseb) [ "$comm" = "$(basename "$MSE_B_BIN" | cut -c1-15)" ] ;;
+        *) [ "$comm" = "$n" ] ;;
+    esac || die "pid ${MPID[$n]} is $comm, not $n"
 }
 stop_proxy() {
     local n=$1 p
@@ -482,17 +501,19 @@ restart_proxy() { stop_proxy "$1"; start_proxy "$1"; }
 
 # Paths: direct, then the passthrough ones, then the terminate ones.
 PATHS=(direct pt)
+[ -n "${MSE_B_BIN:-}" ] && PATHS+=(b-pt)
 has haproxy && PATHS+=(hap-pt)
 has nginx && PATHS+=(ngx-pt)
 has sniproxy && PATHS+=(sni-pt)
 PATHS+=(tt)
+[ -n "${MSE_B_BIN:-}" ] && PATHS+=(b-tt)
 has haproxy && PATHS+=(hap-tt)
 has nginx && PATHS+=(ngx-tt)
 PROXY_PATHS=("${PATHS[@]:1}")
-read -ra PROXIES <<<"mse $COMPARE"
+read -ra PROXIES <<<"mse ${MSE_B_BIN:+mseb} $COMPARE"
 
 proxy_of() { # path → the proxy it goes through ("" for direct)
-    case $1 in pt | tt) echo mse ;; hap-*) echo haproxy ;; ngx-*) echo nginx ;; sni-*) echo sniproxy ;; *) echo "" ;; esac
+    case $1 in pt | tt) echo mse ;; b-*) echo mseb ;; hap-*) echo haproxy ;; ngx-*) echo nginx ;; sni-*) echo sniproxy ;; *) echo "" ;; esac
 }
 paths_of() { # proxy → its paths
     local p
@@ -504,6 +525,8 @@ addr_of() { # path → client address and SNI
         direct) echo "127.0.0.1:$NGINX_PORT $PT_HOST" ;;
         pt) echo "127.0.0.1:$PROXY_PORT $PT_HOST" ;;
         tt) echo "127.0.0.1:$PROXY_PORT $TT_HOST" ;;
+        b-pt) echo "127.0.0.1:$PROXY_B_PORT $PT_HOST" ;;
+        b-tt) echo "127.0.0.1:$PROXY_B_PORT $TT_HOST" ;;
         hap-pt) echo "127.0.0.1:$HAP_PT_PORT $PT_HOST" ;;
         hap-tt) echo "127.0.0.1:$HAP_TT_PORT $TT_HOST" ;;
         ngx-pt) echo "127.0.0.1:$NGX_PT_PORT $PT_HOST" ;;
@@ -724,6 +747,8 @@ label() {
         direct) echo direct ;;
         pt) echo "mse-proxy passthrough" ;;
         tt) echo "mse-proxy terminate" ;;
+        b-pt) echo "mse-proxy B passthrough" ;;
+        b-tt) echo "mse-proxy B terminate" ;;
         hap-pt) echo "HAProxy $HAP_VER passthrough" ;;
         hap-tt) echo "HAProxy $HAP_VER terminate (L4)" ;;
         ngx-pt) echo "nginx $NGX_VER stream passthrough" ;;
@@ -744,7 +769,7 @@ has sniproxy && competitors+="; sniproxy $SNI_FULL"
 {
     echo "## mse-proxy load benchmark ($(date -u +%FT%TZ))"
     echo
-    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN, workers = $WORKERS, access log $ACCESS_LOG, splice $SPLICE${competitors}; $KEY certificates; proxies and nginx on CPU $SERVER_CPU (nice $NICE), load generators on CPU $CLIENT_CPU."
+    echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (1 worker), $(openssl version | cut -d' ' -f1-2); mse-proxy $PROXY_BIN${MSE_B_BIN:+ (B: $MSE_B_BIN)}, workers = $WORKERS, access log $ACCESS_LOG, splice $SPLICE${competitors}; $KEY certificates; proxies and nginx on CPU $SERVER_CPU (nice $NICE), load generators on CPU $CLIENT_CPU."
     echo "Medians of $ROUNDS interleaved rounds (1 GiB: $BIG_ROUNDS), ${SECS} s each; a ratio is proxied / direct within a round. New connections: $CONC client threads, full TLS 1.3 handshake (X25519, no resumption), one GET each. Keep-alive: wrk, 1 thread, $WRK_CONNS connections. Load average before: $LOAD_BEFORE; after: $LOAD_AFTER; $((T_END - T_START)) s."
     echo
     echo "| per proxy, one worker | new TLS conn/s (full handshake, 1 request) × direct | keep-alive req/s × direct | 1 GiB transfer × direct | proxy CPU µs / new conn | proxy CPU µs / keep-alive req | proxy CPU ms / GB | RSS KiB per idle TLS conn |"
