@@ -50,7 +50,9 @@ pub struct Relayed<'a> {
 
 /// Relays a connection (starting with `carry`) until it ends, or hands it
 /// off when an upgrade asks. `log`'s bytes start from what was relayed
-/// before (`log.bytes_up`, `log.bytes_down`).
+/// before (`log.bytes_up`, `log.bytes_down`). `carry` is boxed: only a
+/// connection adopted from the previous process has one, and this future
+/// holds it for the connection's whole life.
 ///
 /// A function returning an `async` block, so that the connection is held
 /// once (an `async fn` keeps each argument twice): this state is most of
@@ -60,7 +62,7 @@ pub fn relay<'a>(
     shared: &'a Shared,
     mut conn: Relayed<'a>,
     log: &'a mut ConnLog,
-    mut carry: Carry,
+    mut carry: Option<Box<Carry>>,
 ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
     async move {
         // Counting on from what was relayed before.
@@ -76,7 +78,7 @@ pub fn relay<'a>(
                 pause_signal(&shared.handoff, armed),
                 &counters,
                 shared.config.splice,
-                carry,
+                carry.take().map(|c| *c).unwrap_or_default(),
             )
             .await;
             log.bytes_up = counters.up.load(std::sync::atomic::Ordering::Relaxed);
@@ -100,14 +102,14 @@ pub fn relay<'a>(
                 Ok(()) => return Outcome::HandedOff,
                 Err(back) => {
                     tracing::debug!("connection not taken by the new process: relaying it on");
-                    let (client, upstream);
-                    (client, upstream, carry) = match from_moved(back) {
+                    let (client, upstream, c) = match from_moved(back) {
                         Ok(ok) => ok,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot resume a connection");
                             return Outcome::Shutdown;
                         }
                     };
+                    carry = Some(Box::new(c));
                     conn = Relayed {
                         client,
                         upstream,
@@ -202,7 +204,7 @@ pub fn adopt(
             open: entry.track(),
             per_client: None,
         };
-        let outcome = relay(&shared, conn, &mut log, carry).await;
+        let outcome = relay(&shared, conn, &mut log, Some(Box::new(carry))).await;
         let took: Duration = start.elapsed();
         // Bytes relayed here: before the move they were counted there.
         entry.metrics(&shared.metrics).finished(
