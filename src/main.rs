@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use mse_proxy::config::{Config, LogFormat};
 use mse_proxy::{server, upgrade};
 
+/// jemalloc (see Cargo.toml): aligned allocations, which every tokio task
+/// and socket registration is, cost their size class and no more.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for an invalid configuration (clap uses 2 for bad usage).
 const EXIT_CONFIG: u8 = 3;
 /// Exit code for a failure while starting or running.

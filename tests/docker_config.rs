@@ -279,6 +279,12 @@ fn the_build_stage_installs_what_the_dependency_graph_needs() {
             assert!(deps.iter().any(|d| d == p), "the cc crate needs {p}");
         }
     }
+    if crates.contains("tikv-jemalloc-sys") {
+        assert!(
+            deps.iter().any(|d| d == "make"),
+            "tikv-jemalloc-sys builds jemalloc with make"
+        );
+    }
     if crates.contains("bindgen") {
         assert!(
             deps.iter().any(|d| d == "libclang-dev"),
