@@ -648,6 +648,25 @@ run_idle() { # path
 # the top symbols. On a VM without a PMU, cpu-clock samples taken with
 # interrupts off land where they are turned back on (finish_task_switch,
 # _raw_spin_unlock_irqrestore): read the kernel share as a whole.
+# perf_shares tag path pid command...: `perf record -e cpu-clock` on pid
+# while the command runs on the client CPU; appends "dso<tag> path
+# kernel=.. binary=.." (% of samples by binary) and "syms<tag> path" (the
+# top user-space symbols) to the profile.
+perf_shares() {
+    local tag=$1 path=$2 pid=$3 st
+    shift 3
+    perf record -q -e cpu-clock -F 2000 -o "$TMP/perf-$tag-$path.data" -p "$pid" </dev/null >/dev/null 2>&1 &
+    st=$!
+    sleep 0.3
+    run_on "$CLIENT_CPU" "$@" >/dev/null
+    kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
+    perf report -i "$TMP/perf-$tag-$path.data" --no-children --sort dso -g none 2>/dev/null |
+        awk -v p="$path" -v t="$tag" '$1 ~ /%$/ { sub(/%/, "", $1); d = $2; if (d ~ /kernel/) d = "kernel"; else if (d ~ /^libssl|^libcrypto/) d = "openssl"; else if (d ~ /^libc/) d = "libc"; else if (d ~ /^\[vdso/) d = "vdso"; else d = "binary"; s[d] += $1 }
+            END { printf "dso%s %s", t, p; for (d in s) printf " %s=%.1f", d, s[d]; print "" }' >>"$TMP/profile.txt"
+    echo "syms$tag $path $(perf report -i "$TMP/perf-$tag-$path.data" --no-children --sort sym -g none 2>/dev/null |
+        awk '$1 ~ /%$/ && $2 == "[.]" { pct = $1; $1 = ""; $2 = ""; sub(/^ +/, ""); gsub(/[|]/, "/"); print pct, substr($0, 1, 70) }' |
+        head -6 | tr '\n' ';' | sed 's/;$//; s/;/; /g')" >>"$TMP/profile.txt"
+}
 run_profile() { # path
     local a s n pid tids st conns out
     read -r a s <<<"$(addr_of "$1")"
@@ -668,18 +687,25 @@ run_profile() { # path
         echo "syscalls $1 $(awk -v n="$conns" '{ t += $2 } END { printf "%.1f", t / n }' <<<"$calls") |" \
             "$(head -8 <<<"$calls" | awk -v n="$conns" '{ printf "%s %.1f, ", $1, $2 / n }' | sed 's/, $//')" >>"$TMP/profile.txt"
     fi
+    # The same on keep-alive requests: syscalls per request.
+    local port=${a##*:} reqs
+    # shellcheck disable=SC2086 # one -p per thread
+    strace -c -f -o "$TMP/strace-ka-$1.txt" $tids </dev/null >/dev/null 2>&1 &
+    st=$!
+    sleep 0.5
+    out=$(run_on "$CLIENT_CPU" wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --timeout 5s "https://$s:$port/")
+    kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    if [ -n "${reqs:-}" ] && [ "$reqs" -gt 0 ]; then
+        local calls
+        calls=$(awk '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" && $4 ~ /^[0-9]+$/ { print $NF, $4 }' \
+            "$TMP/strace-ka-$1.txt" | sort -k2 -nr)
+        echo "kasyscalls $1 $(awk -v n="$reqs" '{ t += $2 } END { printf "%.2f", t / n }' <<<"$calls") |" \
+            "$(head -5 <<<"$calls" | awk -v n="$reqs" '{ printf "%s %.2f, ", $1, $2 / n }' | sed 's/, $//')" >>"$TMP/profile.txt"
+    fi
     if command -v perf >/dev/null && perf stat -e cpu-clock true >/dev/null 2>&1; then
-        perf record -q -e cpu-clock -F 2000 -o "$TMP/perf-$1.data" -p "$pid" </dev/null >/dev/null 2>&1 &
-        st=$!
-        sleep 0.3
-        run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc "$CONC" >/dev/null
-        kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
-        perf report -i "$TMP/perf-$1.data" --no-children --sort dso -g none 2>/dev/null |
-            awk -v p="$1" '$1 ~ /%$/ { sub(/%/, "", $1); d = $2; if (d ~ /kernel/) d = "kernel"; else if (d ~ /^libssl|^libcrypto/) d = "openssl"; else if (d ~ /^libc/) d = "libc"; else if (d ~ /^\[vdso/) d = "vdso"; else d = "binary"; s[d] += $1 }
-                END { printf "dso %s", p; for (d in s) printf " %s=%.1f", d, s[d]; print "" }' >>"$TMP/profile.txt"
-        echo "usersyms $1 $(perf report -i "$TMP/perf-$1.data" --no-children --sort sym -g none 2>/dev/null |
-            awk '$1 ~ /%$/ && $2 == "[.]" { pct = $1; $1 = ""; $2 = ""; sub(/^ +/, ""); gsub(/[|]/, "/"); print pct, substr($0, 1, 70) }' |
-            head -6 | tr '\n' ';' | sed 's/;$//; s/;/; /g')" >>"$TMP/profile.txt"
+        perf_shares nc "$1" "$pid" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc "$CONC"
+        perf_shares ka "$1" "$pid" wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --timeout 5s "https://$s:$port/"
     fi
     log "profile $1: $(grep " $1 " "$TMP/profile.txt" | tr '\n' ' ')"
 }
@@ -819,19 +845,27 @@ has sniproxy && competitors+="; sniproxy $SNI_FULL"
     done
     echo
     if [ "$PROFILE" = 1 ] && [ -s "$TMP/profile.txt" ]; then
-        echo "### Profile per path, new connections"
+        echo "### Profile per path: new connections, then keep-alive requests"
         echo
-        echo "Syscalls per connection: \`strace -c\` on every thread of the measured process during a $((CONC / 2))-thread newconn run (calls / connections; strace slows the process, so this run is not in the tables above). CPU shares: \`perf record -e cpu-clock\` on it during a $CONC-thread newconn run, % of its samples by binary; on a VM without a PMU, samples taken with interrupts off land where they are turned back on, so read the kernel share as a whole."
+        echo "Syscalls per connection: \`strace -c\` on every thread of the measured process during a $((CONC / 2))-thread newconn run (calls / connections; strace slows the process, so this run is not in the tables above); per keep-alive request the same during a wrk run ($WRK_CONNS connections, calls / requests). CPU shares: \`perf record -e cpu-clock\` on it during a $CONC-thread newconn run, % of its samples by binary; on a VM without a PMU, samples taken with interrupts off land where they are turned back on, so read the kernel share as a whole."
         echo
         echo "| path | syscalls / conn | the most frequent, per conn | kernel % | own binary % | libc % | libssl + libcrypto % | top user-space symbols |"
         echo "|---|--:|---|--:|--:|--:|--:|---|"
-        for p in "${PROXY_PATHS[@]}"; do
-            sc=$(awk -v p="$p" '$1 == "syscalls" && $2 == p { $1 = $2 = ""; print }' "$TMP/profile.txt")
-            ds=$(awk -v p="$p" '$1 == "dso" && $2 == p' "$TMP/profile.txt")
-            us=$(awk -v p="$p" '$1 == "usersyms" && $2 == p { $1 = $2 = ""; print }' "$TMP/profile.txt")
+        prof_row() { # path kind tag: one row of a profile table
+            local sc ds us
+            sc=$(awk -v p="$1" -v k="$2" '$1 == k && $2 == p { $1 = $2 = ""; print }' "$TMP/profile.txt")
+            ds=$(awk -v p="$1" -v k="dso$3" '$1 == k && $2 == p' "$TMP/profile.txt")
+            us=$(awk -v p="$1" -v k="syms$3" '$1 == k && $2 == p { $1 = $2 = ""; print }' "$TMP/profile.txt")
             dv() { grep -o "$1=[0-9.]*" <<<"$ds" | cut -d= -f2; }
-            echo "| $(label $p) | ${sc%%|*} | ${sc#*|} | $(dv kernel) | $(dv binary) | $(dv libc) | $(dv openssl) | $us |"
-        done
+            echo "| $(label "$1") | ${sc%%|*} | ${sc#*|} | $(dv kernel) | $(dv binary) | $(dv libc) | $(dv openssl) | $us |"
+        }
+        for p in "${PROXY_PATHS[@]}"; do prof_row "$p" syscalls nc; done
+        echo
+        echo "Keep-alive requests, the same per request (wrk, $WRK_CONNS connections, ${SECS} s each for strace and for perf):"
+        echo
+        echo "| path | syscalls / req | the most frequent, per req | kernel % | own binary % | libc % | libssl + libcrypto % | top user-space symbols |"
+        echo "|---|--:|---|--:|--:|--:|--:|---|"
+        for p in "${PROXY_PATHS[@]}"; do prof_row "$p" kasyscalls ka; done
         echo
     fi
     echo "Every run (proxy_ticks, nginx_ticks: 1/$CLK_TCK s; cpu*_: jiffies; client_ms: the load generator's CPU):"
