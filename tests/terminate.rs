@@ -413,6 +413,93 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_hello_deadline
     assert!(eventually(Duration::from_secs(5), || p.open_connections() == 0).await);
 }
 
+/// The proxy picks the suite (`tls::ordered_provider`): AES-128-GCM for a
+/// client that lists AES-256-GCM first (as curl, OpenSSL and rustls do),
+/// ChaCha20-Poly1305 for one that lists it before every AES-GCM suite (a
+/// client without AES instructions), in TLS 1.3 and 1.2 alike.
+#[tokio::test]
+async fn the_proxy_prefers_aes_128_gcm_unless_the_client_prefers_chacha() {
+    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
+    use rustls::CipherSuite as S;
+    let (platform_ca, cert) = platform();
+    let enclave_ca = Ca::new("enclave CA").unwrap();
+    let (b, leaf) = HttpBackend::tls(&enclave_ca, "b").await;
+    let p = proxy(
+        config(&cert.toml()),
+        &[terminate_spec(
+            "app",
+            &["app.apps.example.test"],
+            &[b.addr],
+            pinned(&leaf),
+        )],
+    );
+    let cases = [
+        (
+            vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+            S::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_AES_128_GCM_SHA256,
+            ],
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            vec![cs::TLS13_AES_256_GCM_SHA384],
+            S::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+            S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ],
+            S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    for (suites, want) in cases {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: suites,
+            ..default_provider()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(platform_ca.cert_der().clone()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(addr(&p)).await.unwrap();
+        let name = ServerName::try_from("app.apps.example.test").unwrap();
+        let mut tls = TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let got = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(got, Some(want));
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.ends_with("hello from b over HTTP/1.1\n"), "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn tls12_and_tls13_clients_resume_their_sessions() {
     let (platform_ca, cert) = platform();

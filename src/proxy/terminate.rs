@@ -206,7 +206,9 @@ async fn client_handshake(
     hello_bytes: Vec<u8>,
     deadline: Instant,
 ) -> Result<ClientTls, Outcome> {
-    let Some(server) = tls.server_config(alpn) else {
+    let chacha_first =
+        client_hello::prefers_chacha(&hello_bytes, shared.config.max_client_hello_bytes);
+    let Some(server) = tls.server_config(alpn, chacha_first) else {
         tracing::error!(route = %entry.route.name, alpn = %names(alpn), "no server config for this ALPN list in the snapshot");
         return Err(Outcome::ClientTlsError);
     };

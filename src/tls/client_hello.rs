@@ -89,6 +89,40 @@ pub fn alpn(buf: &[u8], max_len: usize) -> Option<Vec<Vec<u8>>> {
     }
 }
 
+/// Whether the whole ClientHello at the start of `buf` lists a ChaCha20-Poly1305 suite before
+/// any AES-GCM one: what a client without AES instructions does, and so the terminate path's
+/// cue to prefer ChaCha for it (`tls::ordered_provider`). `false` for anything [`parse`] would
+/// not call `Complete`, and for a hello listing neither.
+///
+/// Separate from [`parse`] for the reason [`alpn`] is: only a terminated connection needs it.
+pub fn prefers_chacha(buf: &[u8], max_len: usize) -> bool {
+    if !matches!(parse(buf, max_len), Parse::Complete(_)) {
+        return false;
+    }
+    let reassembled;
+    let msg = match locate(buf, max_len) {
+        Located::Done(Framing::SingleRecord { msg, .. }) => msg,
+        Located::Done(Framing::MultiRecord { msg_len, len }) => {
+            reassembled = reassemble(buf.get(..len).unwrap_or_default(), msg_len);
+            &reassembled[..]
+        }
+        Located::Stop(_) => return false,
+    };
+    let mut r = Reader::new(msg.get(HANDSHAKE_HEADER_LEN..).unwrap_or_default());
+    let suites = r
+        .skip(2 + 32)
+        .and_then(|()| r.u8_vec())
+        .and_then(|_session_id| r.u16_vec());
+    let Some(suites) = suites else { return false };
+    const CHACHA: [u16; 3] = [0x1303, 0xcca8, 0xcca9];
+    const AES_GCM: [u16; 6] = [0x1301, 0x1302, 0xc02b, 0xc02c, 0xc02f, 0xc030];
+    suites
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .find(|s| CHACHA.contains(s) || AES_GCM.contains(s))
+        .is_some_and(|s| CHACHA.contains(&s))
+}
+
 /// [`parse`], also collecting the ALPN names into `alpn` when asked.
 fn parse_into(buf: &[u8], max_len: usize, alpn: Option<&mut Vec<Vec<u8>>>) -> Parse {
     // Classify the very first bytes: anything but a handshake record with a TLS/SSLv3 record

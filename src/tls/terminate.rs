@@ -79,7 +79,9 @@ impl Sessions {
 #[derive(Debug, Default, Clone)]
 pub struct Termination {
     certs: Arc<CertStore>,
-    by_alpn: HashMap<Vec<Vec<u8>>, Arc<ServerConfig>>,
+    /// Per list, two configs: AES-128-GCM first, and ChaCha first for a
+    /// client that prefers it (`crate::tls::ordered_provider`).
+    by_alpn: HashMap<Vec<Vec<u8>>, [Arc<ServerConfig>; 2]>,
     tenants: CertTenants,
 }
 
@@ -130,15 +132,24 @@ impl Termination {
             if self.by_alpn.contains_key(&alpn) {
                 continue;
             }
-            let mut cfg = ServerConfig::builder()
-                .with_no_client_auth()
-                .with_cert_resolver(Arc::clone(&self.certs) as _);
-            cfg.alpn_protocols = alpn.clone();
-            cfg.session_storage = Arc::clone(&sessions.cache);
-            if let Some(t) = &sessions.ticketer {
-                cfg.ticketer = Arc::clone(t);
-            }
-            self.by_alpn.insert(alpn, Arc::new(cfg));
+            let config = |chacha_first| {
+                let provider = Arc::clone(super::ordered_provider(chacha_first));
+                let mut cfg = ServerConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .expect("the provider's suites cover the default versions")
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::clone(&self.certs) as _);
+                // The server's order, not the client's: see `ordered_provider`.
+                cfg.ignore_client_order = true;
+                cfg.alpn_protocols = alpn.clone();
+                cfg.session_storage = Arc::clone(&sessions.cache);
+                if let Some(t) = &sessions.ticketer {
+                    cfg.ticketer = Arc::clone(t);
+                }
+                Arc::new(cfg)
+            };
+            let pair = [config(false), config(true)];
+            self.by_alpn.insert(alpn, pair);
         }
     }
 
@@ -148,8 +159,12 @@ impl Termination {
 
     /// The config finishing a client handshake that may select only from
     /// `alpn`; `None` only if no terminate route of this snapshot needs it.
-    pub fn server_config(&self, alpn: &[Vec<u8>]) -> Option<Arc<ServerConfig>> {
-        self.by_alpn.get(alpn).cloned()
+    /// `chacha_first`: the client prefers ChaCha20-Poly1305
+    /// (`client_hello::prefers_chacha`).
+    pub fn server_config(&self, alpn: &[Vec<u8>], chacha_first: bool) -> Option<Arc<ServerConfig>> {
+        self.by_alpn
+            .get(alpn)
+            .map(|[aes, chacha]| Arc::clone(if chacha_first { chacha } else { aes }))
     }
 
     /// Whether the certificate a client asking for `sni` gets also serves
@@ -233,17 +248,32 @@ mod tests {
         let t = Termination::build(Arc::default(), &Sessions::new(), routes);
         // Learned: none, [h2], [http/1.1]; plain: [http/1.1] (again) and [].
         assert_eq!(t.configs(), 3);
-        let a = t.server_config(&l(&["h2"])).unwrap();
+        let a = t.server_config(&l(&["h2"]), false).unwrap();
         assert_eq!(a.alpn_protocols, l(&["h2"]));
-        assert!(Arc::ptr_eq(&a, &t.server_config(&l(&["h2"])).unwrap()));
-        assert!(t.server_config(&l(&["h2", "http/1.1"])).is_none());
+        assert!(Arc::ptr_eq(
+            &a,
+            &t.server_config(&l(&["h2"]), false).unwrap()
+        ));
+        assert!(t.server_config(&l(&["h2", "http/1.1"]), false).is_none());
         // Every config shares the one session cache.
-        let b = t.server_config(&[]).unwrap();
+        let b = t.server_config(&[], false).unwrap();
         assert!(Arc::ptr_eq(&a.session_storage, &b.session_storage));
+        // Each list's two orders: AES-128-GCM first, or ChaCha first, both
+        // in the server's order and sharing the session cache.
+        let c = t.server_config(&l(&["h2"]), true).unwrap();
+        assert!(Arc::ptr_eq(&a.session_storage, &c.session_storage));
+        assert_eq!(c.alpn_protocols, a.alpn_protocols);
+        let first = |cfg: &ServerConfig| cfg.crypto_provider().cipher_suites[0].suite();
+        assert_eq!(first(&a), rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(
+            first(&c),
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        );
+        assert!(a.ignore_client_order && c.ignore_client_order);
         // A delta adding a plain route with its own list adds its configs.
         let plain_h2 = route(Some(&["h2", "http/1.1"]), false);
         let next = t.patched(&Sessions::new(), [], [&plain_h2]);
         assert_eq!(next.configs(), 4);
-        assert!(next.server_config(&l(&["h2", "http/1.1"])).is_some());
+        assert!(next.server_config(&l(&["h2", "http/1.1"]), false).is_some());
     }
 }

@@ -49,7 +49,13 @@ impl Eq for UpstreamTls {}
 impl UpstreamTls {
     /// Builds the client config for these settings.
     pub fn new(verify: Verify, sni: Option<ServerName<'static>>) -> Result<Self, String> {
-        let builder = ClientConfig::builder();
+        // AES-128-GCM offered first: cheaper for both ends (see
+        // `ordered_provider`), and the backend, an enclave on a server CPU,
+        // has AES instructions.
+        let builder =
+            ClientConfig::builder_with_provider(Arc::clone(super::ordered_provider(false)))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("no TLS version for the cipher suites: {e}"))?;
         let client = match &verify {
             Verify::CaFile { roots, .. } => {
                 let mut store = RootCertStore::empty();

@@ -648,3 +648,56 @@ fn mutated_inputs_never_panic() {
         }
     }
 }
+
+/// A hello whose cipher_suites are `suites` (no extensions).
+fn hello_with_suites(suites: &[u16]) -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x5a; 32]);
+    body.push(0);
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]);
+    let mut msg = vec![HANDSHAKE_CLIENT_HELLO];
+    msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    msg.extend_from_slice(&body);
+    msg
+}
+
+#[test]
+fn captured_clients_prefer_aes_gcm() {
+    for c in CAPTURES {
+        assert!(!prefers_chacha(c.bytes, MAX), "{}", c.name);
+    }
+}
+
+#[test]
+fn chacha_is_preferred_only_when_listed_before_every_aes_gcm_suite() {
+    let one = |suites: &[u16]| {
+        let msg = hello_with_suites(suites);
+        let single = prefers_chacha(&frame(&msg, &[msg.len()]), MAX);
+        // The same hello in records of 7 bytes: reassembled, same answer.
+        assert_eq!(
+            single,
+            prefers_chacha(&frame(&msg, &[7]), MAX),
+            "{suites:x?}"
+        );
+        single
+    };
+    // GREASE and suites of neither kind are skipped.
+    assert!(one(&[0x0a0a, 0x1303, 0x1301, 0x1302]));
+    assert!(one(&[0xcca9, 0xc02b]));
+    assert!(one(&[0x009c, 0xcca8, 0xc02f]));
+    assert!(!one(&[0x1301, 0x1303]));
+    assert!(!one(&[0x1302, 0x1303]));
+    assert!(!one(&[0xc030, 0xcca8]));
+    assert!(!one(&[0x0a0a, 0x009c]));
+    // Not a whole valid hello: no preference.
+    let msg = hello_with_suites(&[0x1303]);
+    let whole = frame(&msg, &[msg.len()]);
+    assert!(prefers_chacha(&whole, MAX));
+    assert!(!prefers_chacha(&whole[..whole.len() - 1], MAX));
+    assert!(!prefers_chacha(&whole, 16));
+    assert!(!prefers_chacha(b"GET / HTTP/1.1\r\n", MAX));
+}
