@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{nofile, rss_kib, write_config_with_route, ProxyProcess};
+use common::process::{nofile, one_client_limits, proxy_to_enclave, rss_kib};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,20 +27,8 @@ async fn an_idle_passthrough_connection_costs_under_2_kib() {
     let fit = (nofile(std::process::id()).0.saturating_sub(256) / 2) as usize;
     let n = fit.min(3_000);
     assert!(n >= 2_000, "too few file descriptors for the test: {fit}");
-    let ca = Ca::new("test CA").unwrap();
-    let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with_route(
-        dir.path(),
-        e.addr,
-        &format!(
-            "workers = 1\n[limits]\nmax_connections = {}\n\
-             max_unrouted_per_client = 0\nmax_connections_per_client = 0\n\
-             client_new_connections_per_second = 0\nroute_new_connections_per_second = 0\n",
-            n + 100
-        ),
-    );
-    let proxy = ProxyProcess::start(&cfg).await;
+    let (ca, _e, _dir, proxy) =
+        proxy_to_enclave(&format!("workers = 1\n{}", one_client_limits(n + 100))).await;
     let (addr, pid) = (proxy.addr, proxy.pid());
     // Warm-up: first-use allocations (thread-locals, pools, the metrics
     // series of the route) are not a connection's.

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{nofile, rss_kib, write_config_with_route, ProxyProcess};
+use common::process::{
+    nofile, one_client_limits, proxy_to_enclave, rss_kib, write_config_with_route, ProxyProcess,
+};
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -22,20 +24,11 @@ async fn thousands_of_slow_clients_keep_memory_bounded() {
         slow_n >= 5_000,
         "too few file descriptors for the test: {fit}"
     );
-    let ca = Ca::new("test CA").unwrap();
-    let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with_route(
-        dir.path(),
-        e.addr,
-        &format!(
-            "workers = 1\n[timeouts]\nclient_hello = \"60s\"\n[limits]\nmax_connections = {}\n\
-             max_unrouted_per_client = 0\nmax_connections_per_client = 0\n\
-             client_new_connections_per_second = 0\n",
-            slow_n + 8
-        ),
-    );
-    let proxy = ProxyProcess::start(&cfg).await;
+    let (ca, _e, _dir, proxy) = proxy_to_enclave(&format!(
+        "workers = 1\n[timeouts]\nclient_hello = \"60s\"\n{}",
+        one_client_limits(slow_n + 8)
+    ))
+    .await;
     let (addr, pid) = (proxy.addr, proxy.pid());
     assert_eq!(
         get(addr, "ok.example.test", &ca).await.unwrap().0,

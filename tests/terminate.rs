@@ -421,18 +421,7 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_hello_deadline
 async fn the_proxy_prefers_aes_128_gcm_unless_the_client_prefers_chacha() {
     use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
     use rustls::CipherSuite as S;
-    let (platform_ca, cert) = platform();
-    let enclave_ca = Ca::new("enclave CA").unwrap();
-    let (b, leaf) = HttpBackend::tls(&enclave_ca, "b").await;
-    let p = proxy(
-        config(&cert.toml()),
-        &[terminate_spec(
-            "app",
-            &["app.apps.example.test"],
-            &[b.addr],
-            pinned(&leaf),
-        )],
-    );
+    let (platform_ca, _b, p) = pinned_app().await;
     let cases = [
         (
             vec![
@@ -475,74 +464,74 @@ async fn the_proxy_prefers_aes_128_gcm_unless_the_client_prefers_chacha() {
             cipher_suites: suites,
             ..default_provider()
         };
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(platform_ca.cert_der().clone()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = TcpStream::connect(addr(&p)).await.unwrap();
-        let name = ServerName::try_from("app.apps.example.test").unwrap();
-        let mut tls = TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
             .unwrap();
-        let got = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
-        assert_eq!(got, Some(want));
-        tls.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        tls.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.ends_with("hello from b over HTTP/1.1\n"), "{answer}");
+        let connector = connector(builder, &platform_ca);
+        let suite = get_app(&p, &connector, |c| c.negotiated_cipher_suite()).await;
+        assert_eq!(suite.map(|s| s.suite()), Some(want));
     }
+}
+
+/// A proxy with one terminate route, `app.apps.example.test`, to a pinned
+/// TLS backend answering "hello from b"; and the platform CA.
+async fn pinned_app() -> (Ca, HttpBackend, mse_proxy::server::Server) {
+    let (platform_ca, cert) = platform();
+    let enclave_ca = Ca::new("enclave CA").unwrap();
+    let (b, leaf) = HttpBackend::tls(&enclave_ca, "b").await;
+    let spec = terminate_spec("app", &["app.apps.example.test"], &[b.addr], pinned(&leaf));
+    let p = proxy(config(&cert.toml()), &[spec]);
+    (platform_ca, b, p)
+}
+
+/// A client trusting `ca`, offering HTTP/1.1, from a config builder.
+fn connector(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
+    ca: &Ca,
+) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).unwrap();
+    let mut cfg = builder.with_root_certificates(roots).with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// One GET to [`pinned_app`]'s route through `connector`, checked, and what
+/// `seen` reads from the client connection after its handshake.
+async fn get_app<T>(
+    p: &mse_proxy::server::Server,
+    connector: &TlsConnector,
+    seen: impl FnOnce(&rustls::ClientConnection) -> T,
+) -> T {
+    let tcp = TcpStream::connect(addr(p)).await.unwrap();
+    let name = ServerName::try_from("app.apps.example.test").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let out = seen(tls.get_ref().1);
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.ends_with("hello from b over HTTP/1.1\n"), "{answer}");
+    out
 }
 
 #[tokio::test]
 async fn tls12_and_tls13_clients_resume_their_sessions() {
-    let (platform_ca, cert) = platform();
-    let enclave_ca = Ca::new("enclave CA").unwrap();
-    let (b, leaf) = HttpBackend::tls(&enclave_ca, "b").await;
-    let p = proxy(
-        config(&cert.toml()),
-        &[terminate_spec(
-            "app",
-            &["app.apps.example.test"],
-            &[b.addr],
-            pinned(&leaf),
-        )],
-    );
+    let (platform_ca, _b, p) = pinned_app().await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(platform_ca.cert_der().clone()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(&[version])
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = TlsConnector::from(Arc::new(cfg));
+        let builder = rustls::ClientConfig::builder_with_protocol_versions(&[version]);
+        let connector = connector(builder, &platform_ca);
         for (i, want) in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
             .into_iter()
             .enumerate()
         {
-            let tcp = TcpStream::connect(addr(&p)).await.unwrap();
-            let name = ServerName::try_from("app.apps.example.test").unwrap();
-            let mut tls = connector.connect(name, tcp).await.unwrap();
-            let c = tls.get_ref().1;
-            assert_eq!(c.protocol_version(), Some(version.version));
-            assert_eq!(
-                c.handshake_kind(),
-                Some(want),
-                "{:?} connection {i}",
-                version.version
-            );
-            tls.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let mut answer = String::new();
-            tls.read_to_string(&mut answer).await.unwrap();
-            assert!(answer.ends_with("hello from b over HTTP/1.1\n"), "{answer}");
+            let (v, kind) = get_app(&p, &connector, |c| {
+                (c.protocol_version(), c.handshake_kind())
+            })
+            .await;
+            assert_eq!(v, Some(version.version));
+            assert_eq!(kind, Some(want), "{:?} connection {i}", version.version);
         }
     }
 }

@@ -648,6 +648,31 @@ run_idle() { # path
 # the top symbols. On a VM without a PMU, cpu-clock samples taken with
 # interrupts off land where they are turned back on (finish_task_switch,
 # _raw_spin_unlock_irqrestore): read the kernel share as a whole.
+# strace_per kind path pid top fmt unit command...: `strace -c` on every
+# thread of pid while the command runs on the client CPU; appends "kind path
+# calls-per-unit | the top syscalls per unit" to the profile, where the
+# units are the command's connections (unit conns: loadgen's conns=N) or
+# requests (unit reqs: wrk's "N requests in").
+strace_per() {
+    local kind=$1 path=$2 pid=$3 top=$4 fmt=$5 unit=$6 tids st out n calls
+    shift 6
+    tids=$(for t in /proc/"$pid"/task/*; do printf -- '-p %s ' "${t##*/}"; done)
+    # shellcheck disable=SC2086 # one -p per thread
+    strace -c -f -o "$TMP/strace-$kind-$path.txt" $tids </dev/null >/dev/null 2>&1 &
+    st=$!
+    sleep 0.5
+    out=$(run_on "$CLIENT_CPU" "$@")
+    kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
+    case $unit in
+        conns) n=$(grep -o 'conns=[0-9]*' <<<"$out" | cut -d= -f2) ;;
+        reqs) n=$(awk '/requests in/ {print $1}' <<<"$out") ;;
+    esac
+    [ -n "${n:-}" ] && [ "$n" -gt 0 ] || return 0
+    calls=$(awk '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" && $4 ~ /^[0-9]+$/ { print $NF, $4 }' \
+        "$TMP/strace-$kind-$path.txt" | sort -k2 -nr)
+    echo "$kind $path $(awk -v n="$n" -v f="$fmt" '{ t += $2 } END { printf f, t / n }' <<<"$calls") |" \
+        "$(head -"$top" <<<"$calls" | awk -v n="$n" -v f="$fmt" '{ printf "%s " f ", ", $1, $2 / n }' | sed 's/, $//')" >>"$TMP/profile.txt"
+}
 # perf_shares tag path pid command...: `perf record -e cpu-clock` on pid
 # while the command runs on the client CPU; appends "dso<tag> path
 # kernel=.. binary=.." (% of samples by binary) and "syms<tag> path" (the
@@ -668,41 +693,13 @@ perf_shares() {
         head -6 | tr '\n' ';' | sed 's/;$//; s/;/; /g')" >>"$TMP/profile.txt"
 }
 run_profile() { # path
-    local a s n pid tids st conns out
+    local a s n pid
     read -r a s <<<"$(addr_of "$1")"
     n=$(proxy_of "$1")
     pid=${MPID[$n]}
-    tids=$(for t in /proc/"$pid"/task/*; do printf -- '-p %s ' "${t##*/}"; done)
-    # shellcheck disable=SC2086 # one -p per thread
-    strace -c -f -o "$TMP/strace-$1.txt" $tids </dev/null >/dev/null 2>&1 &
-    st=$!
-    sleep 0.5
-    out=$(run_on "$CLIENT_CPU" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc $((CONC / 2)))
-    kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
-    conns=$(grep -o 'conns=[0-9]*' <<<"$out" | cut -d= -f2)
-    if [ -n "${conns:-}" ] && [ "$conns" -gt 0 ]; then
-        local calls
-        calls=$(awk '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" && $4 ~ /^[0-9]+$/ { print $NF, $4 }' \
-            "$TMP/strace-$1.txt" | sort -k2 -nr)
-        echo "syscalls $1 $(awk -v n="$conns" '{ t += $2 } END { printf "%.1f", t / n }' <<<"$calls") |" \
-            "$(head -8 <<<"$calls" | awk -v n="$conns" '{ printf "%s %.1f, ", $1, $2 / n }' | sed 's/, $//')" >>"$TMP/profile.txt"
-    fi
-    # The same on keep-alive requests: syscalls per request.
-    local port=${a##*:} reqs
-    # shellcheck disable=SC2086 # one -p per thread
-    strace -c -f -o "$TMP/strace-ka-$1.txt" $tids </dev/null >/dev/null 2>&1 &
-    st=$!
-    sleep 0.5
-    out=$(run_on "$CLIENT_CPU" wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --timeout 5s "https://$s:$port/")
-    kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    if [ -n "${reqs:-}" ] && [ "$reqs" -gt 0 ]; then
-        local calls
-        calls=$(awk '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" && $4 ~ /^[0-9]+$/ { print $NF, $4 }' \
-            "$TMP/strace-ka-$1.txt" | sort -k2 -nr)
-        echo "kasyscalls $1 $(awk -v n="$reqs" '{ t += $2 } END { printf "%.2f", t / n }' <<<"$calls") |" \
-            "$(head -5 <<<"$calls" | awk -v n="$reqs" '{ printf "%s %.2f, ", $1, $2 / n }' | sed 's/, $//')" >>"$TMP/profile.txt"
-    fi
+    local port=${a##*:}
+    strace_per syscalls "$1" "$pid" 8 '%.1f' conns "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc $((CONC / 2))
+    strace_per kasyscalls "$1" "$pid" 5 '%.2f' reqs wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --timeout 5s "https://$s:$port/"
     if command -v perf >/dev/null && perf stat -e cpu-clock true >/dev/null 2>&1; then
         perf_shares nc "$1" "$pid" "$LOADGEN" newconn --addr "$a" --sni "$s" --secs "$SECS" --conc "$CONC"
         perf_shares ka "$1" "$pid" wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --timeout 5s "https://$s:$port/"

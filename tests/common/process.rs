@@ -275,6 +275,37 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// A config for [`ProxyProcess`] serving one passthrough route `ok` for
 /// `ok.example.test` to `backend`, from a routes file beside it.
+/// A `[limits]` table for a test that opens thousands of connections from
+/// one client to one route: `max_connections` in all, no per-client or
+/// per-route cap or rate.
+pub fn one_client_limits(max_connections: usize) -> String {
+    format!(
+        "[limits]\nmax_connections = {max_connections}\n\
+         max_unrouted_per_client = 0\nmax_connections_per_client = 0\n\
+         client_new_connections_per_second = 0\nroute_new_connections_per_second = 0\n"
+    )
+}
+
+/// A proxy process (config `extra` beside the route) whose one route,
+/// `ok.example.test`, passes through to a stand-in enclave answering
+/// "hello from ok" with a certificate from the returned CA. The directory
+/// holds the config and state: keep it as long as the proxy.
+pub async fn proxy_to_enclave(
+    extra: &str,
+) -> (
+    super::Ca,
+    mse_proxy::standin::Enclave,
+    tempfile::TempDir,
+    ProxyProcess,
+) {
+    let ca = super::Ca::new("test CA").unwrap();
+    let (e, _) = super::enclave(&ca, &["ok.example.test"], "ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with_route(dir.path(), e.addr, extra);
+    let proxy = ProxyProcess::start(&cfg).await;
+    (ca, e, dir, proxy)
+}
+
 pub fn write_config_with_route(dir: &Path, backend: SocketAddr, extra: &str) -> PathBuf {
     super::write_routes(
         &dir.join("routes.toml"),
