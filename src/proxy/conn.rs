@@ -271,7 +271,10 @@ fn serve<'a: 'l, 'l>(
             // Boxed: its state is larger, and passthrough connections do
             // not pay for its size.
             Mode::Terminate => {
-                let hello = detected.bytes;
+                let hello = terminate::Hello {
+                    bytes: detected.bytes,
+                    chacha_first: detected.hello.chacha_first,
+                };
                 Box::pin(terminate::run(
                     shared, client, hello, deadline, open, server_tls, log,
                 ))

@@ -38,13 +38,21 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// matched value's slot, both streams again, beside the relay).
 type UpstreamStream = Either<TcpStream, ClientStream<TcpStream>>;
 
+/// The client's hello as read: its bytes (the handshake's first ciphertext)
+/// and whether the client prefers ChaCha20-Poly1305
+/// ([`client_hello::ClientHello::chacha_first`]).
+pub struct Hello {
+    pub bytes: Vec<u8>,
+    pub chacha_first: bool,
+}
+
 /// Serves one connection on a terminate route. `tls` is the termination
 /// state from the same snapshot as `entry`; `deadline` is the one that
 /// began at accept, which the client's handshake must also meet.
 pub async fn run(
     shared: &Shared,
     client: TcpStream,
-    hello_bytes: Vec<u8>,
+    hello: Hello,
     deadline: Instant,
     counted: OpenGuard,
     tls: Option<Arc<Termination>>,
@@ -54,7 +62,7 @@ pub async fn run(
     let entry = counted.entry();
     // Boxed, and freed before the relay starts: the two handshakes' state
     // is large, and an idle connection should hold only the relay's.
-    let opened = Box::pin(open(shared, client, hello_bytes, deadline, entry, tls, log));
+    let opened = Box::pin(open(shared, client, hello, deadline, entry, tls, log));
     let (client_tls, upstream) = match opened.await {
         Ok(ends) => ends,
         Err(outcome) => return outcome,
@@ -89,7 +97,7 @@ pub async fn run(
 async fn open(
     shared: &Shared,
     client: TcpStream,
-    hello_bytes: Vec<u8>,
+    hello: Hello,
     deadline: Instant,
     entry: &Arc<RouteEntry>,
     tls: Option<Arc<Termination>>,
@@ -110,7 +118,7 @@ async fn open(
                 settings.alpn.clone()
             };
             let client_tls =
-                client_handshake(shared, entry, &tls, &list, client, hello_bytes, deadline).await?;
+                client_handshake(shared, entry, &tls, &list, client, hello, deadline).await?;
             return match upstream::connect_route(shared, entry, log).await {
                 Ok(tcp) => Ok((client_tls, Either::Left(tcp))),
                 Err(outcome) => {
@@ -122,7 +130,7 @@ async fn open(
     };
 
     let client_alpn =
-        client_hello::alpn(&hello_bytes, shared.config.max_client_hello_bytes).unwrap_or_default();
+        client_hello::alpn(&hello.bytes, shared.config.max_client_hello_bytes).unwrap_or_default();
     let offer = match alpn::offer(&client_alpn, &settings.alpn, no_h2) {
         Offer::Protocols(p) => p,
         Offer::Mismatch => {
@@ -148,8 +156,7 @@ async fn open(
             // As when the backend was reached after the handshake: the
             // client's handshake completes and the connection closes empty.
             let d = client_deadline(upstream_start);
-            if let Ok(c) = client_handshake(shared, entry, &tls, &[], client, hello_bytes, d).await
-            {
+            if let Ok(c) = client_handshake(shared, entry, &tls, &[], client, hello, d).await {
                 close(c).await;
             }
             return Err(outcome);
@@ -166,7 +173,7 @@ async fn open(
                 up.alpn_protocol().map(<[u8]>::to_vec).into_iter().collect();
             let d = client_deadline(upstream_start);
             let client_tls =
-                client_handshake(shared, entry, &tls, &selected, client, hello_bytes, d).await?;
+                client_handshake(shared, entry, &tls, &selected, client, hello, d).await?;
             return Ok((client_tls, Either::Right(up)));
         }
         Ok(Err(e)) if refused_every_protocol(&e) => {
@@ -189,7 +196,7 @@ async fn open(
         }
     };
     let d = client_deadline(upstream_start);
-    if let Ok(c) = client_handshake(shared, entry, &tls, &[], client, hello_bytes, d).await {
+    if let Ok(c) = client_handshake(shared, entry, &tls, &[], client, hello, d).await {
         close(c).await;
     }
     Err(failed)
@@ -203,17 +210,15 @@ async fn client_handshake(
     tls: &Termination,
     alpn: &[Vec<u8>],
     client: TcpStream,
-    hello_bytes: Vec<u8>,
+    hello: Hello,
     deadline: Instant,
 ) -> Result<ClientTls, Outcome> {
-    let chacha_first =
-        client_hello::prefers_chacha(&hello_bytes, shared.config.max_client_hello_bytes);
-    let Some(server) = tls.server_config(alpn, chacha_first) else {
+    let Some(server) = tls.server_config(alpn, hello.chacha_first) else {
         tracing::error!(route = %entry.route.name, alpn = %names(alpn), "no server config for this ALPN list in the snapshot");
         return Err(Outcome::ClientTlsError);
     };
     let start = Instant::now();
-    match terminate::accept(server, client, hello_bytes, deadline).await {
+    match terminate::accept(server, client, hello.bytes, deadline).await {
         Ok(tls) => {
             entry
                 .metrics(&shared.metrics)
@@ -279,7 +284,7 @@ mod tests {
         _: impl FnOnce(
             &'a Shared,
             TcpStream,
-            Vec<u8>,
+            Hello,
             Instant,
             OpenGuard,
             Option<Arc<Termination>>,

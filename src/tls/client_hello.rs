@@ -58,6 +58,10 @@ pub struct ClientHello {
     /// Number of input bytes (whole TLS records) that carried the ClientHello, i.e. the index
     /// just past the record that completed it. Bytes after it (if any) belong to later records.
     pub len: usize,
+    /// The client lists a ChaCha20-Poly1305 suite before any AES-GCM one, as a client without
+    /// AES instructions does: the terminate path then prefers ChaCha for it
+    /// (`tls::ordered_provider`). Read from the suite list the parse walks anyway.
+    pub chacha_first: bool,
 }
 
 /// Parses the ClientHello at the start of `buf`, the raw bytes read so far from a client.
@@ -87,40 +91,6 @@ pub fn alpn(buf: &[u8], max_len: usize) -> Option<Vec<Vec<u8>>> {
         Parse::Complete(_) => Some(out),
         _ => None,
     }
-}
-
-/// Whether the whole ClientHello at the start of `buf` lists a ChaCha20-Poly1305 suite before
-/// any AES-GCM one: what a client without AES instructions does, and so the terminate path's
-/// cue to prefer ChaCha for it (`tls::ordered_provider`). `false` for anything [`parse`] would
-/// not call `Complete`, and for a hello listing neither.
-///
-/// Separate from [`parse`] for the reason [`alpn`] is: only a terminated connection needs it.
-pub fn prefers_chacha(buf: &[u8], max_len: usize) -> bool {
-    if !matches!(parse(buf, max_len), Parse::Complete(_)) {
-        return false;
-    }
-    let reassembled;
-    let msg = match locate(buf, max_len) {
-        Located::Done(Framing::SingleRecord { msg, .. }) => msg,
-        Located::Done(Framing::MultiRecord { msg_len, len }) => {
-            reassembled = reassemble(buf.get(..len).unwrap_or_default(), msg_len);
-            &reassembled[..]
-        }
-        Located::Stop(_) => return false,
-    };
-    let mut r = Reader::new(msg.get(HANDSHAKE_HEADER_LEN..).unwrap_or_default());
-    let suites = r
-        .skip(2 + 32)
-        .and_then(|()| r.u8_vec())
-        .and_then(|_session_id| r.u16_vec());
-    let Some(suites) = suites else { return false };
-    const CHACHA: [u16; 3] = [0x1303, 0xcca8, 0xcca9];
-    const AES_GCM: [u16; 6] = [0x1301, 0x1302, 0xc02b, 0xc02c, 0xc02f, 0xc030];
-    suites
-        .chunks_exact(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-        .find(|s| CHACHA.contains(s) || AES_GCM.contains(s))
-        .is_some_and(|s| CHACHA.contains(&s))
 }
 
 /// [`parse`], also collecting the ALPN names into `alpn` when asked.
@@ -289,17 +259,21 @@ fn parse_message(msg: &[u8], len: usize, alpn: Option<&mut Vec<Vec<u8>>>) -> Par
     // The header was checked by `locate`; only the body remains.
     let body = msg.get(HANDSHAKE_HEADER_LEN..).unwrap_or_default();
     match parse_body(body, alpn) {
-        Ok(sni) => Parse::Complete(ClientHello { sni, len }),
+        Ok((sni, chacha_first)) => Parse::Complete(ClientHello {
+            sni,
+            len,
+            chacha_first,
+        }),
         Err(what) => Parse::Malformed(what),
     }
 }
 
 /// Parses the ClientHello body (RFC 8446 §4.1.2, compatible with TLS 1.0–1.2 hellos) and
-/// returns its SNI.
+/// returns its SNI and [`ClientHello::chacha_first`].
 fn parse_body(
     body: &[u8],
     alpn: Option<&mut Vec<Vec<u8>>>,
-) -> Result<Option<String>, &'static str> {
+) -> Result<(Option<String>, bool), &'static str> {
     let mut r = Reader::new(body);
     let version = r.u16().ok_or("truncated legacy_version")?;
     if version >> 8 != 3 {
@@ -318,15 +292,28 @@ fn parse_body(
     if compression.is_empty() {
         return Err("empty compression_methods");
     }
+    let chacha_first = chacha_first(suites);
     if r.is_empty() {
         // A hello without extensions (TLS 1.0-era clients): no SNI, no ALPN.
-        return Ok(None);
+        return Ok((None, chacha_first));
     }
     let extensions = r.u16_vec().ok_or("truncated extensions")?;
     if !r.is_empty() {
         return Err("extensions length does not match message length");
     }
-    parse_extensions(extensions, alpn)
+    Ok((parse_extensions(extensions, alpn)?, chacha_first))
+}
+
+/// Whether `suites` (the hello's cipher_suites) name a ChaCha20-Poly1305 suite before any
+/// AES-GCM one; GREASE and suites of neither kind are skipped.
+fn chacha_first(suites: &[u8]) -> bool {
+    const CHACHA: [u16; 3] = [0x1303, 0xcca8, 0xcca9];
+    const AES_GCM: [u16; 6] = [0x1301, 0x1302, 0xc02b, 0xc02c, 0xc02f, 0xc030];
+    suites
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .find(|s| CHACHA.contains(s) || AES_GCM.contains(s))
+        .is_some_and(|s| CHACHA.contains(&s))
 }
 
 fn parse_extensions(

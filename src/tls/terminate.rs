@@ -160,7 +160,7 @@ impl Termination {
     /// The config finishing a client handshake that may select only from
     /// `alpn`; `None` only if no terminate route of this snapshot needs it.
     /// `chacha_first`: the client prefers ChaCha20-Poly1305
-    /// (`client_hello::prefers_chacha`).
+    /// (`client_hello::ClientHello::chacha_first`).
     pub fn server_config(&self, alpn: &[Vec<u8>], chacha_first: bool) -> Option<Arc<ServerConfig>> {
         self.by_alpn
             .get(alpn)

@@ -49,6 +49,7 @@ fn expected(len: usize) -> Parse {
     Parse::Complete(ClientHello {
         sni: Some("app.example.test".to_owned()),
         len,
+        chacha_first: false,
     })
 }
 
@@ -255,7 +256,8 @@ fn no_sni_no_alpn() {
         sni_of(&input),
         Parse::Complete(ClientHello {
             sni: None,
-            len: input.len()
+            len: input.len(),
+            chacha_first: false,
         })
     );
     assert_eq!(alpn(&input, MAX), Some(vec![]));
@@ -266,7 +268,8 @@ fn no_sni_no_alpn() {
         sni_of(&input),
         Parse::Complete(ClientHello {
             sni: None,
-            len: input.len()
+            len: input.len(),
+            chacha_first: false,
         })
     );
     assert_eq!(alpn(&input, MAX), Some(vec![]));
@@ -282,7 +285,8 @@ fn sni_normalised_and_alpn_order_kept() {
         sni_of(&input),
         Parse::Complete(ClientHello {
             sni: Some("app.example.test".into()),
-            len: input.len()
+            len: input.len(),
+            chacha_first: false,
         })
     );
     assert_eq!(
@@ -665,10 +669,18 @@ fn hello_with_suites(suites: &[u16]) -> Vec<u8> {
     msg
 }
 
+/// [`ClientHello::chacha_first`] of `input`; `None` unless it is a whole valid hello.
+fn chacha_of(input: &[u8], max: usize) -> Option<bool> {
+    match parse(input, max) {
+        Parse::Complete(h) => Some(h.chacha_first),
+        _ => None,
+    }
+}
+
 #[test]
 fn captured_clients_prefer_aes_gcm() {
     for c in CAPTURES {
-        assert!(!prefers_chacha(c.bytes, MAX), "{}", c.name);
+        assert_eq!(chacha_of(c.bytes, MAX), Some(false), "{}", c.name);
     }
 }
 
@@ -676,11 +688,11 @@ fn captured_clients_prefer_aes_gcm() {
 fn chacha_is_preferred_only_when_listed_before_every_aes_gcm_suite() {
     let one = |suites: &[u16]| {
         let msg = hello_with_suites(suites);
-        let single = prefers_chacha(&frame(&msg, &[msg.len()]), MAX);
+        let single = chacha_of(&frame(&msg, &[msg.len()]), MAX).unwrap();
         // The same hello in records of 7 bytes: reassembled, same answer.
         assert_eq!(
-            single,
-            prefers_chacha(&frame(&msg, &[7]), MAX),
+            Some(single),
+            chacha_of(&frame(&msg, &[7]), MAX),
             "{suites:x?}"
         );
         single
@@ -693,11 +705,11 @@ fn chacha_is_preferred_only_when_listed_before_every_aes_gcm_suite() {
     assert!(!one(&[0x1302, 0x1303]));
     assert!(!one(&[0xc030, 0xcca8]));
     assert!(!one(&[0x0a0a, 0x009c]));
-    // Not a whole valid hello: no preference.
+    // Not a whole valid hello: no answer.
     let msg = hello_with_suites(&[0x1303]);
     let whole = frame(&msg, &[msg.len()]);
-    assert!(prefers_chacha(&whole, MAX));
-    assert!(!prefers_chacha(&whole[..whole.len() - 1], MAX));
-    assert!(!prefers_chacha(&whole, 16));
-    assert!(!prefers_chacha(b"GET / HTTP/1.1\r\n", MAX));
+    assert_eq!(chacha_of(&whole, MAX), Some(true));
+    assert_eq!(chacha_of(&whole[..whole.len() - 1], MAX), None);
+    assert_eq!(chacha_of(&whole, 16), None);
+    assert_eq!(chacha_of(b"GET / HTTP/1.1\r\n", MAX), None);
 }
