@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use super::conn_log::{access_log, ConnLog, ListenerInfo};
 use super::outcome::Outcome;
@@ -37,14 +38,13 @@ pub fn handle(
         // Two awaits, not one nested in the other: the relay's state and the
         // earlier phases' share the task's memory instead of adding up. The
         // relay's future is built in a statement of its own and awaited in
-        // the next: a `Served` kept across the await (a match on it, even
-        // one that moves its connection out) would hold the connection's
-        // 104 bytes twice for the whole relay.
+        // the next, as one future (awaiting moves it whole): a `Served`
+        // kept across the await (a match on it, even one that moves its
+        // connection out) would hold the connection's 104 bytes twice for
+        // the whole relay.
         let next = match serve(&shared, client, &listener, start, &mut log).await {
-            Served::Done(outcome) => Next::Done { outcome },
-            Served::Relay(conn) => Next::Relay {
-                relay: handoff::relay(&shared, conn, &mut log, None),
-            },
+            Served::Done(outcome) => Either::Left(std::future::ready(outcome)),
+            Served::Relay(conn) => Either::Right(handoff::relay(&shared, conn, &mut log, None)),
         };
         let outcome = next.await;
         let took = start.elapsed();
@@ -112,31 +112,6 @@ async fn proxy_header(
 enum Served<'a> {
     Done(Outcome),
     Relay(handoff::Relayed<'a>),
-}
-
-pin_project_lite::pin_project! {
-    /// What [`handle`] awaits after [`serve`]: nothing more, or the relay.
-    /// A future itself, so that awaiting it moves it whole into the await
-    /// (a match that moved the relay out would keep this one's slot too).
-    #[project = NextProj]
-    enum Next<R> {
-        Done { outcome: Outcome },
-        Relay { #[pin] relay: R },
-    }
-}
-
-impl<R: std::future::Future<Output = Outcome>> std::future::Future for Next<R> {
-    type Output = Outcome;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Outcome> {
-        match self.project() {
-            NextProj::Done { outcome } => std::task::Poll::Ready(*outcome),
-            NextProj::Relay { relay } => relay.poll(cx),
-        }
-    }
 }
 
 impl From<Outcome> for Served<'_> {
