@@ -6,7 +6,7 @@
 //! that relayed segments never wake this process. A FIN from one side is
 //! passed on with `shutdown(2)` on the other.
 //!
-//! A probe for benches/kernel_join/run.sh, not a proxy: no SNI routing,
+//! A probe for benches/relay_probes/run.sh, not a proxy: no SNI routing,
 //! one thread per connection, and a FIN is passed on without waiting for
 //! the bytes the kernel may still hold for the peer (see the README).
 

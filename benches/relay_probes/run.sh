@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Kernel join (eBPF sockmap) against mse-proxy's user-space relay, on the
-# same TLS traffic to the same nginx, interleaved, in one run. See
-# benches/kernel_join/README.md.
+# Other ways to relay a passthrough connection's bytes, against mse-proxy's
+# epoll relay, on the same TLS traffic to the same nginx, interleaved, in one
+# run: the kernel joining the two sockets (an eBPF sockmap, kernel_join/)
+# and io_uring reads and writes (tokio-uring, io_uring/). See
+# benches/relay_probes/README.md.
 #
-#   bash benches/kernel_join/run.sh
+#   bash benches/relay_probes/run.sh
 #
 # Needs root (the sockmap program, apt-get for missing tools, /etc/hosts for
 # wrk's SNI) and 2 CPUs. The kernel does a joined connection's work in
@@ -21,11 +23,14 @@ BIG_GETS=${BIG_GETS:-3}      # 1 GiB downloads per bulk run
 NGINX_PORT=${NGINX_PORT:-18470}
 PROXY_PORT=${PROXY_PORT:-18471}
 JOIN_PORT=${JOIN_PORT:-18472}
-HOST=pt.kernel-join.localhost
-HOSTS_MARK="# mse-proxy-kernel-join-bench"
-OUT=${OUT:-$ROOT/target/kernel-join-bench.md}
+URING_PORT=${URING_PORT:-18473}
+COOP_PORT=${COOP_PORT:-18474}
+HOST=pt.relay-probes.localhost
+HOSTS_MARK="# mse-proxy-relay-probes-bench"
+OUT=${OUT:-$ROOT/target/relay-probes-bench.md}
+PATHS=(direct mse join uring uring-coop)
 
-log() { printf '[kernel-join %s] %s\n' "$(date +%T)" "$*" >&2; }
+log() { printf '[relay-probes %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "needs root (the sockmap program needs CAP_BPF and CAP_NET_ADMIN)"
@@ -50,12 +55,15 @@ else
     (cd "$ROOT" && cargo build --release --locked --bin mse-proxy) >&2
     PROXY_BIN=$ROOT/target/release/mse-proxy
 fi
-log "building the probe (benches/kernel_join)"
-CARGO_TARGET_DIR=$ROOT/target/kernel-join cargo build --release --locked --quiet \
-    --manifest-path "$ROOT/benches/kernel_join/Cargo.toml" >&2
-JOIN_BIN=$ROOT/target/kernel-join/release/mse-proxy-kernel-join
+for probe in kernel_join io_uring; do
+    log "building the probe benches/relay_probes/$probe"
+    CARGO_TARGET_DIR=$ROOT/target/relay-probes cargo build --release --locked --quiet \
+        --manifest-path "$ROOT/benches/relay_probes/$probe/Cargo.toml" >&2
+done
+JOIN_BIN=$ROOT/target/relay-probes/release/mse-proxy-kernel-join
+URING_BIN=$ROOT/target/relay-probes/release/mse-proxy-uring-relay
 
-TMP=$(mktemp -d /tmp/mse-kernel-join.XXXXXX)
+TMP=$(mktemp -d /tmp/mse-relay-probes.XXXXXX)
 chmod 755 "$TMP"
 PIDS=() HOSTS_ADDED=0
 cleanup() {
@@ -105,7 +113,7 @@ http {
 CONF
 cat >"$TMP/routes.toml" <<CONF
 [[route]]
-name = "kernel-join"
+name = "relay-probes"
 hosts = ["$HOST"]
 mode = "passthrough"
 backends = ["127.0.0.1:$NGINX_PORT"]
@@ -138,9 +146,23 @@ taskset -c 0 "$PROXY_BIN" --config "$TMP/proxy.toml" 2>>"$TMP/mse-proxy.log" & P
 MSE_PID=$!
 taskset -c 0 "$JOIN_BIN" "127.0.0.1:$JOIN_PORT" "127.0.0.1:$NGINX_PORT" 2>>"$TMP/join.log" & PIDS+=($!)
 JOIN_PID=$!
-port() { case $1 in direct) echo "$NGINX_PORT" ;; mse) echo "$PROXY_PORT" ;; join) echo "$JOIN_PORT" ;; esac; }
-pid_of() { case $1 in mse) echo "$MSE_PID" ;; join) echo "$JOIN_PID" ;; *) echo "" ;; esac; }
-for p in direct mse join; do
+taskset -c 0 "$URING_BIN" "127.0.0.1:$URING_PORT" "127.0.0.1:$NGINX_PORT" 2>>"$TMP/uring.log" & PIDS+=($!)
+URING_PID=$!
+taskset -c 0 "$URING_BIN" "127.0.0.1:$COOP_PORT" "127.0.0.1:$NGINX_PORT" coop 2>>"$TMP/uring-coop.log" & PIDS+=($!)
+COOP_PID=$!
+port() {
+    case $1 in
+        direct) echo "$NGINX_PORT" ;; mse) echo "$PROXY_PORT" ;; join) echo "$JOIN_PORT" ;;
+        uring) echo "$URING_PORT" ;; uring-coop) echo "$COOP_PORT" ;;
+    esac
+}
+pid_of() {
+    case $1 in
+        mse) echo "$MSE_PID" ;; join) echo "$JOIN_PID" ;; uring) echo "$URING_PID" ;;
+        uring-coop) echo "$COOP_PID" ;; *) echo "" ;;
+    esac
+}
+for p in "${PATHS[@]}"; do
     ok=0
     for _ in $(seq 50); do
         if curl -sk --max-time 2 "https://$HOST:$(port $p)/" | grep -q hello; then ok=1; break; fi
@@ -180,24 +202,24 @@ for c in $WRK_CONNS; do WORKLOADS+=("ka-$c"); done
 WORKLOADS+=(bulk)
 log "warm-up"
 cat "$TMP/www/big" >/dev/null
-for p in direct mse join; do measure "$p" ka-8; done
+for p in "${PATHS[@]}"; do measure "$p" ka-8; done
 : >"$TMP/results"
 for r in $(seq "$ROUNDS"); do
     for w in "${WORKLOADS[@]}"; do
-        for p in direct mse join; do measure "$p" "$w"; done
+        for p in "${PATHS[@]}"; do measure "$p" "$w"; done
     done
     log "round $r of $ROUNDS done"
 done
 
 # per workload and path: medians of machine µs per op and process µs per op
 {
-    echo "# Kernel join against the user-space relay"
+    echo "# Relay probes against mse-proxy's relay"
     echo
     echo "$(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); mse-proxy $PROXY_BIN (splice on, one worker); $ROUNDS rounds, medians. Machine CPU: busy time of all CPUs (every process, irq and softirq included) per operation; the proxy's cost is that less the direct path's. A keep-alive operation is one request (wrk, one thread, N connections, ${SECS} s); a bulk one is a 1 GiB download (curl)."
     echo
-    echo "| workload | path | ops/s | machine CPU µs / op | proxy's cost µs / op (machine − direct) | × user-space relay | proxy process µs / op |"
+    echo "| workload | path | ops/s | machine CPU µs / op | proxy's cost µs / op (machine − direct) | × mse-proxy's | proxy process µs / op |"
     echo "|---|---|--:|--:|--:|--:|--:|"
-    awk -v hz="$HZ" -v secs="$SECS" -v gets="$BIG_GETS" '
+    awk -v hz="$HZ" -v secs="$SECS" -v paths="${PATHS[*]}" '
         function median(s,   n, a, i, j, t) {
             n = split(s, a, " ")
             for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -214,8 +236,8 @@ done
             for (i = 1; i <= nw; i++) {
                 w = order[i]
                 d = median(us[w SUBSEP "direct"]); m = median(us[w SUBSEP "mse"]) - d
-                split("direct mse join", ps, " ")
-                for (j = 1; j <= 3; j++) {
+                np = split(paths, ps, " ")
+                for (j = 1; j <= np; j++) {
                     p = ps[j]; u = median(us[w SUBSEP p]); c = u - d
                     unit = (w == "bulk") ? 1000 : 1
                     printf "| %s | %s | %s | %.*f | %s | %s | %s |\n", w, p,
@@ -228,7 +250,7 @@ done
             }
         }' "$TMP/results"
     echo
-    echo "Bulk rows are per GiB, in ms. The probe's own log: $(tail -1 "$TMP/join.log")"
+    echo "Bulk rows are per GiB, in ms. join: the eBPF sockmap probe; uring: the io_uring probe (tokio-uring), uring-coop: the same with IORING_SETUP_COOP_TASKRUN. The sockmap probe's log: $(tail -1 "$TMP/join.log")"
 } >"$OUT"
 cat "$OUT"
 log "report: $OUT"
