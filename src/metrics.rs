@@ -149,6 +149,10 @@ pub struct Metrics {
     /// (taken by the new process), `kept` (not taken: relayed on here),
     /// `received` (taken from the old process).
     pub upgrade_connections: IntCounterVec,
+    /// Bulk chunks copied because `pipe2(2)` failed (out of descriptors):
+    /// the relay's process-wide count, brought here at each scrape
+    /// ([`Metrics::sync_splice_pipe_failures`]).
+    pub splice_pipe_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -383,6 +387,12 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            splice_pipe_failures: IntCounter::with_opts(opts(
+                "splice_pipe_failures_total",
+                "Bulk chunks the passthrough relay copied through user space because no pipe \
+                 could be had for splice (out of file descriptors)",
+            ))
+            .unwrap(),
             registry,
             names: Vec::new(),
         };
@@ -421,6 +431,7 @@ impl Metrics {
             Box::new(m.admin_token_reloads.clone()),
             Box::new(m.upgrades.clone()),
             Box::new(m.upgrade_connections.clone()),
+            Box::new(m.splice_pipe_failures.clone()),
             Box::new(build),
             Box::new(prometheus::process_collector::ProcessCollector::new(
                 std::process::id() as i32,
@@ -466,6 +477,15 @@ impl Metrics {
             m.etcd_applied.with_label_values(&[how]);
         }
         m
+    }
+
+    /// Brings `splice_pipe_failures_total` up to `total`, the relay's
+    /// process-wide count (a counter only grows).
+    pub fn sync_splice_pipe_failures(&self, total: u64) {
+        let have = self.splice_pipe_failures.get();
+        if total > have {
+            self.splice_pipe_failures.inc_by(total - have);
+        }
     }
 
     /// Every metric family name the proxy can export, whether or not it has

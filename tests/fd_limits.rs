@@ -1,7 +1,9 @@
 //! File descriptors: the proxy raises its soft `RLIMIT_NOFILE` to the hard
 //! limit at start, refuses a connection limit the descriptors cannot hold,
-//! and an upstream connect that fails for want of descriptors is the
-//! proxy's own outcome, not a backend failure. The proxy runs as its own
+//! an upstream connect that fails for want of descriptors is the proxy's
+//! own outcome, not a backend failure, and a bulk transfer with no
+//! descriptor left for a splice pipe is copied instead of cut. The proxy
+//! runs as its own
 //! process (the real binary) so that its limits are its own; `prlimit`
 //! (util-linux) sets them.
 
@@ -130,5 +132,42 @@ async fn out_of_descriptors_on_connect_is_the_proxys_outcome_and_the_backend_sta
     assert_eq!(
         get(p.addr, "ok.example.test", &ca).await.unwrap().0,
         "hello from ok"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_with_no_descriptor_left_for_a_pipe_is_copied_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new("test CA").unwrap();
+    let (e, _) = enclave(&ca, &["ok.example.test"], "ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with_route(dir.path(), e.addr, "[relay]\nsplice = true\n");
+    let p = ProxyProcess::start(&cfg).await;
+    let pid = p.pid();
+    let mut conn = EchoConn::open(p.addr, "ok.example.test", &ca).await;
+    let (soft, hard) = nofile(pid);
+    // Not one descriptor left: the relay's first bulk chunk finds no pipe
+    // (none was made yet: the greeting and the ping were small reads).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    prlimit(pid, lowest_free_fd(pid), hard);
+    let sent: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let (mut rd, mut wr) = tokio::io::split(&mut conn.0);
+    let write = async {
+        wr.write_all(&sent).await?;
+        wr.flush().await
+    };
+    let mut back = vec![0u8; sent.len()];
+    let read = rd.read_exact(&mut back);
+    let both = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(write, read) });
+    let (w, r) = both.await.expect("the echo went through in time");
+    prlimit(pid, soft, hard);
+    w.expect("all written through the proxy");
+    r.expect("all echoed back through the proxy");
+    assert!(back == sent, "the echo differs from what was sent");
+    assert!(conn.ping("still relaying").await);
+    let copied = p.metric("mse_proxy_splice_pipe_failures_total").await;
+    assert!(
+        copied >= 1.0,
+        "no chunk counted as copied for want of a pipe"
     );
 }

@@ -14,6 +14,9 @@ pub(super) async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     let shared = &s.shared;
     let open = shared.config.max_connections - shared.limit.available_permits();
     shared.metrics.active.set(open as i64);
+    shared
+        .metrics
+        .sync_splice_pipe_failures(crate::proxy::splice_pipe_failures());
     let snapshot = shared.router.load_full();
     let apps = s.control.apps();
     let text = shared.metrics.render(|scrape| {

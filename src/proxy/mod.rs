@@ -28,3 +28,13 @@ mod shared;
 pub use handle::ProxyHandle;
 pub use outcome::Outcome;
 pub use shared::Shared;
+
+/// Bulk chunks the relay copied because no pipe could be had for splice
+/// (out of descriptors), since the process started; 0 where there is no
+/// splice.
+pub fn splice_pipe_failures() -> u64 {
+    #[cfg(target_os = "linux")]
+    return splice::pipe_failures();
+    #[cfg(not(target_os = "linux"))]
+    0
+}

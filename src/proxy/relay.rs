@@ -478,7 +478,17 @@ impl Dir {
                         return Poll::Ready(Ok(Some(Vec::new())));
                     }
                     ready!(from.as_ref().poll_read_ready(cx)).map_err(HalfError::Read)?;
-                    let mut pipe = super::splice::Loan::take().map_err(HalfError::Read)?;
+                    // No pipe to be had (out of descriptors): this chunk
+                    // is copied, and the next bulk one tries again. The
+                    // connection is not what failed.
+                    let mut pipe = match super::splice::Loan::take() {
+                        Ok(pipe) => pipe,
+                        Err(e) => {
+                            super::splice::pipe_failed(&e);
+                            *self = Dir::Read;
+                            continue;
+                        }
+                    };
                     match pipe.fill(from.as_ref()) {
                         Ok(0) => {
                             pass_eof(to, counters);

@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use tokio::io::Interest;
@@ -23,6 +24,27 @@ const POOLED_PER_THREAD: usize = 64;
 
 thread_local! {
     static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Chunks copied through user space because no pipe could be had
+/// (`pipe2(2)` failed: the process is out of descriptors, or an
+/// unprivileged user is over `fs.pipe-user-pages-hard`). Process-wide: one
+/// proxy runs per process; exported as
+/// `mse_proxy_splice_pipe_failures_total`.
+static PIPE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Chunks copied because no pipe could be had, since the process started.
+pub fn pipe_failures() -> u64 {
+    PIPE_FAILURES.load(Ordering::Relaxed)
+}
+
+/// Counts a failed `pipe2(2)`; logs the first and then at every power of
+/// two, so that a process out of descriptors says so without flooding.
+pub fn pipe_failed(e: &io::Error) {
+    let n = PIPE_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(error = %e, failures = n, "no pipe for splice: copying through user space");
+    }
 }
 
 /// A pipe pair: read end, write end.
