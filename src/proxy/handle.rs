@@ -86,7 +86,7 @@ impl ProxyHandle {
         if let Some(a) = config.admin.as_ref().filter(|a| a.address.port() != 0) {
             dns.set_admin_address(a.address);
         }
-        let kill = router.closers().clone();
+        let kill = Arc::clone(router.closers());
         let shared = Arc::new(Shared {
             metrics,
             health: health::Health::new(config.failure_cooldown),
@@ -184,7 +184,7 @@ impl ProxyHandle {
 
     /// Closes every live connection now.
     pub fn kill_connections(&self) {
-        self.shared.kill.cancel();
+        self.shared.kill.close();
     }
 
     /// Graceful shutdown: stop accepting, let live connections finish for up
@@ -203,7 +203,7 @@ impl ProxyHandle {
         {
             cut = self.tracker.len();
             tracing::info!(open = cut, "shutdown grace over, closing live connections");
-            self.shared.kill.cancel();
+            self.shared.kill.close();
             self.tracker.wait().await;
         }
         cut

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use super::{client_rate, health, limits, moved, outcome, relay, Outcome};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::metrics::Metrics;
+use crate::routing::closer::{Closer, Closing};
 use crate::routing::Router;
 
 /// State every connection task shares; built once at start.
@@ -31,7 +31,7 @@ pub struct Shared {
     pub limit: Arc<Semaphore>,
     /// Cancelled when the shutdown grace runs out: live connections close.
     /// The router's [`Router::closers`], so each route's closer is its child.
-    pub kill: CancellationToken,
+    pub kill: Arc<Closer>,
     /// An upgrade's connection hand-off (`crate::upgrade`): idle until one
     /// begins.
     pub handoff: moved::Handoff,
@@ -41,11 +41,9 @@ impl Shared {
     /// Resolves when a relayed connection on `entry` must stop: the route
     /// left the table (removed, expired, redeployed) or shutdown's grace ran
     /// out. One wait covers both: the route's closer is a child of `kill`.
-    pub fn stop_signal<'a>(
-        &self,
-        entry: &'a crate::routing::RouteEntry,
-    ) -> tokio_util::sync::WaitForCancellationFuture<'a> {
-        entry.closer().cancelled()
+    /// A wait that costs no lock per poll ([`Closing`]).
+    pub fn stop_signal<'a>(&'a self, entry: &'a crate::routing::RouteEntry) -> Closing<'a> {
+        Closing::new(entry.closing_closer(), &self.kill)
     }
 
     /// The outcome of a relay that ran on `route`, logging relay errors.
@@ -55,7 +53,7 @@ impl Shared {
         }
         outcome::after_relay(
             end,
-            self.kill.is_cancelled(),
+            self.kill.token().is_cancelled(),
             route.expired_at(chrono::Utc::now()),
         )
     }

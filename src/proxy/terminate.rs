@@ -297,13 +297,15 @@ mod tests {
     /// What an idle terminated connection holds beside its task is this
     /// future (boxed by `conn.rs`): the relay with both TLS streams inline,
     /// the handshakes' state boxed apart and freed before the relay runs.
-    /// 2,856 bytes with rustc 1.95, 504 of them beside the streams.
+    /// 2,888 bytes with rustc 1.95, 536 of them beside the streams (the
+    /// stop signal's lock-free wait, `routing::closer::Closing`, is 32 of
+    /// them); jemalloc serves it from its 3,072-byte class either way.
     #[test]
     fn the_terminate_future_stays_small() {
         let size = returned_size(run);
         let streams = std::mem::size_of::<ClientTls>() + std::mem::size_of::<UpstreamStream>();
         assert!(
-            size <= streams + 520,
+            size <= streams + 552,
             "terminate future is {size} bytes for {streams} of streams"
         );
     }

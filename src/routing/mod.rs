@@ -2,6 +2,7 @@
 //! they form ([`table`]), and applying a new route set to it ([`reload`]).
 
 pub mod claims;
+pub mod closer;
 pub mod delta;
 pub mod load;
 pub mod reconciler;

@@ -7,6 +7,8 @@ use arc_swap::{ArcSwap, Guard};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::closer::Closer;
+
 use super::load::{Refused, RouteLoad};
 use super::route::{HostPattern, Route};
 use crate::config::route_limits::Effective;
@@ -38,11 +40,11 @@ pub enum Source {
 pub struct RouteEntry {
     pub route: Route,
     pub source: Source,
-    closer: CancellationToken,
+    closer: Arc<Closer>,
     /// Closers of earlier definitions of this route whose connections were
     /// kept across a change (`reload.on_change = "keep"`, or a move between
     /// sources): they close with this one.
-    inherited: Vec<CancellationToken>,
+    inherited: Vec<Arc<Closer>>,
     /// Open connections and the new-connection bucket, shared with the
     /// entries this one succeeds.
     load: Arc<RouteLoad>,
@@ -56,11 +58,11 @@ pub struct RouteEntry {
 impl RouteEntry {
     /// `parent`: the router's [`Router::closers`]; the entry's closer is its
     /// child, so cancelling the root closes every route's connections.
-    pub fn new(route: Route, source: Source, parent: &CancellationToken) -> Arc<Self> {
+    pub fn new(route: Route, source: Source, parent: &Closer) -> Arc<Self> {
         Arc::new(Self {
             route,
             source,
-            closer: parent.child_token(),
+            closer: Arc::new(parent.child()),
             inherited: Vec::new(),
             load: Arc::default(),
             metrics: OnceLock::new(),
@@ -70,16 +72,11 @@ impl RouteEntry {
     /// An entry that takes over `old`'s connections: closing it closes
     /// them too, and they count among its open connections (so a grace
     /// given at its removal is not skipped as if it had none).
-    pub fn successor(
-        route: Route,
-        source: Source,
-        parent: &CancellationToken,
-        old: &RouteEntry,
-    ) -> Arc<Self> {
+    pub fn successor(route: Route, source: Source, parent: &Closer, old: &RouteEntry) -> Arc<Self> {
         Arc::new(Self {
             route,
             source,
-            closer: parent.child_token(),
+            closer: Arc::new(parent.child()),
             inherited: old.all_closers(),
             load: Arc::clone(&old.load),
             metrics: OnceLock::new(),
@@ -92,23 +89,28 @@ impl RouteEntry {
             .get_or_init(|| Box::new(m.for_route(&self.route.name, self.route.mode)))
     }
 
-    /// Resolves when the route's connections must close.
+    /// Cancelled when the route's connections must close.
     pub fn closer(&self) -> &CancellationToken {
+        self.closer.token()
+    }
+
+    /// What a connection on this route waits on ([`Closing`]).
+    pub fn closing_closer(&self) -> &Closer {
         &self.closer
     }
 
     /// This entry's closer and the ones it inherited, for a successor.
-    pub fn all_closers(&self) -> Vec<CancellationToken> {
+    pub fn all_closers(&self) -> Vec<Arc<Closer>> {
         let mut v = self.inherited.clone();
-        v.push(self.closer.clone());
+        v.push(Arc::clone(&self.closer));
         v
     }
 
     /// Tells every open connection on this route to close.
     pub fn close_connections(&self) {
-        self.closer.cancel();
+        self.closer.close();
         for c in &self.inherited {
-            c.cancel();
+            c.close();
         }
     }
 
@@ -369,7 +371,7 @@ pub struct Router {
     /// token, its route's, for both reasons to close (its route went away,
     /// or the shutdown grace ran out), which keeps an idle connection one
     /// waiter smaller than waiting on two.
-    closers: CancellationToken,
+    closers: Arc<Closer>,
     /// TLS resumption state shared by every snapshot's server configs, so
     /// sessions survive reloads.
     sessions: Sessions,
@@ -379,14 +381,14 @@ impl Router {
     pub fn new(snapshot: Snapshot) -> Self {
         Self {
             current: ArcSwap::from_pointee(snapshot),
-            closers: CancellationToken::new(),
+            closers: Arc::new(Closer::new()),
             sessions: Sessions::new(),
         }
     }
 
     /// Cancelling this closes every connection on every route, including
     /// routes that have left the table but still have connections.
-    pub fn closers(&self) -> &CancellationToken {
+    pub fn closers(&self) -> &Arc<Closer> {
         &self.closers
     }
 
@@ -431,7 +433,7 @@ mod tests {
         Snapshot::build(
             routes
                 .into_iter()
-                .map(|r| RouteEntry::new(r, Source::File, &CancellationToken::new()))
+                .map(|r| RouteEntry::new(r, Source::File, &Closer::new()))
                 .collect(),
             None,
         )
@@ -528,7 +530,7 @@ mod properties {
         Snapshot::build(
             routes
                 .into_iter()
-                .map(|r| RouteEntry::new(r, Source::File, &CancellationToken::new()))
+                .map(|r| RouteEntry::new(r, Source::File, &Closer::new()))
                 .collect(),
             None,
         )
