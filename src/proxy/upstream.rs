@@ -21,7 +21,7 @@ use super::proxy_protocol;
 use super::relay::write_all;
 use super::Shared;
 use crate::dns::{Dns, DnsError};
-use crate::routing::{BackendHost, Route, RouteEntry};
+use crate::routing::{Backend, BackendHost, Route, RouteEntry};
 
 /// How one attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,15 +124,15 @@ async fn connect_inner(
     err: &mut ConnectError,
     first: &[u8],
 ) -> Option<(TcpStream, SocketAddr, usize)> {
-    let mut cooling: Vec<(SocketAddr, String)> = Vec::new();
+    let mut cooling: Vec<(SocketAddr, Label<'_>)> = Vec::new();
     for b in &route.backends {
         match &b.host {
             BackendHost::Ip(ip) => {
                 let addr = SocketAddr::new(*ip, b.port);
                 if health.is_cooling(addr) {
-                    cooling.push((addr, b.to_string()));
+                    cooling.push((addr, Label::Backend(b)));
                 } else if let Some((s, n)) =
-                    attempt(addr, b.to_string(), health, timeout, err, first).await
+                    attempt(addr, Label::Backend(b), health, timeout, err, first).await
                 {
                     return Some((s, addr, n));
                 } else if err.out_of_local_resources() {
@@ -165,9 +165,9 @@ async fn connect_inner(
                     for ip in admitted {
                         let addr = SocketAddr::new(ip, b.port);
                         if health.is_cooling(addr) {
-                            cooling.push((addr, format!("{b} ({addr})")));
+                            cooling.push((addr, Label::Resolved(b, addr)));
                         } else if let Some((s, n)) =
-                            attempt(addr, format!("{b} ({addr})"), health, timeout, err, first)
+                            attempt(addr, Label::Resolved(b, addr), health, timeout, err, first)
                                 .await
                         {
                             return Some((s, addr, n));
@@ -196,11 +196,32 @@ async fn connect_inner(
     None
 }
 
+/// How a failed attempt names its backend. Formatted only when an attempt
+/// fails: a connection that gets its backend at the first try formats
+/// nothing (the string cost an allocation and a formatting pass per
+/// connection, about 1 % of a passthrough connection's CPU in a profile).
+#[derive(Clone, Copy)]
+enum Label<'a> {
+    /// An IP backend: its address is its name.
+    Backend(&'a Backend),
+    /// One address a backend's name resolved to.
+    Resolved(&'a Backend, SocketAddr),
+}
+
+impl fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Label::Backend(b) => b.fmt(f),
+            Label::Resolved(b, addr) => write!(f, "{b} ({addr})"),
+        }
+    }
+}
+
 /// One connect attempt; on success, the stream and how much of `first`
 /// is sent.
 async fn attempt(
     addr: SocketAddr,
-    label: String,
+    label: Label<'_>,
     health: &Health,
     timeout: Duration,
     err: &mut ConnectError,
@@ -217,13 +238,13 @@ async fn attempt(
             if kind != Failure::Local {
                 health.failed(addr);
             }
-            err.attempts.push((label, kind, e.to_string()));
+            err.attempts.push((label.to_string(), kind, e.to_string()));
             None
         }
         Err(None) => {
             health.failed(addr);
             err.attempts.push((
-                label,
+                label.to_string(),
                 Failure::Timeout,
                 format!("connect timed out after {timeout:?}"),
             ));
@@ -373,5 +394,40 @@ mod tests {
         );
         assert_eq!(o(&[AddressRefused, Refused]), Outcome::UpstreamConnectError);
         assert_eq!(o(&[AddressRefused, Local]), Outcome::LocalResourceExhausted);
+    }
+
+    /// A failed attempt still names its backend, as written and, for a
+    /// name, with the address tried; a successful one formats nothing.
+    #[tokio::test]
+    async fn a_failed_attempt_names_its_backend_and_the_address_tried() {
+        // A port that was just free: nothing listens, the connect is refused.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let named = Backend {
+            host: BackendHost::Name("app.internal".into()),
+            port: addr.port(),
+        };
+        let ip = Backend {
+            host: BackendHost::Ip(addr.ip()),
+            port: addr.port(),
+        };
+        let health = Health::new(Duration::from_secs(1));
+        let mut err = ConnectError::default();
+        let t = Duration::from_secs(5);
+        for label in [Label::Resolved(&named, addr), Label::Backend(&ip)] {
+            assert!(attempt(addr, label, &health, t, &mut err, b"hello")
+                .await
+                .is_none());
+        }
+        let names: Vec<&str> = err.attempts.iter().map(|a| a.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                format!("app.internal:{} ({addr})", addr.port()),
+                addr.to_string()
+            ]
+        );
+        assert!(err.attempts.iter().all(|a| a.1 == Failure::Refused));
     }
 }
