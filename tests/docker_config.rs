@@ -259,7 +259,7 @@ fn the_build_stage_installs_what_the_dependency_graph_needs() {
         .expect("cargo tree runs");
     assert!(
         out.status.success(),
-        "cargo tree: {}",
+        "cargo tree (it reads the graph offline: `cargo fetch --locked` first, as scripts/test does): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let crates: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
