@@ -153,7 +153,7 @@ impl Dns {
     pub fn admits(
         &self,
         route: &str,
-        backend: &str,
+        backend: &dyn std::fmt::Display,
         addr: SocketAddr,
         route_allow: &[ipnet::IpNet],
     ) -> Result<(), screen::Refusal> {
@@ -161,7 +161,7 @@ impl Dns {
             self.refused.with_label_values(&[why.as_str()]).inc();
             tracing::warn!(
                 route,
-                backend,
+                backend = %backend,
                 address = %addr,
                 reason = %why,
                 "resolved backend address refused; allow-list it in dns.allow_internal or the route's allow_internal_backends"

@@ -141,20 +141,19 @@ async fn connect_inner(
             }
             BackendHost::Name(name) => match dns.resolve(name).await {
                 Ok(ips) => {
-                    let label = b.to_string();
                     let admitted: Vec<IpAddr> = ips
                         .iter()
                         .copied()
                         .filter(|ip| {
                             let addr = SocketAddr::new(*ip, b.port);
-                            dns.admits(&route.name, &label, addr, &route.allow_internal)
+                            dns.admits(&route.name, b, addr, &route.allow_internal)
                                 .is_ok()
                         })
                         .collect();
                     if admitted.is_empty() {
                         let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
                         err.attempts.push((
-                            label,
+                            b.to_string(),
                             Failure::AddressRefused,
                             format!(
                                 "resolves only to refused internal addresses ({})",
@@ -397,7 +396,7 @@ mod tests {
     }
 
     /// A failed attempt still names its backend, as written and, for a
-    /// name, with the address tried; a successful one formats nothing.
+    /// name, with the address tried.
     #[tokio::test]
     async fn a_failed_attempt_names_its_backend_and_the_address_tried() {
         // A port that was just free: nothing listens, the connect is refused.
