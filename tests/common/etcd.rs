@@ -11,8 +11,6 @@ use mse_proxy::etcd::{Client, ConnectOptions, Tls};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use super::eventually_async;
-
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -42,35 +40,51 @@ pub struct EtcdTls {
 
 impl Etcd {
     pub async fn start() -> Etcd {
-        Self::start_on(free_port()).await
+        Self::start_with(None, None, &[]).await
     }
 
     /// On a chosen client port (a proxy may already be trying it).
     pub async fn start_on(port: u16) -> Etcd {
-        Self::start_with(port, None, &[]).await
+        Self::start_with(Some(port), None, &[]).await
     }
 
     /// Serving TLS only, and asking clients for a certificate.
     pub async fn start_tls(tls: EtcdTls) -> Etcd {
-        Self::start_with(free_port(), Some(tls), &[]).await
+        Self::start_with(None, Some(tls), &[]).await
     }
 
     /// With more server flags (e.g. `--auth-token-ttl 1`).
     pub async fn start_args(extra: &[&str]) -> Etcd {
-        Self::start_with(free_port(), None, extra).await
+        Self::start_with(None, None, extra).await
     }
 
-    async fn start_with(port: u16, tls: Option<EtcdTls>, extra: &[&str]) -> Etcd {
+    /// Starts etcd, on fresh ports again when the first try could not bind:
+    /// a port `free_port` handed out is free only until someone else takes
+    /// it, and tests of other binaries and other threads pick ports too.
+    async fn start_with(port: Option<u16>, tls: Option<EtcdTls>, extra: &[&str]) -> Etcd {
         let mut e = Etcd {
-            client_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            client_addr: SocketAddr::from(([127, 0, 0, 1], port.unwrap_or_else(free_port))),
             peer_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
             tls,
             extra: extra.iter().map(|a| a.to_string()).collect(),
         };
-        e.spawn().await;
-        e
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match e.spawn().await {
+                Ok(()) => return e,
+                Err(why) => failures.push(why),
+            }
+            e.kill();
+            // A data directory made on the old ports remembers them.
+            let _ = std::fs::remove_dir_all(e.dir.path().join("data"));
+            e.peer_port = free_port();
+            if port.is_none() {
+                e.client_addr.set_port(free_port());
+            }
+        }
+        panic!("etcd did not start, three tries:\n{}", failures.join("\n"));
     }
 
     pub fn endpoint(&self) -> String {
@@ -102,7 +116,9 @@ impl Etcd {
         opts
     }
 
-    async fn spawn(&mut self) {
+    /// Spawns etcd and waits until it answers; an error, with the end of
+    /// its log, if it exits first or does not answer in time.
+    async fn spawn(&mut self) -> Result<(), String> {
         let mut tls_args = Vec::new();
         if let Some(t) = &self.tls {
             let (ca, cert, key) = (
@@ -122,6 +138,13 @@ impl Etcd {
         }
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let self_addr = self.client_addr;
+        // Appended to across restarts, so a failure shows what came before.
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
         let child = std::process::Command::new("etcd")
             .args([
                 "--name",
@@ -139,33 +162,52 @@ impl Etcd {
                 "--initial-cluster",
                 &format!("t={peer}"),
                 "--log-level",
-                "error",
+                "warn",
             ])
             .args(&tls_args)
             .args(&self.extra)
             .env("ETCD_UNSUPPORTED_ARCH", "")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("etcd must be installed (Debian package etcd-server; .ci/run installs it)");
         self.child = Some(child);
         let opts = self.connect_options();
-        let ready = eventually_async(Duration::from_secs(20), || {
-            let opts = opts.clone();
-            async move {
-                let Ok(Ok(c)) =
-                    tokio::time::timeout(Duration::from_secs(1), Client::connect(opts)).await
-                else {
-                    return false;
-                };
-                matches!(
-                    tokio::time::timeout(Duration::from_secs(1), c.get("probe")).await,
-                    Ok(Ok(_))
-                )
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!(
+                    "{self_addr}: etcd exited ({status})\n{}",
+                    self.log_tail()
+                ));
             }
-        })
-        .await;
-        assert!(ready, "etcd did not start on {}", self.client_addr);
+            let probe = async {
+                let c = Client::connect(opts.clone()).await.ok()?;
+                c.get("probe").await.ok()
+            };
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{self_addr}: etcd did not answer in 30 s\n{}",
+                    self.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines etcd logged, for a failure message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// Kills etcd (SIGKILL); its data stays.
@@ -181,13 +223,13 @@ impl Etcd {
     pub async fn replace_with_empty(&mut self) {
         self.kill();
         std::fs::remove_dir_all(self.dir.path().join("data")).unwrap();
-        self.spawn().await;
+        self.spawn().await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Starts it again on the same ports and data.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        self.spawn().await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub async fn client(&self) -> Client {
