@@ -58,9 +58,10 @@ impl Etcd {
         Self::start_with(None, None, extra).await
     }
 
-    /// Starts etcd, on fresh ports again when the first try could not bind:
-    /// a port `free_port` handed out is free only until someone else takes
-    /// it, and tests of other binaries and other threads pick ports too.
+    /// Starts etcd, on fresh ports again when a try fails (most likely it
+    /// could not bind: a port `free_port` handed out is free only until
+    /// someone else takes it, and other threads and test binaries pick
+    /// ports too).
     async fn start_with(port: Option<u16>, tls: Option<EtcdTls>, extra: &[&str]) -> Etcd {
         let mut e = Etcd {
             client_addr: SocketAddr::from(([127, 0, 0, 1], port.unwrap_or_else(free_port))),
@@ -77,8 +78,10 @@ impl Etcd {
                 Err(why) => failures.push(why),
             }
             e.kill();
-            // A data directory made on the old ports remembers them.
+            // A data directory made on the old ports remembers them; the
+            // log of this try is in `failures` already.
             let _ = std::fs::remove_dir_all(e.dir.path().join("data"));
+            let _ = std::fs::remove_file(e.dir.path().join("etcd.log"));
             e.peer_port = free_port();
             if port.is_none() {
                 e.client_addr.set_port(free_port());
@@ -138,7 +141,6 @@ impl Etcd {
         }
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let self_addr = self.client_addr;
         // Appended to across restarts, so a failure shows what came before.
         let log = std::fs::File::options()
             .create(true)
@@ -182,7 +184,8 @@ impl Etcd {
             {
                 self.child = None;
                 return Err(format!(
-                    "{self_addr}: etcd exited ({status})\n{}",
+                    "{}: etcd exited ({status})\n{}",
+                    self.client_addr,
                     self.log_tail()
                 ));
             }
@@ -195,7 +198,8 @@ impl Etcd {
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(format!(
-                    "{self_addr}: etcd did not answer in 30 s\n{}",
+                    "{}: etcd did not answer in 30 s\n{}",
+                    self.client_addr,
                     self.log_tail()
                 ));
             }
